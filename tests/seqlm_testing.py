@@ -38,3 +38,50 @@ class Project:
         from seqlm import config
 
         return config.load(self.root / "params.yaml")
+
+
+def grammar_text(lines: int, seed: int = 0) -> str:
+    """English-like lines from a tiny grammar: learnable in a few dozen steps, not memorisable at once."""
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["the dog", "a cat", "my sister", "the old man", "every child", "the king"]
+    verbs = ["walks to", "looks at", "runs from", "sings about", "waits for", "speaks of"]
+    objects = ["the river", "a house", "the market", "the hills", "a small boat", "the garden"]
+    tails = ["in the morning.", "at night.", "with joy.", "again and again.", "before the rain."]
+    out = []
+    for i in range(lines):
+        out.append(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} {rng.choice(tails)}")
+        if i % 7 == 6:
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+def make_tokens(project: "Project", vocab_size: int = 320, lines: int = 3000) -> None:
+    """The real download and tokenize stages over a generated corpus in train/valid/test layout."""
+    from seqlm.data.corpus import run_download
+    from seqlm.data.tokenizer import run_tokenize
+
+    corpus = project.root / "corpus"
+    corpus.mkdir()
+    for split, n, seed in (("train", lines, 0), ("valid", lines // 10, 1), ("test", lines // 10, 2)):
+        (corpus / f"{split}.txt").write_text(grammar_text(n, seed))
+    project.set(**{"data.source": "files:corpus", "tokenizer.vocab_size": vocab_size})
+    run_download(project.config(), project.paths())
+    run_tokenize(project.config(), project.paths())
+
+
+TINY_TRAIN = {
+    "model.embedding_size": 64,
+    "model.hidden_size": 64,
+    "model.dropout": 0.0,
+    "train.batch_size": 8,
+    "train.bptt": 32,
+    "train.warmup_steps": 5,
+    "train.lr": 0.01,
+    "train.max_steps": 200,
+    "train.max_minutes": 0,
+    "train.val_every_steps": 100,
+    "train.log_every_steps": 5,
+    "train.early_stopping_patience": 0,
+}

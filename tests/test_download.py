@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import json
@@ -31,7 +32,13 @@ def paragraphs(text: str) -> list[str]:
     return [p.strip("\n") for p in text.split("\n\n") if p.strip()]
 
 
-def write_splits(root: Path, train: bytes | str, valid: bytes | str, test: bytes | str, folder: str = "corpus") -> None:
+def all_paragraphs(project) -> list[str]:
+    return [p for split in SPLITS for p in paragraphs(written(project, split))]
+
+
+def write_splits(
+    root: Path, train: bytes | str, valid: bytes | str, test: bytes | str, folder: str = "corpus"
+) -> None:
     (root / folder).mkdir()
     for name, text in (("train.txt", train), ("valid.txt", valid), ("test.txt", test)):
         data = text if isinstance(text, bytes) else text.encode("utf-8")
@@ -74,7 +81,10 @@ def test_builtin_kjv_is_split_deterministically_and_the_manifest_counts_the_file
         assert stats["sha256"] == hashlib.sha256(data).hexdigest()
     counts = [manifest["splits"][s]["documents"] for s in SPLITS]
     assert sum(counts) == 1189 and counts[1] == counts[2] == round(0.05 * 1189)  # chapters of the KJV
-    assert "In the beginning God created the heaven and the earth.\n" in first["train"].decode() + first["valid"].decode() + first["test"].decode()
+    assert (
+        "In the beginning God created the heaven and the earth.\n"
+        in first["train"].decode() + first["valid"].decode() + first["test"].decode()
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[-3].startswith("download: train ") and out[-3].endswith(" words")
 
@@ -87,14 +97,20 @@ def test_another_seed_gives_another_split(project):
 
 
 def test_unknown_builtin_lists_the_builtins(project):
-    expect_failure(project, "builtin:shakespeare", "data.source builtin:shakespeare: no builtin corpus named 'shakespeare'; builtins: builtin:kjv")
+    expect_failure(
+        project,
+        "builtin:shakespeare",
+        "data.source builtin:shakespeare: no builtin corpus named 'shakespeare'; builtins: builtin:kjv",
+    )
 
 
 # ------------------------------------------------------------------------------------------- files
 
 
 def test_a_split_directory_keeps_its_splits(project):
-    write_splits(project.root, "a train line\nanother\n\nsecond doc\n", "valid text", "test one\n\n\n\ntest two\n")
+    write_splits(
+        project.root, "a train line\nanother\n\nsecond doc\n", "valid text", "test one\n\n\n\ntest two\n"
+    )
     (project.root / "corpus" / "valid.txt").rename(project.root / "corpus" / "validation.txt")
     manifest = download(project, "files:corpus")
     assert written(project, "train") == "a train line\nanother\n\nsecond doc\n"
@@ -112,9 +128,21 @@ def test_blank_lines_split_a_file_into_paragraph_documents(project):
     manifest = download(project, "files:corpus/*.txt", **{"data.split": [0.8, 0.1, 0.1]})
     out = {split: paragraphs(written(project, split)) for split in SPLITS}
     assert [len(out[s]) for s in SPLITS] == [16, 2, 2]
-    assert sorted(sum(out.values(), [])) == sorted(docs)
+    assert sorted(p for split in SPLITS for p in out[split]) == sorted(docs)
     assert manifest["details"]["files"][0]["path"] == "corpus/book.txt"
-    assert manifest["details"]["files"][0]["sha256"] == hashlib.sha256((project.root / "corpus" / "book.txt").read_bytes()).hexdigest()
+    assert (
+        manifest["details"]["files"][0]["sha256"]
+        == hashlib.sha256((project.root / "corpus" / "book.txt").read_bytes()).hexdigest()
+    )
+
+
+def test_a_broad_glob_never_reads_the_last_runs_output(project):
+    (project.root / "corpus").mkdir()
+    for i in range(3):
+        (project.root / "corpus" / f"{i}.txt").write_text(f"file {i}\n")
+    first = download(project, "files:**/*.txt")
+    assert download(project, "files:**/*.txt") == first
+    assert len(first["details"]["files"]) == 3
 
 
 def test_each_file_of_a_directory_is_a_document(project):
@@ -128,7 +156,9 @@ def test_each_file_of_a_directory_is_a_document(project):
 
 
 def test_text_is_nfc_without_control_characters_and_keeps_its_lines(project):
-    train = "cafe\u0301 e\u0301te\u0301\r\nbell\x07 here\x0c\tand a tab\rold mac line\nzero\x01width\u2028split\n"
+    train = (
+        "cafe\u0301 e\u0301te\u0301\r\nbell\x07 here\x0c\tand a tab\rold mac line\nzero\x01width\u2028split\n"
+    )
     write_splits(project.root, "\ufeff" + train, "v\x1b[31mred\x1b[0m\n", "t\u00e9st\n")
     manifest = download(project, "files:corpus")
     assert written(project, "train") == "café été\nbell here\tand a tab\nold mac line\nzerowidth\nsplit\n"
@@ -138,12 +168,12 @@ def test_text_is_nfc_without_control_characters_and_keeps_its_lines(project):
 
 
 def test_a_long_line_in_a_split_directory_is_kept_whole(project):
-    line = ("word " * 200_000 + "e\u0301" * 100).strip()  # over 1 MB, no newline at the end
+    line = ("word " * 250_000 + "e\u0301" * 100).strip()  # over 1 MB, no newline at the end
     write_splits(project.root, line, "valid", "test")
     manifest = download(project, "files:corpus")
     assert written(project, "train") == unicodedata_nfc(line) + "\n"
     assert manifest["splits"]["train"]["lines"] == 1
-    assert manifest["splits"]["train"]["words"] == 200_001  # the last "word" is the run of é
+    assert manifest["splits"]["train"]["words"] == 250_001  # the last "word" is the run of é
 
 
 def unicodedata_nfc(text: str) -> str:
@@ -152,20 +182,67 @@ def unicodedata_nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def test_a_long_line_is_streamed_in_pieces_that_join_to_its_nfc(monkeypatch, tmp_path):
+    monkeypatch.setattr(corpus, "MAX_PIECE_CHARS", 16)
+    line = "cafe\u0301 " * 10 + "\u1100\u1161\u11a8" * 10 + "e\u0301" * 30
+    chunks = [line[i : i + 7] for i in range(0, len(line), 7)]
+    pieces = list(corpus.normalise(chunks))
+    assert len(pieces) > 3 and not any(p.endswith("\n") for p in pieces[:-1])
+    assert "".join(pieces) == unicodedata_nfc(line) + "\n"
+    writer = corpus.SplitWriter(tmp_path / "split.txt")
+    for piece in pieces:
+        writer.write(piece)
+    assert writer.close()["words"] == len(line.split())
+
+
 @pytest.mark.parametrize(
     "files,source,match",
     [
         ({"a.txt": b""}, "files:corpus", "data.source files:corpus: the corpus is empty"),
-        ({"a.txt": b" \n\t\n\x07\n", "b.txt": b"\r\n\r\n"}, "files:corpus", "data.source files:corpus: the corpus is empty"),
-        ({"a.txt": b"one line\n"}, "files:corpus/nothing*.md", "data.source files:corpus/nothing*.md: no files match"),
-        ({"a.txt": b"x" * 1_100_000}, "files:corpus/a.txt", "data.source files:corpus/a.txt: only 1 document after normalisation"),
+        (
+            {"a.txt": b" \n\t\n\x07\n", "b.txt": b"\r\n\r\n"},
+            "files:corpus",
+            "data.source files:corpus: the corpus is empty",
+        ),
+        (
+            {"a.txt": b"one line\n"},
+            "files:corpus/nothing*.md",
+            "data.source files:corpus/nothing*.md: no files match",
+        ),
+        (
+            {"a.txt": b"x" * 1_100_000},
+            "files:corpus/a.txt",
+            "data.source files:corpus/a.txt: only 1 document after normalisation",
+        ),
         ({"a.txt": b"one\n\ntwo\n"}, "files:corpus", "data.source files:corpus: only 2 documents"),
-        ({"a.txt": b"text\n", "b.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"}, "files:corpus", "corpus/b.png: looks like a binary file, not text (NUL byte at byte 8)"),
-        ({"train.txt": b"a\n", "test.txt": b"b\n"}, "files:corpus", "data.source files:corpus: the directory has train.txt, test.txt but no valid.txt"),
-        ({"train.txt": b"a\n", "valid.txt": b" \n", "test.txt": b"b\n"}, "files:corpus", "data.source files:corpus: the valid split is empty"),
+        (
+            {"a.txt": b"text\n", "b.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"},
+            "files:corpus",
+            "corpus/b.png: looks like a binary file, not text (NUL byte at byte 8)",
+        ),
+        (
+            {"train.txt": b"a\n", "test.txt": b"b\n"},
+            "files:corpus",
+            "data.source files:corpus: the directory has train.txt, test.txt but no valid.txt",
+        ),
+        (
+            {"train.txt": b"a\n", "valid.txt": b" \n", "test.txt": b"b\n"},
+            "files:corpus",
+            "data.source files:corpus: the valid split is empty",
+        ),
         ({}, "files:missing", "data.source files:missing: no such file or directory"),
     ],
-    ids=["empty", "whitespace-only", "glob-matches-nothing", "1MB-single-line", "two-docs", "binary", "partial-split-dir", "empty-split", "missing-path"],
+    ids=[
+        "empty",
+        "whitespace-only",
+        "glob-matches-nothing",
+        "1MB-single-line",
+        "two-docs",
+        "binary",
+        "partial-split-dir",
+        "empty-split",
+        "missing-path",
+    ],
 )
 def test_bad_inputs_give_one_line_and_leave_no_data_raw(project, files, source, match):
     if files:
@@ -218,27 +295,61 @@ def test_url_with_matching_sha256_is_downloaded_and_recorded(project, served):
     (project.root / "www" / "corpus.txt").write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
     manifest = download(project, f"url:{served}/corpus.txt", **{"data.sha256": digest})
-    assert manifest["details"] == {"url": f"{served}/corpus.txt", "sha256": digest, "bytes": len(data), "gunzipped": False}
+    assert manifest["details"] == {
+        "url": f"{served}/corpus.txt",
+        "sha256": digest,
+        "bytes": len(data),
+        "gunzipped": False,
+    }
     assert sum(manifest["splits"][s]["documents"] for s in SPLITS) == 10
-    assert sorted(p.name for p in project.paths().raw_dir.iterdir()) == ["manifest.json", "test.txt", "train.txt", "valid.txt"]
+    assert sorted(p.name for p in project.paths().raw_dir.iterdir()) == [
+        "manifest.json",
+        "test.txt",
+        "train.txt",
+        "valid.txt",
+    ]
+
+
+def test_a_gzipped_url_is_gunzipped(project, served):
+    data = gzip.compress("\n\n".join(f"doc {i}" for i in range(5)).encode(), mtime=0)
+    (project.root / "www" / "corpus.txt.gz").write_bytes(data)
+    manifest = download(
+        project, f"url:{served}/corpus.txt.gz", **{"data.sha256": hashlib.sha256(data).hexdigest()}
+    )
+    assert manifest["details"]["gunzipped"] is True
+    assert sorted(all_paragraphs(project)) == [f"doc {i}" for i in range(5)]
 
 
 def test_url_with_wrong_sha256_names_both_digests_and_writes_nothing(project, served):
     (project.root / "www" / "corpus.txt").write_bytes(b"one\n\ntwo\n\nthree\n")
     actual = hashlib.sha256(b"one\n\ntwo\n\nthree\n").hexdigest()
-    message = expect_failure(project, f"url:{served}/corpus.txt", f"data.sha256 {'0' * 64} does not match", **{"data.sha256": "0" * 64})
+    message = expect_failure(
+        project,
+        f"url:{served}/corpus.txt",
+        f"data.sha256 {'0' * 64} does not match",
+        **{"data.sha256": "0" * 64},
+    )
     assert actual in message
 
 
 def test_url_that_is_not_found_says_so(project, served):
-    expect_failure(project, f"url:{served}/missing.txt", f"data.source url:{served}/missing.txt: the server answered HTTP 404", **{"data.sha256": "0" * 64})
+    expect_failure(
+        project,
+        f"url:{served}/missing.txt",
+        f"data.source url:{served}/missing.txt: the server answered HTTP 404",
+        **{"data.sha256": "0" * 64},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- hf
 
 
 def test_hf_offline_and_not_cached_points_at_the_offline_sources(project):
-    message = expect_failure(project, "hf:wikitext:wikitext-2-raw-v1", "data.source hf:wikitext:wikitext-2-raw-v1: cannot reach the Hugging Face hub (offline?)")
+    message = expect_failure(
+        project,
+        "hf:wikitext:wikitext-2-raw-v1",
+        "data.source hf:wikitext:wikitext-2-raw-v1: cannot reach the Hugging Face hub (offline?)",
+    )
     assert "builtin:kjv" in message and "files:" in message
 
 
@@ -251,14 +362,23 @@ def hf_cache(tmp_path, monkeypatch):
 def test_hf_local_dataset_keeps_its_splits(project, hf_cache):
     data = project.root / "mydata"
     data.mkdir()
-    for name, rows in (("train", ["story one\nline", "story two"]), ("validation", ["a valid row"]), ("test", ["a test row", None])):
+    for name, rows in (
+        ("train", ["story one\nline", "story two"]),
+        ("validation", ["a valid row"]),
+        ("test", ["a test row", None]),
+    ):
         (data / f"{name}.jsonl").write_text("".join(json.dumps({"text": r, "id": 1}) + "\n" for r in rows))
     manifest = download(project, "hf:mydata")
     assert manifest["details"]["splits"] == {"train": "train", "valid": "validation", "test": "test"}
     assert manifest["details"]["rows"] == "documents"
     assert written(project, "train") == "story one\nline\n\nstory two\n"
     assert written(project, "valid") == "a valid row\n"
-    expect_failure(project, "hf:mydata", "data.source hf:mydata: split train has no column 'body' (columns: text, id)", **{"data.text_column": "body"})
+    expect_failure(
+        project,
+        "hf:mydata",
+        "data.source hf:mydata: split train has no column 'body' (columns: text, id)",
+        **{"data.text_column": "body"},
+    )
 
 
 def test_hf_wikitext_style_rows_keep_their_lines_and_train_only_is_split(project, hf_cache):
@@ -271,7 +391,7 @@ def test_hf_wikitext_style_rows_keep_their_lines_and_train_only_is_split(project
     manifest = download(project, f"hf:{data}")  # an absolute path works too
     assert manifest["details"]["rows"] == "lines" and manifest["details"]["pooled_splits"] == ["train"]
     assert manifest["split"]["method"] == "fractions"
-    docs = sum((paragraphs(written(project, s)) for s in SPLITS), [])
+    docs = all_paragraphs(project)
     assert len(docs) == 20
     assert " Paragraph 3 , first line . \n still paragraph 3 . " in docs
 

@@ -171,7 +171,7 @@ class PeriodicCheckpoint(pl.Callback):
 
     def save(self, trainer) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(str(tmp))
+        trainer.save_checkpoint(str(tmp), weights_only=False)
         if trainer.global_rank == 0:
             tmp.replace(self.path)
         self._last = time.monotonic()

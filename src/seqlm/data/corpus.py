@@ -36,7 +36,10 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def run_download(cfg: Config, paths: Paths) -> None:
     """Write the normalised, split corpus and its manifest atomically; print one line per split."""
     try:
-        with atomic_dir(paths.raw_dir) as out, tempfile.TemporaryDirectory(prefix=".download.", dir=out.parent) as scratch:
+        with (
+            atomic_dir(paths.raw_dir) as out,
+            tempfile.TemporaryDirectory(prefix=".download.", dir=out.parent) as scratch,
+        ):
             corpus = sources.resolve(cfg, paths, Path(scratch))
             stats, method = _write_splits(corpus, cfg, out)
             write_json(out / "manifest.json", _manifest(cfg, corpus, method, stats))
@@ -66,8 +69,7 @@ def normalise(chunks: Iterable[str]) -> Iterator[str]:
             yield unicodedata.normalize("NFC", partial + line) + "\n"
             partial = ""
         partial += lines[-1]
-        while len(partial) > MAX_PIECE_CHARS:
-            cut = _safe_cut(partial)
+        while len(partial) > MAX_PIECE_CHARS and (cut := _safe_cut(partial)):
             yield unicodedata.normalize("NFC", partial[:cut])
             partial = partial[cut:]
     if partial or pending_cr:
@@ -82,20 +84,21 @@ def _clean(text: str) -> str:
 
 
 def _safe_cut(text: str) -> int:
-    """Where a long line may be cut so that NFC of the parts equals NFC of the whole.
+    """Where a long line may be cut so that NFC of the parts equals NFC of the whole; 0: nowhere yet.
 
     An ASCII character is a starter that never composes with what precedes it (UAX #15), so cutting
-    before one is exact. Failing that, any starter outside the Hangul jamo: exact except for a handful
-    of Indic vowel signs, and only in a line of over a million characters without one ASCII character.
+    before one is exact. Failing that, any starter but a Hangul vowel or trailing consonant jamo:
+    exact except for a handful of Indic vowel signs, and only in a line of over a million
+    characters without one ASCII character.
     """
     lowest = max(1, len(text) - 65536)
     for i in range(len(text) - 1, lowest - 1, -1):
         if text[i] < "\x80":
             return i
     for i in range(len(text) - 1, lowest - 1, -1):
-        if unicodedata.combining(text[i]) == 0 and not "\u1100" <= text[i] <= "\u11ff":
+        if unicodedata.combining(text[i]) == 0 and not "\u1160" <= text[i] <= "\u11ff":
             return i
-    return len(text)
+    return 0  # only combining marks and jamo: keep reading until a starter arrives
 
 
 def documents(pieces: Iterable[str]) -> Iterator[str | None]:
@@ -224,7 +227,9 @@ def _write_splits(corpus: sources.Corpus, cfg: Config, out: Path) -> tuple[dict[
     return stats, method
 
 
-def _route_by_fractions(whole: sources.Units, writers: dict[str, SplitWriter], cfg: Config, where: str) -> None:
+def _route_by_fractions(
+    whole: sources.Units, writers: dict[str, SplitWriter], cfg: Config, where: str
+) -> None:
     # Two passes over the source: count documents, then write each to its split. Reading twice
     # costs time but keeps memory at one byte per document, whatever the corpus size.
     n = sum(1 for event in events(whole()) if event is DOC_END)

