@@ -77,6 +77,20 @@ def train(corpus: Path, out_dir: Path) -> Path:
     return out_dir / "spm.model"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and exec, so a worker started
+    by a parent that had trained a tokenizer would report the parent's peak instead of its own.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
 def encode_worker(model: str, corpus: str, dest: str, threads: int) -> None:
     """Runs in its own process: encode, then report seconds and this process's peak RSS."""
     import sentencepiece as spm
@@ -84,22 +98,44 @@ def encode_worker(model: str, corpus: str, dest: str, threads: int) -> None:
     from seqlm.data.tokenizer import encode_file, token_dtype
 
     sp = spm.SentencePieceProcessor(model_file=model)
+    cpu_started = time.process_time()
     stats = encode_file(sp, Path(corpus), Path(dest), token_dtype(sp.get_piece_size()), num_threads=threads)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    print(json.dumps({"seconds": stats.encode_seconds, "tokens": stats.tokens, "peak_rss_mb": peak_kb / 1024}))
+    cpu_seconds = time.process_time() - cpu_started  # all of this process's threads
+    report = {"seconds": stats.encode_seconds, "cpu_seconds": cpu_seconds, "tokens": stats.tokens,
+              "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    print(json.dumps(report))
 
 
-def measure(model: Path, corpus: Path, dest: Path, threads: int) -> dict:
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes (and the hypervisor's steal) have used so far, from /proc/stat."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(model: Path, corpus: Path, dest: Path, threads: int, cores: int) -> dict:
+    """Encode in a fresh process; also how much of the machine other processes took meanwhile."""
     cmd = [sys.executable, __file__, "--encode-worker", str(model), str(corpus), str(dest), str(threads)]
+    busy, ours, started = machine_busy_seconds(), children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    wall = time.perf_counter() - started
+    others = (machine_busy_seconds() - busy) - (children_cpu_seconds() - ours)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["others_share"] = max(others, 0.0) / (wall * cores)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=200, help="corpus size in MB (10^6 bytes)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "tokenize", help="working folder")
-    parser.add_argument("--encode-worker", nargs=4, metavar=("MODEL", "CORPUS", "DEST", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "tokenize", help="work folder")
+    worker_args = ("MODEL", "CORPUS", "DEST", "THREADS")
+    parser.add_argument("--encode-worker", nargs=4, metavar=worker_args, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.encode_worker:
         model, corpus, dest, threads = args.encode_worker
@@ -107,7 +143,8 @@ def main() -> None:
         return
 
     cores = len(os.sched_getaffinity(0))
-    print(f"bench tokenize: {platform.processor() or platform.machine()}, {cores} cores, python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"bench tokenize: {machine}, {cores} cores, python {platform.python_version()}")
     print(f"command: {sys.executable} bench/tokenize.py --mb {args.mb}")
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = args.out / f"corpus_{args.mb}mb.txt"
@@ -116,17 +153,26 @@ def main() -> None:
     size_mb = corpus.stat().st_size / 1e6
     print(f"corpus: {corpus} ({size_mb:.1f} MB) ready in {time.perf_counter() - started:.1f} s")
     model = train(corpus, args.out / "tokenizer")
+    print(f"peak RSS so far (corpus + tokenizer training, not part of the result): {peak_rss_mb():.0f} MB")
     dest = args.out / "tokens.bin"
     try:
-        multi = measure(model, corpus, dest, cores)
-        print(f"all {cores} cores: {multi['seconds']:.1f} s, {multi['tokens']:,} tokens, peak RSS {multi['peak_rss_mb']:.0f} MB")
-        single = measure(model, corpus, dest, 1)
-        print(f"one thread:  {single['seconds']:.1f} s, peak RSS {single['peak_rss_mb']:.0f} MB")
+        multi = measure(model, corpus, dest, cores, cores)
+        print(f"all {cores} cores: {multi['seconds']:.1f} s ({multi['cpu_seconds']:.1f} s CPU), "
+              f"{multi['tokens']:,} tokens, peak RSS {multi['peak_rss_mb']:.0f} MB")
+        single = measure(model, corpus, dest, 1, cores)
+        print(f"one thread:  {single['seconds']:.1f} s ({single['cpu_seconds']:.1f} s CPU), "
+              f"peak RSS {single['peak_rss_mb']:.0f} MB")
     finally:
         dest.unlink(missing_ok=True)
     peak = max(multi["peak_rss_mb"], single["peak_rss_mb"])
+    others = max(multi["others_share"], single["others_share"])
+    print(f"other processes took up to {others:.0%} of the machine's CPU during the runs")
+    if others > 0.05:
+        print("warning: other processes competed for the CPU, so the numbers below are not clean; "
+              "rerun on an idle machine")
     print(
-        f"mb_per_s={size_mb / multi['seconds']:.2f} single_process_mb_per_s={size_mb / single['seconds']:.2f} "
+        f"mb_per_s={size_mb / multi['seconds']:.2f} "
+        f"single_process_mb_per_s={size_mb / single['seconds']:.2f} "
         f"speedup={single['seconds'] / multi['seconds']:.2f} peak_rss_mb={peak:.0f}"
     )
 

@@ -14,11 +14,15 @@ peak measured in the same run (2048² matmul), so the number is judged against t
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    del sys.path[0]  # bench/ holds tokenize.py, which must not shadow the standard library's tokenize
+
 import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path

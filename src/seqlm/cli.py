@@ -20,6 +20,18 @@ STAGES: dict[str, tuple[str, str]] = {
     "download": ("seqlm.data.corpus:run_download", "fetch and normalise the corpus into data/raw/"),
     "tokenize": ("seqlm.data.tokenizer:run_tokenize", "train sentencepiece and write token arrays to data/tokens/"),
     "train": ("seqlm.training:run_train", "train the language model; resumes an interrupted run with the same params"),
+    "evaluate": ("seqlm.evaluation:run_evaluate", "test metrics, diagnostics and samples into reports/eval/"),
+    "register": ("seqlm.registry:run_register", "register the model in MLflow and apply the champion gate"),
+}
+
+# tool name -> "module:function"; each function takes the parsed argparse namespace.
+TOOLS: dict[str, str] = {
+    "generate": "seqlm.generation:cli_generate",
+    "predict": "seqlm.generation:cli_predict",
+    "models": "seqlm.registry_tools:cli_models",
+    "promote": "seqlm.registry_tools:cli_promote",
+    "rollback": "seqlm.registry_tools:cli_rollback",
+    "serve": "seqlm.registry_tools:cli_serve",
 }
 
 
@@ -46,7 +58,38 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     stages = {name: sub.add_parser(name, help=f"stage: {text}", description=text) for name, (_, text) in STAGES.items()}
     stages["train"].add_argument("--fresh", action="store_true", help="ignore models/last.ckpt and start over")
+    _add_tools(sub)
     return parser
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="models/model",
+                   help="an exported model folder, or a registry URI such as models:/seqlm@champion (default: models/model)")  # fmt: skip
+
+
+def _add_tools(sub) -> None:
+    gen = sub.add_parser("generate", help="generate text from a prompt (streams tokens)", description="Sample a continuation.")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)")
+    gen.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = all (default 50)")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus: smallest set with this mass (default 0.95)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed, for repeatable samples (default 0)")
+    _add_model_arg(gen)
+
+    pred = sub.add_parser("predict", help="the k most likely next words, with probabilities",
+                          description="Next-word prediction: sub-word pieces are continued to the next word boundary.")  # fmt: skip
+    pred.add_argument("text", help='the context, e.g. "Every night, I take my dog for a"')
+    pred.add_argument("--k", type=int, default=5, help="how many words (default 5)")
+    _add_model_arg(pred)
+
+    sub.add_parser("models", help="registered versions: aliases, test bits/byte, word perplexity, run")
+    promote = sub.add_parser("promote", help="make a registered version the champion (recorded as tags)")
+    promote.add_argument("version", help="registered model version number")
+    promote.add_argument("--reason", default="", help="why; stored on the version")
+    sub.add_parser("rollback", help="move champion back to the previous champion")
+    serve = sub.add_parser("serve", help="serve models:/<name>@champion over HTTP on 127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -70,12 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in STAGES:
         options = {k: v for k, v in vars(args).items() if k != "command"}
         return guarded(lambda: run_stage(args.command, **options))
+    if args.command in TOOLS:
+        return guarded(lambda: _resolve(TOOLS[args.command])(args))
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 
 
 def stage_main(name: str) -> None:
     """Entry point for pipeline/<stage>.py."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sys.exit(guarded(lambda: run_stage(name)))
 
 

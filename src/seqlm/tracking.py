@@ -60,9 +60,19 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def client(uri: str):
+    """A client for ``uri``, also made MLflow's current store (``mlflow.start_run``, ``log_model`` use it).
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI; the user's own value (or its absence)
+    is kept, so a later project in the same process is not sent to this one's store.
+    """
     import mlflow
 
+    user_choice = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if user_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_choice
     return mlflow.MlflowClient(tracking_uri=uri)
 
 

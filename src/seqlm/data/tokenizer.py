@@ -114,7 +114,7 @@ def count_words(text: str) -> int:
 
 
 def _cut(line: str, max_bytes: int) -> Iterator[str]:
-    """Pieces of at most ``max_bytes`` UTF-8 bytes: cut at the last space in reach, else between characters."""
+    """Pieces of at most ``max_bytes`` bytes, cut at the last space in reach, else between characters."""
     data = line.encode("utf-8")
     while len(data) > max_bytes:
         cut = data.rfind(b" ", 0, max_bytes + 1)
@@ -153,7 +153,7 @@ def training_sentences(path: Path, max_bytes: int, counter: dict | None = None) 
 
 
 def _sample(sentences: Iterator[str], total: int, keep: int, seed: int) -> Iterator[str]:
-    """Exactly ``keep`` of ``total`` sentences, uniformly, in order (Knuth's selection sampling, TAOCP 3.4.2 S).
+    """Exactly ``keep`` of ``total`` sentences, uniformly, in order (selection sampling, TAOCP 3.4.2 S).
 
     Done here rather than by sentencepiece: its own sampling ignores set_random_generator_seed in
     0.2.x (we measured a different vocabulary on every run), and this needs no memory beyond the sample.
@@ -209,7 +209,7 @@ def _explain(exc: RuntimeError, tok: TokenizerConfig) -> SeqlmError:
             f"it supports is {m.group(1)} (every character kept by character_coverage, the byte pieces and "
             "<unk> <s> </s>); raise tokenizer.vocab_size or lower tokenizer.character_coverage"
         )
-    return SeqlmError(f"sentencepiece could not train a {tok.type} tokenizer with these tokenizer params: {message}")
+    return SeqlmError(f"sentencepiece could not train a {tok.type} tokenizer with these params: {message}")
 
 
 def _drop_run_details(model_path: Path) -> None:
@@ -243,7 +243,7 @@ def train_tokenizer(train_txt: Path, out_dir: Path, tok: TokenizerConfig, seed: 
         raise SeqlmError(f"{train_txt}: the train split has no text; check data.source and data.split")
     keep = total if tok.input_sentence_size == 0 else min(total, tok.input_sentence_size)
     sentences = _sample(training_sentences(train_txt, tok.max_sentence_length), total, keep, seed)
-    spm.set_random_generator_seed(seed)  # not needed today (training is deterministic given its input); cheap insurance
+    spm.set_random_generator_seed(seed)  # training is deterministic given its input today; cheap insurance
     started = time.perf_counter()
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=sentences, **_trainer_options(tok, out_dir / "spm"))
@@ -255,7 +255,8 @@ def train_tokenizer(train_txt: Path, out_dir: Path, tok: TokenizerConfig, seed: 
             f"tokenize: {counter['split_lines']:,} train lines longer than tokenizer.max_sentence_length "
             f"({tok.max_sentence_length} bytes) were split (at spaces where possible) for tokenizer training"
         )
-    print(f"tokenize: trained {tok.type} on {keep:,} of {total:,} train sentences in {time.perf_counter() - started:.1f} s")
+    seconds = time.perf_counter() - started
+    print(f"tokenize: trained {tok.type} on {keep:,} of {total:,} train sentences in {seconds:.1f} s")
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -322,7 +323,7 @@ def decode_tokens(sp, ids: Sequence[int] | np.ndarray) -> str:
     of what it decodes.
     """
     ids = np.asarray(ids)
-    lines = np.split(ids, np.flatnonzero(ids == EOS_ID) + 1)
+    lines = np.split(ids, np.flatnonzero(ids == sp.eos_id()) + 1)
     return "\n".join(sp.decode([line.tolist() for line in lines]))
 
 
@@ -370,7 +371,8 @@ def _encode_splits(paths: Paths, model_path: Path, tok: TokenizerConfig) -> None
             print(f"tokenize: warning: {paths.raw_split(name)} has no text; later stages need some")
         print(
             f"tokenize: {name:5} {s.tokens:>12,} tokens  {s.tokens / max(s.bytes, 1):.3f} tokens/byte  "
-            f"{s.bytes / 1e6 / max(s.encode_seconds, 1e-9):6.1f} MB/s  byte-fallback {s.byte_fallback_fraction:.2%}"
+            f"{s.bytes / 1e6 / max(s.encode_seconds, 1e-9):6.1f} MB/s  "
+            f"byte-fallback {s.byte_fallback_fraction:.2%}"
         )
 
 

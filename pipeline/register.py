@@ -1,0 +1,8 @@
+"""DVC stage `register`: models/model + reports/eval -> a registered MLflow model version, the champion gate, reports/register.json."""
+import sys
+
+if __name__ == "__main__":
+    del sys.path[0]  # this folder holds tokenize.py, which must not shadow the standard library's tokenize
+    from seqlm.cli import stage_main
+
+    stage_main("register")

@@ -1,0 +1,154 @@
+"""Integration: a real `mlflow server` (sqlite + served artifacts on 127.0.0.1) behind the whole registry path.
+
+train → evaluate → register, a second (worse) model through the gate, promote, rollback, then
+`seqlm serve` (= `mlflow models serve -m models:/seqlm@champion --env-manager local`) answering
+/invocations for both tasks. Every server runs in its own process group and is killed in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from seqlm.cli import main
+from seqlm_testing import TINY_TRAIN, make_tokens
+
+# Not marked slow: about 55 s on 2 shared CPU cores (two servers, two tiny trainings and evaluations).
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+QUICK_EVALUATE = {"evaluate.context_resets": [16], "evaluate.gradient_flow_steps": 8, "evaluate.sample_tokens": 8}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url} exited with {proc.returncode} before answering:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate the whole process group (the CLI, uvicorn and its workers), then kill what is left."""
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    store = tmp_path / "server"
+    store.mkdir()
+    port, log = free_port(), store / "server.log"
+    # One worker and no job runner: ready in seconds at ~0.5 GB (the defaults start 4 workers + 7 job processes).
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                  "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/health", proc, log, timeout_s=90)
+        yield url
+    finally:
+        stop(proc)
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def pipeline(project, **params) -> dict:
+    from seqlm.evaluation import run_evaluate
+    from seqlm.registry import run_register
+    from seqlm.training import run_train
+
+    project.set(**params)
+    run_train(project.config(), project.paths())
+    run_evaluate(project.config(), project.paths())
+    return run_register(project.config(), project.paths())
+
+
+def test_pipeline_gate_promote_rollback_and_serve_against_a_server(project, tracking_server, monkeypatch, tmp_path, capsys):
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_tokens(project, lines=1500)
+    project.set(**QUICK_EVALUATE)
+
+    first = pipeline(project, **(TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30}))
+    assert first["version"] == 1 and first["decision"] == "promoted"
+    worse = pipeline(project, **{"train.max_steps": 10, "train.val_every_steps": 10})
+    assert worse["version"] == 2 and worse["decision"] == "kept"
+    assert worse["challenger"]["bits_per_byte"] > first["challenger"]["bits_per_byte"]
+    assert worse["aliases_after"] == {"challenger": 2, "champion": 1}
+    assert "does not beat champion" in capsys.readouterr().out
+    from seqlm.registry import run_register
+
+    again = run_register(project.config(), project.paths())  # a retry of the same pipeline run
+    assert again["version"] == 2 and again["reused_version"] and again["decision"] == "kept"
+
+    assert main(["promote", "2", "--reason", "integration test"]) == 0
+    assert main(["rollback"]) == 0
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "champion is now version 1 (was 2)" in table
+    assert any(line.split()[:2] == ["1", "champion"] for line in table.splitlines())
+
+    port, log = free_port(), tmp_path / "serve.log"
+    env = os.environ | {"SEQLM_ROOT": str(project.root)}
+    serve = start([sys.executable, "-m", "seqlm.cli", "serve", "--port", str(port)], env, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/ping", serve, log, timeout_s=180)
+        prompts = ["the dog walks to", "a cat"]
+        generated = post(f"{url}/invocations", {"dataframe_records": [{"prompt": p} for p in prompts],
+                                                 "params": {"max_new_tokens": 12, "seed": 5}})["predictions"]  # fmt: skip
+        words = post(f"{url}/invocations", {"inputs": {"prompt": prompts}, "params": {"task": "next_words", "k": 3}})["predictions"]
+    finally:
+        stop(serve)
+
+    # the served model is version 1 (champion after the rollback): same seed, same text as loading it here
+    local = mlflow.pyfunc.load_model("models:/seqlm/1")
+    expected = local.predict(pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 12, "seed": 5})
+    assert [row["text"] for row in generated] == list(expected["text"])
+    assert len(words) == 2
+    for row in words:
+        probs = [w["probability"] for w in row["next_words"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6

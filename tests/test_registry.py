@@ -1,0 +1,383 @@
+"""The register stage, the champion gate, the pyfunc and the registry tools, on a sqlite store.
+
+One tiny model is trained and evaluated per module; every test copies that project into its own folder
+with its own empty MLflow store, and each "pipeline run" there is a fresh MLflow run whose evaluation
+(reports/eval/metrics.json and its mirrored test_bits_per_byte) the test may rewrite to steer the gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import socket
+
+import pytest
+
+from seqlm import promotion, registry, registry_tools, tracking
+from seqlm.cli import main
+from seqlm.errors import SeqlmError
+from seqlm_testing import TINY_TRAIN, Project, grammar_text, make_tokens
+
+NAME = "seqlm"
+QUICK_EVALUATE = {"evaluate.context_resets": [16], "evaluate.gradient_flow_steps": 8, "evaluate.sample_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project after download, tokenize, train (60 steps) and evaluate."""
+    from seqlm.evaluation import run_evaluate
+    from seqlm.training import run_train
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEQLM_ROOT", str(root))
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        project = Project(root)
+        make_tokens(project, lines=1500)
+        project.set(**(TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30} | QUICK_EVALUATE))
+        run_train(project.config(), project.paths())
+        run_evaluate(project.config(), project.paths())
+    # An empty store, created once: creating the sqlite schema costs seconds; copying it does not.
+    empty = tmp_path_factory.mktemp("empty-store")
+    tracking.client(f"sqlite:///{empty / 'mlflow.db'}").search_experiments()
+    return root, empty / "mlflow.db"
+
+
+@pytest.fixture
+def proj(trained, tmp_path, monkeypatch) -> Project:
+    """A copy of the trained project with an empty MLflow store and a fresh pipeline run."""
+    trained_root, empty_store = trained
+    root = tmp_path / "project"
+    root.mkdir()
+    project = Project(root)
+    shutil.copytree(trained_root, root, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"), dirs_exist_ok=True)
+    shutil.copy(empty_store, root / "mlflow.db")
+    monkeypatch.setenv("SEQLM_ROOT", str(root))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # generation's registry downloads
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(root)
+    new_run(project)
+    return project
+
+
+def new_run(project: Project, bits_per_byte: float | None = None) -> str:
+    """Another pipeline run of the same weights, evaluated at ``bits_per_byte`` (default: as evaluated)."""
+    paths = project.paths()
+    metrics_file = paths.eval_reports / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    if bits_per_byte is not None:
+        metrics["bits_per_byte"] = bits_per_byte
+        metrics_file.write_text(json.dumps(metrics))
+    uri = tracking.tracking_uri(paths)
+    client = tracking.client(uri)
+    run_id = client.create_run(tracking.experiment_id(client, "seqlm", paths)).info.run_id
+    client.log_metric(run_id, "test_bits_per_byte", metrics["bits_per_byte"])  # what evaluate mirrors
+    client.set_terminated(run_id)
+    tracking.write_run_json(paths, run_id, "seqlm", uri)
+    return run_id
+
+
+def register(project: Project) -> dict:
+    return registry.run_register(project.config(), project.paths())
+
+
+def client_of(project: Project):
+    return tracking.client(tracking.tracking_uri(project.paths()))
+
+
+def eval_bits(project: Project) -> float:
+    return json.loads((project.paths().eval_reports / "metrics.json").read_text())["bits_per_byte"]
+
+
+def versions(project: Project) -> list[int]:
+    return sorted(int(mv.version) for mv in client_of(project).search_model_versions(f"name = '{NAME}'"))
+
+
+def report(project: Project) -> dict:
+    return json.loads(project.paths().register_json.read_text())
+
+
+# ------------------------------------------------------------------------------------------ register
+
+
+def test_first_registration_is_champion_with_lineage_and_no_network(proj, monkeypatch, capsys):
+    paths = proj.paths()
+    (proj.root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  download:\n    outs:\n    - path: data/raw\n      md5: 1111.dir\n"
+        "  tokenize:\n    outs:\n    - path: data/tokenizer\n      md5: 2222.dir\n"
+    )
+    real_connect = socket.socket.connect
+
+    def loopback_only(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"register tried to reach {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    run_id = json.loads(paths.run_json.read_text())["run_id"]
+    out = register(proj)
+
+    assert out["version"] == 1 and out["decision"] == "promoted"
+    assert out["aliases_before"] == {} and out["aliases_after"] == {"challenger": 1, "champion": 1}
+    assert out == report(proj)
+    assert "becomes champion" in capsys.readouterr().out
+    metrics = json.loads((paths.eval_reports / "metrics.json").read_text())
+    manifest = json.loads(paths.manifest.read_text())
+    tags = client_of(proj).get_model_version(NAME, "1").tags
+    assert float(tags["seqlm.test_bits_per_byte"]) == metrics["bits_per_byte"]
+    assert float(tags["seqlm.test_word_perplexity"]) == metrics["word_perplexity"]
+    assert json.loads(tags["seqlm.eval_protocol"]) == metrics["protocol"] == {"batch_size": 8, "bptt": 128, "carry_state": True}
+    assert tags["seqlm.test_sha256"] == manifest["splits"]["test"]["sha256"]
+    assert tags["seqlm.test_sha256"] == hashlib.sha256(paths.raw_split("test").read_bytes()).hexdigest()
+    assert tags["seqlm.weights_sha256"] == hashlib.sha256((paths.model_dir / "weights.safetensors").read_bytes()).hexdigest()
+    assert tags["seqlm.run_id"] == run_id
+    assert tags["seqlm.params_hash"] == proj.config().section_hash(*registry.MODEL_SECTIONS)
+    assert tags["dvc.md5.data/raw"] == "1111.dir" and tags["dvc.md5.data/tokenizer"] == "2222.dir"
+    assert "git.commit" in tags
+    client = client_of(proj)
+    assert client.get_run(run_id).data.tags["seqlm.registered_version"] == f"{NAME}/1"
+    assert [a.path for a in client.list_artifacts(run_id, "register")] == ["register/register.json"]
+
+
+def test_worse_challenger_is_kept_and_a_better_one_promoted(proj, capsys):
+    base = eval_bits(proj)
+    register(proj)
+    new_run(proj, base * 1.05)
+    out = register(proj)
+    assert out["decision"] == "kept" and out["version"] == 2
+    assert out["aliases_after"] == {"challenger": 2, "champion": 1}
+    assert out["champion"]["version"] == 1 and out["champion"]["bits_per_byte"] == base
+    printed = capsys.readouterr().out
+    assert f"challenger {base * 1.05:.4f} bits/byte does not beat champion {base:.4f} (version 1) by 1%" in printed
+
+    new_run(proj, base * 0.995)  # better, but by less than registry.min_improvement (1%)
+    assert register(proj)["decision"] == "kept"
+
+    new_run(proj, base * 0.98)
+    out = register(proj)
+    assert out["decision"] == "promoted" and out["aliases_after"] == {"challenger": 4, "champion": 4}
+    assert "beats champion" in out["reason"]
+
+    proj.set(**{"registry.min_improvement": 0.001})
+    new_run(proj, base * 0.98 * 0.995)  # 0.5% better clears a 0.1% bar
+    assert register(proj)["decision"] == "promoted"
+    assert promotion.history(client_of(proj), NAME) == [1, 4, 5]
+
+
+def test_auto_promote_false_only_registers(proj):
+    register(proj)
+    proj.set(**{"registry.auto_promote": False})
+    new_run(proj, eval_bits(proj) * 0.5)
+    out = register(proj)
+    assert out["decision"] == "registered_only" and "auto_promote is false" in out["reason"]
+    assert out["aliases_after"] == {"challenger": 2, "champion": 1}
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "not found, the model is unevaluated"),
+        ("nan", r"bits_per_byte is nan \(the model diverged\)"),
+        ("no_words", "word_perplexity is null, not a number"),
+        ("stale", "is not the evaluation of run"),
+    ],
+)
+def test_unevaluated_or_diverged_models_are_refused(proj, damage, message):
+    metrics_file = proj.paths().eval_reports / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    if damage == "missing":
+        metrics_file.unlink()
+    elif damage == "nan":
+        metrics_file.write_text(json.dumps(metrics | {"bits_per_byte": math.nan}))
+    elif damage == "no_words":
+        metrics_file.write_text(json.dumps(metrics | {"word_perplexity": None}))
+    else:  # evaluated, but not this run's evaluation
+        metrics_file.write_text(json.dumps(metrics | {"bits_per_byte": metrics["bits_per_byte"] + 0.1}))
+    with pytest.raises(SeqlmError, match=message) as err:
+        register(proj)
+    assert "\n" not in str(err.value) and "nothing registered" in str(err.value)
+    assert versions(proj) == []
+    assert not proj.paths().register_json.exists()
+
+
+def test_a_rerun_after_a_failure_reuses_the_version(proj, monkeypatch):
+    real_gate = promotion.gate
+
+    def server_gone(*args, **kwargs):
+        raise ConnectionError("the tracking server went away")
+
+    monkeypatch.setattr(promotion, "gate", server_gone)
+    with pytest.raises(ConnectionError):
+        register(proj)
+    assert versions(proj) == [1]
+    assert promotion.aliases(client_of(proj), NAME) == {"challenger": 1}
+    assert not proj.paths().register_json.exists()
+
+    monkeypatch.setattr(promotion, "gate", real_gate)
+    out = register(proj)
+    assert out["version"] == 1 and out["reused_version"] and out["decision"] == "promoted"
+    assert register(proj)["reason"] == "version 1 is already champion"
+    assert versions(proj) == [1]
+    client = client_of(proj)
+    experiment = client.get_experiment_by_name("seqlm").experiment_id
+    assert len(client.search_logged_models(experiment_ids=[experiment])) == 1  # the logged pyfunc was reused too
+
+
+def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, capsys):
+    base = eval_bits(proj)
+    register(proj)  # version 1, champion
+    proj.set(**{"registry.auto_promote": False})
+    new_run(proj, base * 0.8)
+    register(proj)  # version 2, registered only: the "other" registration that will win the race
+    proj.set(**{"registry.auto_promote": True})
+    new_run(proj, base * 0.9)
+
+    real_read, calls = promotion.read_champion, []
+
+    def racing_read(client, name):
+        calls.append(1)
+        if len(calls) == 2:  # between our decision and our alias move, another process promotes 2
+            client.set_registered_model_alias(name, "champion", "2")
+        return real_read(client, name)
+
+    monkeypatch.setattr(promotion, "read_champion", racing_read)
+    out = register(proj)
+    assert "champion moved from version 1 to 2 while deciding; deciding again" in capsys.readouterr().out
+    assert out["decision"] == "kept" and out["champion"]["version"] == 2
+    assert out["aliases_after"] == {"challenger": 3, "champion": 2}
+
+
+def test_champion_scored_on_other_test_data_is_re_scored(proj, monkeypatch):
+    paths, evaluated = proj.paths(), eval_bits(proj)
+    register(proj)
+    # the rescore path computes what the evaluate stage computed, on the same text
+    same = promotion.Score(0.0, None, registry.raw_test_sha256(paths), report(proj)["challenger"]["protocol"])
+    assert promotion.rescore(NAME, 1, same, paths).bits_per_byte == pytest.approx(evaluated, rel=1e-6)
+
+    text = grammar_text(150, seed=7)
+    paths.raw_split("test").write_text(text)
+    manifest = json.loads(paths.manifest.read_text())
+    manifest["splits"]["test"]["sha256"] = new_sha = hashlib.sha256(text.encode()).hexdigest()
+    paths.manifest.write_text(json.dumps(manifest))
+    new_run(proj, 0.5)
+    out = register(proj)
+    champion = out["champion"]
+    assert champion["version"] == 1 and champion["scored"] == "rescored" and champion["test_sha256"] == new_sha
+    assert 0.7 * evaluated < champion["bits_per_byte"] < 1.3 * evaluated  # similar text, similar score
+    assert out["decision"] == "promoted"
+    assert any(k.startswith("seqlm.rescore.") for k in client_of(proj).get_model_version(NAME, "1").tags)
+
+    # version 1's score on this text is kept as a tag: no second re-scoring
+    monkeypatch.setattr(promotion, "rescore", lambda *a: pytest.fail("re-scored twice"))
+    client_of(proj).set_registered_model_alias(NAME, "champion", "1")
+    new_run(proj, 0.6)
+    assert register(proj)["champion"]["bits_per_byte"] == champion["bits_per_byte"]
+
+
+def test_unreachable_tracking_server_is_one_line_and_touches_nothing(proj, monkeypatch, capsys):
+    paths = proj.paths()
+
+    def snapshot():
+        return {p: p.read_bytes() for d in (paths.model_dir, paths.eval_reports) for p in sorted(d.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert main(["register"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in err
+    assert snapshot() == before
+    assert not paths.register_json.exists()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert versions(proj) == []
+
+
+# ------------------------------------------------------------------------------------------ the pyfunc
+
+
+def test_registered_pyfunc_answers_both_tasks(proj):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    register(proj)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    prompts = pd.DataFrame({"prompt": ["the dog walks to", "a cat"]})
+    first = model.predict(prompts, params={"max_new_tokens": 12, "seed": 3})
+    again = model.predict(prompts, params={"max_new_tokens": 12, "seed": 3})
+    assert list(first.columns) == ["text"] and len(first) == 2
+    assert all(isinstance(t, str) and t for t in first["text"]) and first.equals(again)
+
+    words = model.predict(prompts, params={"task": "next_words", "k": 3})["next_words"]
+    for row in words:
+        probs = [w["probability"] for w in row]
+        assert len(row) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(isinstance(w["word"], str) and w["word"].strip() for w in row)
+    with pytest.raises(MlflowException, match="task must be one of generate | next_words"):
+        model.predict(prompts, params={"task": "translate"})
+    with pytest.raises(MlflowException, match="temperature must be >= 0"):
+        model.predict(prompts, params={"temperature": -1.0})
+
+
+# ------------------------------------------------------------------------------------------ the tools
+
+
+def test_promote_rollback_and_models(proj, capsys):
+    base = eval_bits(proj)
+    register(proj)
+    new_run(proj, base * 1.1)
+    register(proj)  # version 2, kept
+    client = client_of(proj)
+    capsys.readouterr()
+
+    assert main(["promote", "2", "--reason", "better samples by eye"]) == 0
+    assert "champion is now version 2 (was 1)" in capsys.readouterr().out
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["seqlm.champion_by"] == "manual" and tags["seqlm.champion_reason"] == "better samples by eye"
+    assert tags["seqlm.previous_champion"] == "1" and tags["seqlm.champion_since"]
+    assert promotion.history(client, NAME) == [1, 2]
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["version", "aliases", "test", "bits/byte", "word", "ppl", "created", "run", "id"]
+    row1, row2 = lines[2].split(), lines[3].split()
+    assert row1[:3] == ["1", "-", f"{base:.4f}"] and row2[:3] == ["2", "challenger,champion", f"{base * 1.1:.4f}"]
+    assert row2[-1] == json.loads(proj.paths().run_json.read_text())["run_id"]
+
+    assert main(["rollback"]) == 0
+    assert "champion is now version 1 (was 2)" in capsys.readouterr().out
+    assert promotion.aliases(client, NAME)["champion"] == 1
+    assert client.get_model_version(NAME, "1").tags["seqlm.champion_by"] == "rollback"
+    assert main(["rollback"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no previous champion to roll back to" in err
+
+    client.delete_model_version_tag(NAME, "2", "seqlm.test_bits_per_byte")
+    assert main(["promote", "2"]) == 2
+    assert "no test bits-per-byte tag (it was not evaluated)" in capsys.readouterr().err
+    assert main(["promote", "9"]) == 2
+    assert "has no version 9" in capsys.readouterr().err
+    assert promotion.aliases(client, NAME)["champion"] == 1
+
+
+def test_tools_without_a_registered_model_say_so(proj, capsys):
+    for argv in (["models"], ["serve"], ["rollback"]):
+        assert main(argv) == 2
+        assert f"no registered model '{NAME}'" in capsys.readouterr().err
+
+
+def test_serve_command_and_env():
+    import sys
+    from pathlib import Path
+
+    cmd = registry_tools.serve_command(NAME, 5123)
+    assert cmd[0] == str(Path(sys.executable).parent / "mlflow")
+    assert cmd[1:] == ["models", "serve", "-m", "models:/seqlm@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", "5123"]
+    env = registry_tools.serve_env("sqlite:////x/mlflow.db")
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
