@@ -3,7 +3,7 @@ import math
 import pytest
 
 from seqlm.lm import lr_factor
-from seqlm.training import CPU_AUTO_PRECISION, DeviceInfo, resolve_precision
+from seqlm.training import CPU_BF16_AUTO_PRECISION, DeviceInfo, detect_device, resolve_precision
 
 
 @pytest.mark.parametrize(
@@ -11,7 +11,8 @@ from seqlm.training import CPU_AUTO_PRECISION, DeviceInfo, resolve_precision
     [
         (DeviceInfo("cuda", "NVIDIA H100", bf16=True), "bf16-mixed"),
         (DeviceInfo("cuda", "Tesla V100", bf16=False), "16-mixed"),
-        (DeviceInfo("cpu"), CPU_AUTO_PRECISION),
+        (DeviceInfo("cpu", bf16=True), CPU_BF16_AUTO_PRECISION),
+        (DeviceInfo("cpu", bf16=False), "32-true"),
     ],
 )
 def test_auto_precision_follows_the_device(device, expected):
@@ -23,14 +24,37 @@ def test_named_precision_passes_through():
     assert resolve_precision("32-true", DeviceInfo("cuda", "H100", bf16=True)) == "32-true"
 
 
-def test_detect_device_on_this_cpu_machine():
+@pytest.mark.parametrize("capability,bf16_supported,expected", [((9, 0), True, "bf16-mixed"), ((7, 0), False, "16-mixed")])
+def test_auto_precision_from_a_faked_gpu(monkeypatch, capability, bf16_supported, expected):
     import torch
 
-    from seqlm.training import detect_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Faked GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    device = detect_device("auto")
+    assert (device.kind, device.name) == ("cuda", "Faked GPU")
+    assert resolve_precision("auto", device) == expected
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
-    assert detect_device("auto").kind in ("cpu", "mps")
+
+def test_detect_device_on_a_cpu_machine(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert detect_device("cpu") == DeviceInfo("cpu", "cpu", bf16=False)
+    assert resolve_precision("auto", detect_device("auto")) == "32-true"
+
+
+def test_asking_for_a_gpu_without_one_is_a_clear_error(monkeypatch):
+    import torch
+
+    from seqlm.errors import SeqlmError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SeqlmError, match="no CUDA GPU is visible"):
+        detect_device("gpu")
 
 
 def test_warmup_then_cosine_to_a_tenth():

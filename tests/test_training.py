@@ -79,7 +79,7 @@ def test_same_params_give_the_same_validation_loss(tiny, capsys):
 
 
 def test_kill_9_then_rerun_resumes_at_the_saved_step(tiny, capsys):
-    tiny.set(**{"train.max_steps": 600, "train.val_every_steps": 200})
+    tiny.set(**{"train.max_steps": 600, "train.val_every_steps": 200, "model.dropout": 0.1})
     reference = train(tiny)["val_loss"]
     paths = tiny.paths()
 
@@ -103,7 +103,7 @@ def test_kill_9_then_rerun_resumes_at_the_saved_step(tiny, capsys):
     resumed = train(tiny)
     assert "resuming from models/last.ckpt" in capsys.readouterr().out
     assert resumed["steps"] == 600
-    # Same stream position, carried state and optimizer state: the result matches the uninterrupted run.
+    # Same stream position, carried state, optimizer and RNG state: the result matches the uninterrupted run.
     assert resumed["val_loss"] == pytest.approx(reference, rel=1e-5)
 
 

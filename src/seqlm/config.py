@@ -144,7 +144,7 @@ def param(default: Any, rule: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------ sections
 
-SOURCE_KINDS = ("builtin:", "hf:", "files:", "url:")
+SOURCE_KINDS = ("builtin:", "hf:", "files:", "url:", "synthetic:")
 PRECISIONS = (
     "auto", "32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16",
     "16-true", "bf16-true", "transformer-engine", "transformer-engine-float16",
@@ -159,11 +159,13 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = param("builtin:kjv", Str(r"(builtin|hf|files|url):.+", "one of builtin:<name> | hf:<dataset>[:<config>] | files:<path or glob> | url:<https URL>"))
+    source: str = param("builtin:kjv", Str(r"(builtin|hf|files|url|synthetic):.+", "one of builtin:<name> | hf:<dataset>[:<config>] | files:<path or glob> | url:<https URL> | synthetic:copy | synthetic:brackets"))
     sha256: str = param("", Str(r"([0-9a-fA-F]{64})?", "empty or 64 hex digits"))
     split: tuple = param((0.9, 0.05, 0.05), List(Float(min=0, max=1, min_exclusive=True), length=3))
     on_decode_error: str = param("strict", Choice(("strict", "replace")))
     text_column: str = param("text", Str())
+    delay: int = param(50, Int(min=1))
+    synthetic_symbols: int = param(1_000_000, Int(min=1000))
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,9 @@ class LitLanguageModel(pl.LightningModule):
             "plateau_scale": self.plateau_scale,
             "best_val_loss": self.best_val_loss,
             "val_history": self.val_history,
+            # Dropout masks after a resume continue the same random sequence as an uninterrupted run.
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def on_load_checkpoint(self, checkpoint):
@@ -178,3 +181,7 @@ class LitLanguageModel(pl.LightningModule):
         self.plateau_scale = extra.get("plateau_scale", 1.0)
         self.best_val_loss = extra.get("best_val_loss", math.inf)
         self.val_history = list(extra.get("val_history", []))
+        if "rng_cpu" in extra:
+            torch.set_rng_state(extra["rng_cpu"])
+        if extra.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["rng_cuda"])

@@ -13,16 +13,16 @@ from seqlm.errors import SeqlmError
 from seqlm.io import remove, write_json
 from seqlm.paths import Paths
 
-# What `precision: auto` picks on a CPU. Set by measurement, not by hope: bench/train_throughput.py
-# and bench/precision_parity.py compare bf16-mixed against 32-true (docs/performance.md).
-CPU_AUTO_PRECISION = "32-true"
+# What `precision: auto` picks on a CPU with native bfloat16 (AVX512-BF16 or AMX). Set by measurement:
+# bench/precision_parity.py compares bf16-mixed with 32-true at equal steps (docs/performance.md).
+CPU_BF16_AUTO_PRECISION = "32-true"
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
     kind: str  # "cpu" | "cuda" | "mps"
     name: str = "cpu"
-    bf16: bool = False  # the GPU computes in bfloat16 natively (Ampere, compute capability ≥ 8.0, or newer)
+    bf16: bool = False  # computes in bfloat16 natively: Ampere GPUs (capability ≥ 8.0) and newer, or AVX512-BF16/AMX CPUs
 
 
 def detect_device(accelerator: str) -> DeviceInfo:
@@ -35,7 +35,14 @@ def detect_device(accelerator: str) -> DeviceInfo:
         raise SeqlmError(f"params.yaml: train.accelerator is {accelerator!r} but no CUDA GPU is visible; use auto or cpu")
     if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
         return DeviceInfo("mps", "mps")
-    return DeviceInfo("cpu", "cpu")
+    return DeviceInfo("cpu", "cpu", bf16=_cpu_has_bf16())
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(requested: str, device: DeviceInfo) -> str:
@@ -46,7 +53,8 @@ def resolve_precision(requested: str, device: DeviceInfo) -> str:
         return "bf16-mixed" if device.bf16 else "16-mixed"
     if device.kind == "mps":
         return "16-mixed"
-    return CPU_AUTO_PRECISION
+    # Without native bf16 the CPU emulates it, slower than fp32.
+    return CPU_BF16_AUTO_PRECISION if device.bf16 else "32-true"
 
 
 # ------------------------------------------------------------------------------------------- resume

@@ -137,11 +137,17 @@ class TokenDataModule(pl.LightningDataModule):
         # A resumed run restores the module's stream column first; the first pass continues from it.
         self._train.start = getattr(trainer.lightning_module, "column", 0)
         # batch_size=None: the dataset already yields whole [B, T] batches, in order (streams must not shuffle).
-        return DataLoader(self._train, batch_size=None, num_workers=0)
+        return DataLoader(self._train, batch_size=None, num_workers=0, generator=self._generator())
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        return DataLoader(self.split("valid", trainer.global_rank, trainer.world_size), batch_size=None, num_workers=0)
+        valid = self.split("valid", trainer.global_rank, trainer.world_size)
+        return DataLoader(valid, batch_size=None, num_workers=0, generator=self._generator())
+
+    def _generator(self) -> torch.Generator:
+        # A loader draws a seed from its generator on every iter(); a private one keeps the global RNG
+        # (dropout) on the same sequence whether or not a run was interrupted and resumed.
+        return torch.Generator().manual_seed(self.seed)
 
     def set_epoch(self, epoch: int) -> None:
         if self._train is not None:

@@ -58,6 +58,10 @@ def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
         return _url(spec, cfg.data.sha256, scratch / "download", cfg.data.on_decode_error)
     if kind == "hf":
         return _hf(spec, cfg.data.text_column, paths.root, where)
+    if kind == "synthetic":
+        from seqlm.data import synthetic
+
+        return synthetic.corpus(spec, cfg.data.delay, cfg.data.synthetic_symbols, cfg.data.split, cfg.base.seed, where)
     raise AssertionError(f"config accepted an unknown source kind {kind!r}")
 
 
