@@ -32,6 +32,7 @@ TOOLS: dict[str, str] = {
     "promote": "seqlm.registry_tools:cli_promote",
     "rollback": "seqlm.registry_tools:cli_rollback",
     "serve": "seqlm.registry_tools:cli_serve",
+    "study": "seqlm.study:cli_study",
 }
 
 
@@ -90,6 +91,12 @@ def _add_tools(sub) -> None:
     sub.add_parser("rollback", help="move champion back to the previous champion")
     serve = sub.add_parser("serve", help="serve models:/<name>@champion over HTTP on 127.0.0.1")
     serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+
+    from seqlm import study  # no heavy imports at module level
+
+    study.add_arguments(sub.add_parser(
+        "study", help="queue and run the sequence-model study as DVC experiments; write docs/study.md",
+        description="Families × the same data and budget, plus the copy probe × delays; see docs/study.md."))  # fmt: skip
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -15,7 +15,7 @@ from seqlm.paths import Paths
 
 # What `precision: auto` picks on a CPU with native bfloat16 (AVX512-BF16 or AMX). Set by measurement:
 # bench/precision_parity.py compares bf16-mixed with 32-true at equal steps (docs/performance.md).
-CPU_BF16_AUTO_PRECISION = "32-true"
+CPU_BF16_AUTO_PRECISION = "bf16-mixed"
 
 
 @dataclass(frozen=True)
