@@ -100,8 +100,11 @@ def stream_totals(model, tokens: np.ndarray, batch_size: int, bptt: int, device=
     return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start)
 
 
-def split_metrics(totals: StreamTotals, split: dict, protocol: dict, baselines: dict) -> dict:
-    """The metrics of one split; ``split`` is its meta.json entry (tokens, bytes, words)."""
+def split_metrics(totals: StreamTotals, split: dict, protocol: dict, baselines: dict | None = None) -> dict:
+    """The metrics of one split; ``split`` is its meta.json entry (tokens, bytes, words).
+
+    ``baselines`` (the n-gram floors' total bits on this split) adds their bits per byte when given.
+    """
     loss = totals.loss
     bits_per_token = loss / LN2
     total_nll = loss * split["tokens"]  # the mean over evaluated tokens, scaled to the whole split
@@ -119,9 +122,10 @@ def split_metrics(totals: StreamTotals, split: dict, protocol: dict, baselines: 
         "words": split["words"],
         "eval_tokens_per_s": totals.tokens / max(totals.seconds, 1e-9),
         "protocol": protocol,
+    } | ({} if baselines is None else {
         "unigram_bits_per_byte": baselines["unigram_bits"] / split["bytes"],
         "bigram_bits_per_byte": baselines["bigram_bits"] / split["bytes"],
-    }
+    })  # fmt: skip
 
 
 def _exp(x: float) -> float | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import asdict, dataclass
 
 from seqlm.errors import SeqlmError
@@ -158,7 +157,7 @@ def rescore(name: str, version: int, challenger: Score, paths: Paths) -> Score:
         del tokens  # the memmap must be closed before its folder goes
     split = {"tokens": stats.tokens, "bytes": stats.bytes, "words": stats.words}
     # n-gram yardsticks do not matter here; see the report for the wanted optional argument
-    metrics = split_metrics(totals, split, protocol, {"unigram_bits": math.nan, "bigram_bits": math.nan})
+    metrics = split_metrics(totals, split, protocol)
     return Score(metrics["bits_per_byte"], metrics["word_perplexity"], challenger.test_sha256, protocol, version, "rescored")
 
 
