@@ -76,9 +76,11 @@ def test_metrics_have_every_key_and_beat_the_unigram(trained, evaluated):
         assert m["word_perplexity"] == pytest.approx(math.exp(m["loss"] * m["tokens"] / m["words"]))
         assert 0 <= m["tokens"] - 1 - m["evaluated_tokens"] < 8  # the layout drops < batch_size tokens
     # Same streams (train.batch_size = evaluate.batch_size = 8), carried state: evaluating valid agrees
-    # with the train stage's validation of the exported (best) weights.
+    # with the train stage's validation of the exported (best) weights — exactly in fp32, within bf16's
+    # rounding when training validated under bf16-mixed autocast (precision auto on a bf16 CPU).
     train = json.loads((trained.paths().train_reports / "metrics.json").read_text())
-    assert saved["valid"]["bits_per_byte"] == pytest.approx(train["val_bits_per_byte"], rel=1e-4)
+    tolerance = 1e-4 if train["precision"].startswith("32") else 2e-3
+    assert saved["valid"]["bits_per_byte"] == pytest.approx(train["val_bits_per_byte"], rel=tolerance)
 
 
 def test_carried_state_equals_one_pass_over_the_stream(trained, model):
