@@ -34,13 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def gemm_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def gemm_peak_gflops(dtype=torch.float32, n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
+    _sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
@@ -70,25 +72,38 @@ def make_project(root: Path, vocab: int, tokens: int, seed: int) -> None:
     write_json(root / "data" / "tokens" / "meta.json", meta)
 
 
-def raw_loop(model, windows, steps: int, lr: float, clip: float, precision: str) -> float:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def raw_loop(model, windows, steps: int, lr: float, clip: float, precision: str, device: str = "cpu") -> float:
     """The hand-written loop: forward, loss, backward, clip, step, carry the detached state."""
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    autocast = precision.startswith("bf16")
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    autocast = precision.startswith(("bf16", "16"))
+    scaler = torch.amp.GradScaler(device, enabled=precision.startswith("16"))  # fp16 needs loss scaling
     state = None
     it = iter(windows)
     timed_from, t0 = 5, 0.0
     for step in range(steps):
         if step == timed_from:
+            _sync(device)
             t0 = time.perf_counter()
         x, y, _ = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         state = model.init_state(x.shape[0], x.device) if state is None else model.detach_state(state)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=dtype, enabled=autocast):
             logits, state = model(x, state)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
+    _sync(device)
     return (steps - timed_from) * x.numel() / (time.perf_counter() - t0)
 
 
@@ -110,7 +125,7 @@ class _Stopwatch:
         self.t0 = self.t1 = 0.0
 
 
-def lightning_loop(root: Path, cfg, vocab: int, steps: int, precision: str, mlflow_uri: str) -> float:
+def lightning_loop(root: Path, cfg, vocab: int, steps: int, precision: str, mlflow_uri: str, device: str = "cpu") -> float:
     import lightning.pytorch as pl
     import mlflow
 
@@ -127,7 +142,7 @@ def lightning_loop(root: Path, cfg, vocab: int, steps: int, precision: str, mlfl
     run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
     watch = _Stopwatch(timed_from=5)
     trainer = pl.Trainer(
-        accelerator="cpu", precision=precision, max_steps=steps, max_epochs=1, logger=False,
+        accelerator=device, devices=1, precision=precision, max_steps=steps, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
         callbacks=[TrainProgress(client, run.info.run_id, cfg.train.log_every_steps), watch.callback],
@@ -145,6 +160,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=25_700)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--bptt", type=int, default=35)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda on a GPU box, e.g. --hidden 1024 --layers 1 --vocab 32000 --batch 128 --bptt 128 "
+                             "--precisions 32-true,bf16-mixed,16-mixed")  # fmt: skip
     args = parser.parse_args()
 
     import logging
@@ -160,7 +180,7 @@ def main() -> None:
     cfg = config.parse({
         "model": {"family": "lstm", "embedding_size": args.hidden, "hidden_size": args.hidden,
                   "num_layers": args.layers, "dropout": 0.2, "tie_weights": True},
-        "train": {"batch_size": 32, "bptt": 35, "warmup_steps": 0, "schedule": "constant", "grad_clip": 0.25,
+        "train": {"batch_size": args.batch, "bptt": args.bptt, "warmup_steps": 0, "schedule": "constant", "grad_clip": 0.25,
                   "lr": 1e-3, "log_every_steps": 10},
     })  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="seqlm-bench-"))
@@ -168,18 +188,20 @@ def main() -> None:
     mlflow_uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mlflow.set_tracking_uri(mlflow_uri)
 
-    peak = gemm_peak_gflops()
-    print(f"threads={torch.get_num_threads()} fp32_gemm_peak_gflops={peak:.0f} bf16_gemm_peak_gflops={gemm_peak_gflops(torch.bfloat16):.0f}")
+    peak = gemm_peak_gflops(device=args.device)
+    bf16_peak = gemm_peak_gflops(torch.bfloat16, device=args.device)
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    print(f"device={where!r} fp32_gemm_peak_gflops={peak:.0f} bf16_gemm_peak_gflops={bf16_peak:.0f}")
     tokens = open_tokens(tmp / "data" / "tokens" / "train.bin", "uint16")
     results = {}
     for precision in args.precisions.split(","):
         best_l = best_r = 0.0
         for _ in range(args.rounds):
-            best_l = max(best_l, lightning_loop(tmp, cfg, args.vocab, args.steps, precision, mlflow_uri))
+            best_l = max(best_l, lightning_loop(tmp, cfg, args.vocab, args.steps, precision, mlflow_uri, args.device))
             torch.manual_seed(0)
             model = build_model(cfg.model, args.vocab).train()
             windows = StreamWindows(tokens, cfg.train.batch_size, cfg.train.bptt)
-            best_r = max(best_r, raw_loop(model, windows, args.steps, 1e-3, 0.25, precision))
+            best_r = max(best_r, raw_loop(model, windows, args.steps, 1e-3, 0.25, precision, args.device))
         fpt = flops_per_token(build_model(cfg.model, args.vocab))
         results[precision] = {
             "tokens_per_s": best_l, "raw_tokens_per_s": best_r, "overhead_ratio": best_l / best_r,
