@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-all ui lock clean
+.PHONY: setup run study test test-all ui lock clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: setup
 	$(BIN)/dvc repro
+
+# The sequence-model study (docs/study.md): 19 queued DVC experiments, under an hour on 2 CPU cores.
+study: setup
+	$(BIN)/seqlm study
 
 test: setup
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu" -q

@@ -10,9 +10,9 @@ same number of parameters:
 - text (the default corpus): ffn_window, bow, rnn (tanh), rnn (tanh) without clipping, IRNN, lstm, gru;
 - probe (``synthetic:copy``): PROBE_FAMILIES × delays, to find where each family stops remembering.
 
-Every experiment is queued with ``dvc exp run --queue -S …`` and the queue is run with ``dvc exp run
---run-all -j 1`` (one at a time: two CPU cores are one experiment's worth). Each is one MLflow run in the
-study's MLflow experiment (``base.experiment``), tagged ``seqlm.study``. The register stage is not run:
+Every experiment is queued with ``dvc exp run --queue -S …`` and the queue is run with ``dvc queue
+start -j 2``: two experiments side by side, one thread each (``worker_env``). Each is one MLflow run in
+the study's MLflow experiment (``base.experiment``), tagged ``seqlm.study``. The register stage is not run:
 study models are measurements, not candidates for serving, so they never meet the champion gate and add
 no versions to the registry. docs/study.md is then written from the experiments' own reports
 (study_report.py). To extend the study, add a family to FAMILIES or an option to ``seqlm study``.
@@ -59,20 +59,22 @@ PROBE_TOKENIZER = {"tokenizer.type": "char", "tokenizer.byte_fallback": False, "
 PROBE_BATCH_SIZE = 8
 PROBE_SYMBOLS = 1_000_000
 # Samples and next-word tables need prompts the probe's alphabet can spell.
-PROBE_EVALUATE = {"evaluate.prompts": ["C"], "evaluate.cloze_prompts": ["Cabcd?"], "evaluate.gradient_flow_steps": 256}
+PROBE_EVALUATE = {"evaluate.prompts": ["C"], "evaluate.cloze_prompts": ["C....?"], "evaluate.gradient_flow_steps": 256}
 # Equal budgets: no step limit, no early stop; time decides.
 BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0}
 TARGET_STAGE = "evaluate"  # reproduce up to evaluate: study models are not registered
+LOCK_RETRIES, LOCK_WAIT_S = 60, 10
 
 
 @dataclass(frozen=True)
 class Options:
     name: str = "seqlm-study"  # MLflow experiment and the seqlm.study tag
-    text_minutes: float = 3.0
-    probe_minutes: float = 1.5
+    text_minutes: float = 4.0
+    probe_minutes: float = 3.0
     delays: tuple[int, ...] = (10, 50, 200)
     text_families: tuple[str, ...] = TEXT_FAMILIES
     probe_families: tuple[str, ...] = PROBE_FAMILIES
+    jobs: int = 2  # experiments at a time, one thread each
     stamp: str = ""  # suffix that keeps DVC experiment names unique across runs of the study
 
 
@@ -246,13 +248,31 @@ def queue_command(exp: Experiment, copy_paths: list[str]) -> list[str]:
     return ["dvc", "exp", "run", "--queue", "-n", exp.name, *set_param_args(exp.overrides), *copies, TARGET_STAGE]
 
 
-RUN_QUEUE = ["dvc", "exp", "run", "--run-all", "-j", "1"]
+def start_queue(jobs: int) -> list[str]:
+    return ["dvc", "queue", "start", "-j", str(jobs)]
 
 
-def _dvc(args: list[str], paths: Paths, capture: bool = False) -> subprocess.CompletedProcess:
+def worker_env() -> dict[str, str]:
+    """The environment of the queue's workers and so of every stage they run.
+
+    One intra-op thread per experiment: PyTorch's OpenMP threads spin-wait for each other, so on a machine
+    whose cores another job also wants, a two-thread process of these small models ran up to 20× slower
+    (docs/performance.md); ``--jobs`` experiments side by side use the cores instead. PATH starts with
+    this environment's bin/, because DVC starts its workers as ``dvc`` and the stages as ``python``.
+    """
+    import os
+
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return env
+
+
+def _dvc(args: list[str], paths: Paths, capture: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     # The dvc of this interpreter's environment, whatever PATH says.
     command = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else args
-    return subprocess.run(command, cwd=paths.root, text=True, capture_output=capture)
+    return subprocess.run(command, cwd=paths.root, text=True, capture_output=capture, env=env)
 
 
 def _git(paths: Paths, *args: str) -> str:
@@ -270,14 +290,57 @@ def untracked_sources(paths: Paths) -> list[str]:
     return [line for line in listed.splitlines() if line.endswith(".py")]
 
 
-def _queue_is_empty(paths: Paths) -> None:
+def queue_status(paths: Paths) -> dict[str, str]:
+    """Experiment name -> Queued | Running | Success | Failed, from `dvc queue status`."""
     out = _dvc(["dvc", "queue", "status"], paths, capture=True)
-    busy = [line for line in out.stdout.splitlines() if line.split() and line.split()[-1] in ("Queued", "Running")]
+    status = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1] in ("Queued", "Running", "Success", "Failed"):
+            status[words[1]] = words[-1]
+    return status
+
+
+def _queue_is_empty(paths: Paths) -> None:
+    busy = [name for name, state in queue_status(paths).items() if state in ("Queued", "Running")]
     if busy:
         raise SeqlmError(
-            f"the DVC experiment queue already holds {len(busy)} queued or running experiments; run them "
-            "(`dvc exp run --run-all`) or remove them (`dvc queue remove --queued`) before `seqlm study`"
+            f"the DVC experiment queue already holds {len(busy)} queued or running experiments ({busy[0]}, …); "
+            "run them (`dvc queue start`) or remove them (`dvc queue remove --queued`) before `seqlm study`"
         )
+
+
+def _dvc_locked_retry(command: list[str], paths: Paths, env: dict | None = None) -> None:
+    """Run a dvc command that takes the repository lock, waiting while another dvc command holds it."""
+    for _ in range(LOCK_RETRIES):
+        out = _dvc(command, paths, capture=True, env=env)
+        print((out.stdout + out.stderr).strip(), flush=True)
+        if out.returncode == 0:
+            return
+        if "lock" not in out.stderr.lower():
+            raise SeqlmError(f"`{' '.join(command[:5])} …` failed; see DVC's message above")
+        print(f"study: another dvc command holds the repository lock; retrying in {LOCK_WAIT_S} s", flush=True)
+        time.sleep(LOCK_WAIT_S)
+    raise SeqlmError(f"the DVC repository stayed locked for {LOCK_RETRIES * LOCK_WAIT_S // 60} minutes; try again later")
+
+
+def wait_for(paths: Paths, names: list[str], poll_s: float = 15.0) -> dict[str, str]:
+    """Poll `dvc queue status` until none of ``names`` is queued or running; report each as it ends.
+
+    Polling, not `dvc exp run --run-all`: that holds the repository lock for the whole run, and so
+    would lock every other dvc command in the workspace out for the better part of an hour.
+    """
+    done: dict[str, str] = {}
+    while True:
+        status = queue_status(paths)
+        for name in names:
+            state = status.get(name, "Failed")  # gone from the queue without a result
+            if state in ("Success", "Failed") and name not in done:
+                done[name] = state
+                print(f"study: {len(done)}/{len(names)} {name}: {state}", flush=True)
+        if len(done) == len(names):
+            return done
+        time.sleep(poll_s)
 
 
 # ------------------------------------------------------------------------------------------ the study
@@ -292,7 +355,7 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
     experiments = plan(options, params)
     check_comparable(experiments)
     copies = untracked_sources(paths)
-    commands = [queue_command(e, copies) for e in experiments] + [RUN_QUEUE]
+    commands = [queue_command(e, copies) for e in experiments] + [start_queue(options.jobs)]
     if dry_run:
         for e in experiments:
             print(f"# {e.name}: {e.family}, {e.parameters:,} parameters")
@@ -302,22 +365,33 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
         print(f"study: warning: untracked {', '.join(copies)} copied into the experiments with -C; commit them "
               "so the experiments' commits record them")  # fmt: skip
     _queue_is_empty(paths)
+    _prepare_store(paths, options.name)
     started = time.time()
     baseline = _git(paths, "rev-parse", "HEAD")
     for e, command in zip(experiments, commands):
         print(f"study: queue {e.name} ({e.parameters:,} parameters)", flush=True)
-        if _dvc(command, paths).returncode != 0:
-            raise SeqlmError(f"`{' '.join(command[:6])} …` failed for {e.name}; see DVC's message above")
-    print(f"study: running {len(experiments)} experiments one at a time (`{' '.join(RUN_QUEUE)}`)", flush=True)
-    _dvc(RUN_QUEUE, paths)  # a failed experiment is reported in the study, not raised here
+        _dvc_locked_retry(command, paths)
+    print(f"study: running {len(experiments)} experiments, {options.jobs} at a time; `dvc queue logs <name>` "
+          "follows one", flush=True)  # fmt: skip
+    _dvc_locked_retry(start_queue(options.jobs), paths, env=worker_env())
+    wait_for(paths, [e.name for e in experiments])  # a failed experiment is reported in the study, not raised
     from seqlm import study_report
 
-    results = collect(paths, experiments, baseline)
-    tag_runs(paths, options, experiments, results, started)
+    results = collect(paths, options, experiments, baseline, started)
     finished = time.time()
     study_report.write(paths.root / "docs", results, machine_info(paths, baseline, started, finished), options)
     print(f"study: wrote docs/study.md ({(finished - started) / 60:.1f} min for {len(experiments)} experiments)")
     return experiments
+
+
+def _prepare_store(paths: Paths, experiment: str) -> None:
+    """Create the MLflow store and the study's experiment now: experiments running side by side would
+    otherwise race to create both (and one would fail)."""
+    from seqlm import tracking
+
+    uri = tracking.tracking_uri(paths)
+    tracking.check_reachable(uri)
+    tracking.experiment_id(tracking.client(uri), experiment, paths)
 
 
 def _shell_quote(arg: str) -> str:
@@ -332,7 +406,7 @@ def _shell_quote(arg: str) -> str:
 @dataclass
 class Result:
     experiment: Experiment
-    status: str = "missing"  # "success" | "failed" | "missing"
+    status: str = "missing"  # "success" | "failed"
     rev: str | None = None
     train: dict | None = None  # reports/train/metrics.json
     eval: dict | None = None  # reports/eval/metrics.json
@@ -343,28 +417,37 @@ class Result:
     run_id: str | None = None
 
 
-REPORTS = {
-    "train": "reports/train/metrics.json",
-    "eval": "reports/eval/metrics.json",
-    "ablation": "reports/eval/context_ablation.json",
-    "gradient": "reports/eval/gradient_flow.json",
-}
+METRICS = {"train": "reports/train/metrics.json", "eval": "reports/eval/metrics.json"}
+PLOTS = {"ablation": "eval/context_ablation.json", "gradient": "eval/gradient_flow.json"}  # MLflow artifacts
 
 
-def collect(paths: Paths, experiments: list[Experiment], baseline: str) -> list[Result]:
-    """Each experiment's reports, read from its DVC experiment commit (DVC's JSON is the source of truth)."""
-    revs = experiment_revs(paths, baseline)
+def collect(paths: Paths, options: Options, experiments: list[Experiment], baseline: str,
+            started: float) -> list[Result]:  # fmt: skip
+    """Each experiment's metrics from `dvc exp show` (DVC's JSON is the source of truth), its MLflow run
+    (tagged with the study on the way), and the diagnostics' curves from that run's artifacts."""
+    import yaml
+
+    rows = experiment_rows(paths, baseline)
+    params = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
+    client, runs = study_runs(paths, options.name, started)
     results = []
     for e in experiments:
         result = Result(e)
-        rev = revs.get(e.name)
-        if rev:
-            result.status, result.rev = "success", rev
-            for attr, path in REPORTS.items():
-                text = _git(paths, "show", f"{rev}:{path}")
-                setattr(result, attr, json.loads(text) if text else None)
-            if result.eval is None:
-                result.status, result.note = "failed", "no evaluation reports in the experiment commit"
+        row = rows.get(e.name)
+        if row is not None:
+            result.rev = row.get("rev")
+            metrics = row.get("metrics") or {}
+            for attr, path in METRICS.items():
+                setattr(result, attr, (metrics.get(path) or {}).get("data"))
+        run = match_run(runs, params, e)
+        if run is not None:
+            runs.remove(run)
+            result.run_id = run.info.run_id
+            tag_run(client, run.info.run_id, options, e)
+            for attr, artifact in PLOTS.items():
+                setattr(result, attr, _artifact_json(client, run.info.run_id, artifact))
+        if result.eval is not None:
+            result.status = "success"
         else:
             log = _dvc(["dvc", "queue", "logs", e.name], paths, capture=True)
             text = log.stdout + log.stderr
@@ -375,21 +458,21 @@ def collect(paths: Paths, experiments: list[Experiment], baseline: str) -> list[
     return results
 
 
-def experiment_revs(paths: Paths, baseline: str) -> dict[str, str]:
-    """DVC experiment name -> commit, for the experiments derived from ``baseline``."""
+def experiment_rows(paths: Paths, baseline: str) -> dict[str, dict]:
+    """DVC experiment name -> its `dvc exp show --json` data, for experiments derived from ``baseline``."""
     out = _dvc(["dvc", "exp", "show", "--json", "--rev", baseline, "--hide-queued", "--hide-workspace"],
                paths, capture=True)  # fmt: skip
     try:
-        rows = json.loads(out.stdout or "[]")
+        baselines = json.loads(out.stdout or "[]")
     except json.JSONDecodeError:
         return {}
-    revs = {}
-    for row in rows:
-        for exp in row.get("experiments") or []:
+    rows = {}
+    for commit in baselines:
+        for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                if rev.get("name") and not rev.get("error") and (rev.get("data") or {}).get("rev"):
-                    revs[rev["name"]] = rev["data"]["rev"]
-    return revs
+                if rev.get("name") and rev.get("data"):
+                    rows[rev["name"]] = rev["data"]
+    return rows
 
 
 def _failure_line(log: str) -> str:
@@ -399,38 +482,45 @@ def _failure_line(log: str) -> str:
     return "the experiment did not finish (see `dvc queue logs`)"
 
 
-def tag_runs(paths: Paths, options: Options, experiments: list[Experiment], results: list[Result],
-             started: float) -> None:  # fmt: skip
-    """Tag each experiment's MLflow run with the study, and name it after the DVC experiment.
-
-    The train stage opens the run; it is found by the study's params among the runs of the study's
-    MLflow experiment that started after the study did (the latest one, should there be several).
-    """
-    import yaml
-
-    from seqlm import config, tracking
+def study_runs(paths: Paths, experiment: str, started: float):
+    """An MLflow client and the runs of the study's MLflow experiment that started after ``started``."""
+    from seqlm import tracking
 
     client = tracking.client(tracking.tracking_uri(paths))
-    found = client.get_experiment_by_name(options.name)
+    found = client.get_experiment_by_name(experiment)
     if found is None:
-        return
+        return client, []
     runs = client.search_runs([found.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
-    runs = [r for r in runs if r.info.start_time >= int(started * 1000)]
-    params = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
-    for result in results:
-        e = result.experiment
-        flat = config.parse(apply(params, e.overrides)).flat()
-        wanted = {k: str(flat[k])[:6000] for k in e.overrides}
-        run = next((r for r in runs if all(r.data.params.get(k) == v for k, v in wanted.items())), None)
-        if run is None:
-            continue
-        result.run_id = run.info.run_id
-        client.set_tag(run.info.run_id, "seqlm.study", options.name)
-        client.set_tag(run.info.run_id, "seqlm.study.stamp", options.stamp)
-        client.set_tag(run.info.run_id, "seqlm.study.family", e.family)
-        client.set_tag(run.info.run_id, "dvc.experiment", e.name)
-        client.update_run(run.info.run_id, name=e.name)
-        runs.remove(run)
+    return client, [r for r in runs if r.info.start_time >= int(started * 1000)]
+
+
+def match_run(runs: list, params: dict, e: Experiment):
+    """The (latest) run whose logged params equal the experiment's overrides, as the train stage logs them."""
+    from seqlm import config
+
+    flat = config.parse(apply(params, e.overrides)).flat()
+    wanted = {k: str(flat[k])[:6000] for k in e.overrides}
+    return next((r for r in runs if all(r.data.params.get(k) == v for k, v in wanted.items())), None)
+
+
+def tag_run(client, run_id: str, options: Options, e: Experiment) -> None:
+    """Tag the run with the study and name it after the DVC experiment, for the MLflow UI."""
+    from mlflow.entities import RunTag
+
+    tags = {"seqlm.study": options.name, "seqlm.study.stamp": options.stamp, "seqlm.study.family": e.family,
+            "seqlm.study.group": e.group, "dvc.experiment": e.name}  # fmt: skip
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.update_run(run_id, name=e.name)
+
+
+def _artifact_json(client, run_id: str, artifact: str) -> dict | None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+        except Exception:  # a run that failed before evaluation has no such artifact
+            return None
 
 
 def machine_info(paths: Paths, baseline: str, started: float, finished: float) -> dict:
@@ -476,7 +566,11 @@ def machine_info(paths: Paths, baseline: str, started: float, finished: float) -
 
 
 def cli_study(args) -> None:
+    import os
+
     from seqlm.paths import Paths
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     options = Options(
         name=args.name,
@@ -485,6 +579,7 @@ def cli_study(args) -> None:
         delays=tuple(args.delays),
         text_families=tuple(args.text_families),
         probe_families=tuple(args.probe_families),
+        jobs=args.jobs,
     )
     run_study(Paths.from_env(), options, dry_run=args.dry_run)
 
@@ -502,4 +597,6 @@ def add_arguments(p) -> None:
                    metavar="FAMILY", help="families trained on the text corpus (default: all)")
     p.add_argument("--probe-families", nargs="*", default=list(defaults.probe_families), choices=list(FAMILIES),
                    metavar="FAMILY", help="families trained on the copy probe (default " + " ".join(PROBE_FAMILIES) + ")")
+    p.add_argument("--jobs", type=int, default=defaults.jobs,
+                   help=f"experiments run side by side, one thread each (default {defaults.jobs})")
     p.add_argument("--dry-run", action="store_true", help="print the experiments and the dvc commands; run nothing")

@@ -283,7 +283,8 @@ def _provenance(results, machine: dict, options) -> str:
         f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}.  \n"
         f"**Commit:** `{machine['commit'][:12]}`{dirty}. **Date:** {machine['started']} to {machine['finished']} (UTC).  \n"
         f"**Wall-clock:** {machine['wall_minutes']:.1f} minutes for {len(results)} experiments "
-        f"({failed} failed), queueing, training, evaluation and this report, one experiment at a time. "
+        f"({failed} failed), queueing, training, evaluation and this report; {options.jobs} experiments at a "
+        "time, one thread each. "
         f"Budgets: {options.text_minutes:g} min of training per text experiment, {options.probe_minutes:g} min per "
         f"probe experiment, no step limit, no early stopping.  \n"
         f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}` and "
@@ -339,8 +340,8 @@ def _probe_section(results, options, figures: dict[str, bool]) -> list[str]:
     lines = [
         "## Copy probe: how far back does each family remember?",
         "",
-        "`data.source: synthetic:copy`: each line is a key (one of 8 letters), `data.delay` random filler "
-        "letters, the cue `?` and the key again; with `tokenizer.type: char` every symbol is one token. "
+        "`data.source: synthetic:copy`: each line is a key (one of 8 letters), `data.delay` filler dots, "
+        "the cue `?` and the key again (`A.....?A`); with `tokenizer.type: char` every symbol is one token. "
         "Recall accuracy is measured at the key's second appearance in the test stream: the prediction "
         f"counts when the key is the most likely of the 8 (chance {_fmt(chance)}). A family *remembers* a "
         f"delay when it recalls at least halfway from chance to perfect.",
@@ -411,7 +412,8 @@ def _why(lstm, rnn) -> str:
         at_chance = recall is not None and recall < r.eval["recall_chance"] + WELL_ABOVE
         reasons.append(
             f"the {name} trained {steps} steps and {'stayed near chance' if at_chance else f'reached {recall:.2f}'}; "
-            f"after training, its gradient {span} steps back is {_sci(ratio)} of the gradient at the recall position"
+            f"after training, ‖∂ℓ_t/∂h_(t−{span})‖, the lag the recall's gradient must bridge to reach the key, is "
+            f"{_sci(ratio)} of ‖∂ℓ_t/∂h_t‖ (mean over the valid split)"
         )
     if bptt:
         inside = max(0.0, (bptt - span) / bptt)
@@ -419,10 +421,14 @@ def _why(lstm, rnn) -> str:
             f"with truncated BPTT windows of {bptt} tokens, {inside:.0%} of the training episodes have the key "
             "and its recall in one window, the only ones whose loss can reach the key at all"
         )
-    return "; ".join(reasons) + (
-        ". Learning to hold a key across this gap takes more updates than this budget gives; a longer "
-        "`--probe-minutes` is the experiment that would tell."
+    stuck = all(_recall(r) is not None and _recall(r) < r.eval["recall_chance"] + WELL_ABOVE for r in (lstm, rnn))
+    tail = (
+        ". Neither learned to hold the key across this gap within this budget, so the probe cannot separate "
+        "them here; whether more updates would is what a longer `--probe-minutes` would tell."
+        if stuck
+        else "."
     )
+    return "; ".join(reasons) + tail
 
 
 def _footer(options) -> list[str]:
@@ -436,7 +442,8 @@ def _footer(options) -> list[str]:
         "```",
         "",
         "Each experiment is `dvc exp run --queue -S …` up to the evaluate stage (study models are not "
-        "registered, so they never meet the champion gate), run one at a time with `dvc exp run --run-all -j 1`. "
+        f"registered, so they never meet the champion gate), run {options.jobs} at a time with "
+        f"`dvc queue start -j {options.jobs}` (one thread each: `OMP_NUM_THREADS=1`). "
         "Add a family to `FAMILIES` in `src/seqlm/study.py`, or change budgets and delays with "
         "`seqlm study --text-minutes … --probe-minutes … --delays …`.",
     ]

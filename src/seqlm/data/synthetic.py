@@ -3,13 +3,14 @@
 The seed's "I grew up in India … I can converse in ___" as a measurable task: every line holds one
 symbol that must be recalled ``data.delay`` symbols later, at the line's last position (the recall
 position). Nothing but memory predicts it: the remembered symbol is drawn uniformly from the task's
-recall alphabet, and what lies between is drawn from other symbols.
+recall alphabet, and what lies between is made of other symbols.
 
-- copy: ``K`` + ``delay`` filler symbols + the cue ``?`` + ``K`` again, e.g. ``Cbdaac…ba?C``
-  (a key from ``KEYS``, filler uniform over ``FILLER``; Hochreiter & Schmidhuber, 1997, §5).
+- copy: ``K`` + ``delay`` filler dots + the cue ``?`` + ``K`` again, e.g. ``C.........?C`` (a key
+  from ``KEYS``; the copy/"noise-free" long-lag tasks of Hochreiter & Schmidhuber, 1997, §5). The filler
+  carries no information, so what is measured is only how long the state holds the key.
 - brackets: an opener + a body of exactly ``delay`` symbols + the matching closer, e.g. ``[ab(c)d{a}b]``.
-  The body holds filler letters and short balanced pairs of the same bracket kinds, so the last
-  opener seen is usually not the one to close: the model must keep the unmatched one.
+  The body holds letters and short balanced pairs of the same bracket kinds, so the last opener
+  seen is usually not the one to close: the model must keep the unmatched one.
 
 Lines use no spaces and every symbol is a single character, so with ``tokenizer.type: char`` each
 symbol is one token; evaluation then scores the recall position (see ``evaluation.recall_metrics``).
@@ -28,8 +29,9 @@ from seqlm.errors import SeqlmError
 from seqlm.paths import SPLITS
 
 KEYS = "ABCDEFGH"  # copy: the symbol to remember, uniform over 8 (chance 1/8)
-FILLER = "abcd"  # the distraction between, disjoint from every recall alphabet
+COPY_FILLER = "."  # copy: the gap, disjoint from the keys
 CUE = "?"  # copy: "recall now"
+LETTERS = "abcd"  # brackets: body letters, uniform
 OPENERS, CLOSERS = "([{<", ")]}>"  # brackets: remember the opener, close it (chance 1/4)
 INNER_PAIR = 0.15  # brackets: chance that a body position starts a short inner pair
 TASKS = ("copy", "brackets")
@@ -59,7 +61,7 @@ def corpus(task: str, delay: int, total_symbols: int, fractions, seed: int, wher
 
 def alphabet(task: str) -> str:
     """Every symbol a line of ``task`` may hold."""
-    return KEYS + FILLER + CUE if task == "copy" else OPENERS + CLOSERS + FILLER
+    return KEYS + COPY_FILLER + CUE if task == "copy" else OPENERS + CLOSERS + LETTERS
 
 
 def line_length(task: str, delay: int) -> int:
@@ -98,8 +100,8 @@ def generate(task: str, delay: int, n_lines: int, seed: int, split: str) -> Iter
 
 def copy_lines(rng: np.random.Generator, delay: int, n: int) -> list[str]:
     keys = np.array(list(KEYS))[rng.integers(len(KEYS), size=n)]
-    filler = np.array(list(FILLER))[rng.integers(len(FILLER), size=(n, delay))]
-    return [f"{k}{''.join(f)}{CUE}{k}" for k, f in zip(keys, filler)]
+    gap = COPY_FILLER * delay
+    return [f"{k}{gap}{CUE}{k}" for k in keys]
 
 
 def bracket_lines(rng: np.random.Generator, delay: int, n: int) -> list[str]:
@@ -108,17 +110,17 @@ def bracket_lines(rng: np.random.Generator, delay: int, n: int) -> list[str]:
 
 
 def _body(rng: np.random.Generator, length: int) -> str:
-    """``length`` symbols: filler letters and balanced inner pairs ``(x)``, ``[xy]`` (never nested)."""
+    """``length`` symbols: letters and balanced inner pairs ``(x)``, ``[xy]`` (never nested)."""
     out: list[str] = []
     left = length
     while left > 0:
         if left >= 3 and rng.random() < INNER_PAIR:
             inside = int(rng.integers(1, min(2, left - 2) + 1))
             kind = int(rng.integers(len(OPENERS)))
-            letters = "".join(FILLER[i] for i in rng.integers(len(FILLER), size=inside))
+            letters = "".join(LETTERS[i] for i in rng.integers(len(LETTERS), size=inside))
             out.append(OPENERS[kind] + letters + CLOSERS[kind])
             left -= inside + 2
         else:
-            out.append(FILLER[int(rng.integers(len(FILLER)))])
+            out.append(LETTERS[int(rng.integers(len(LETTERS)))])
             left -= 1
     return "".join(out)
