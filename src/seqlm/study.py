@@ -51,7 +51,7 @@ PROBE_FAMILIES = ("rnn", "irnn", "lstm", "gru")
 REFERENCE_FAMILY = "lstm"  # the others get the hidden size that gives them about its parameter count
 PARAM_TOLERANCE = 0.15
 
-# The probe's model and batching. Small, because the probe's vocabulary is ~17 symbols; many small
+# The probe's model and batching. Small, because the probe's vocabulary is 14 pieces; many small
 # batches, because learning to bridge a long gap takes many updates more than many tokens per update.
 PROBE_TASK = "copy"
 PROBE_MODEL = {"model.embedding_size": 32, "model.hidden_size": 64, "model.dropout": 0.0, "model.num_layers": 1}
@@ -270,9 +270,21 @@ def worker_env() -> dict[str, str]:
 
 
 def _dvc(args: list[str], paths: Paths, capture: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
-    # The dvc of this interpreter's environment, whatever PATH says.
+    """Run dvc (this interpreter's, whatever PATH says); with ``capture``, its stdout and stderr as text.
+
+    Captured through files, not pipes: `dvc queue start` leaves workers behind that inherit its output,
+    and a pipe would not reach end-of-file before the last of them exits.
+    """
+    import tempfile
+
     command = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else args
-    return subprocess.run(command, cwd=paths.root, text=True, capture_output=capture, env=env)
+    if not capture:
+        return subprocess.run(command, cwd=paths.root, text=True, env=env)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(command, cwd=paths.root, text=True, stdout=out, stderr=err, env=env)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, done.returncode, out.read(), err.read())
 
 
 def _git(paths: Paths, *args: str) -> str:
