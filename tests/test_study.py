@@ -234,3 +234,15 @@ def test_well_above_needs_ten_points_and_two_standard_errors(plan):
     a.eval["recall_positions"] = b.eval["recall_positions"] = 20  # too few positions to tell
     assert study_report.well_above(a, b)[0] is False
     assert math.isnan(study_report.well_above(fake(lstm, 0, status="failed"), b)[1])
+
+
+def test_captured_output_does_not_wait_for_daemons_the_command_leaves_behind(tmp_path):
+    # `dvc queue start` leaves its workers running with its stdout; capturing must not wait for them
+    import time
+
+    from seqlm.paths import Paths
+
+    started = time.monotonic()
+    done = study._dvc(["sh", "-c", "sleep 20 & echo started"], Paths(tmp_path), capture=True)
+    assert done.stdout.strip() == "started" and done.returncode == 0
+    assert time.monotonic() - started < 10

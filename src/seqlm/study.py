@@ -361,6 +361,7 @@ def wait_for(paths: Paths, names: list[str], poll_s: float = 15.0) -> dict[str, 
 def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Experiment]:
     import yaml
 
+    started = time.time()
     params = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
     if not options.stamp:
         options = replace(options, stamp=dt.datetime.now().strftime("%m%d%H%M"))
@@ -378,7 +379,6 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
               "so the experiments' commits record them")  # fmt: skip
     _queue_is_empty(paths)
     _prepare_store(paths, options.name)
-    started = time.time()
     baseline = _git(paths, "rev-parse", "HEAD")
     for e, command in zip(experiments, commands):
         print(f"study: queue {e.name} ({e.parameters:,} parameters)", flush=True)
@@ -427,6 +427,7 @@ class Result:
     diverged: bool = False
     note: str = ""
     run_id: str | None = None
+    max_grad_norm: float | None = None  # the largest logged gradient norm (a mean over train.log_every_steps)
 
 
 METRICS = {"train": "reports/train/metrics.json", "eval": "reports/eval/metrics.json"}
@@ -458,6 +459,8 @@ def collect(paths: Paths, options: Options, experiments: list[Experiment], basel
             tag_run(client, run.info.run_id, options, e)
             for attr, artifact in PLOTS.items():
                 setattr(result, attr, _artifact_json(client, run.info.run_id, artifact))
+            norms = [m.value for m in client.get_metric_history(run.info.run_id, "grad_norm")]
+            result.max_grad_norm = max(norms) if norms else None
         if result.eval is not None:
             result.status = "success"
         else:

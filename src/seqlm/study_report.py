@@ -119,8 +119,8 @@ def claims(results) -> list[tuple[str, str, str]]:
         _claim_bow(text),
         _claim_vanish(text, grid),
         _claim_clipping(text),
-        _claim_long_term("ReLU with identity initialisation (IRNN) keeps long-term dependencies", ["irnn"], grid),
-        _claim_long_term("Gated cells (LSTM, GRU) keep long-term dependencies", ["lstm", "gru"], grid),
+        _claim_long_term("ReLU with identity initialisation (IRNN) keeps long-term dependencies", ["irnn"], grid, text),
+        _claim_long_term("Gated cells (LSTM, GRU) keep long-term dependencies", ["lstm", "gru"], grid, text),
     ]
     return [c for c in out if c is not None]
 
@@ -198,15 +198,18 @@ def _claim_clipping(text: dict):
         return (claim, "not tested", f"the unclipped tanh rnn failed for another reason: {unclipped.note}")
     gap = _bpb(unclipped) - _bpb(clipped)
     verdict = "supported" if gap > MARGIN_BPB else "not supported"
+    peaks = [getattr(r, "max_grad_norm", None) for r in (clipped, unclipped)]
     evidence = (
         f"tanh rnn with clipping: {_fmt(_bpb(clipped))} test bits/byte ({_fmt(fraction)} of steps clipped); "
         f"without: {_fmt(_bpb(unclipped))}, and it did not diverge"
+        + (f"; largest logged gradient norm {_fmt(peaks[0], 2)} with clipping (measured before clipping), "
+           f"{_fmt(peaks[1], 2)} without" if None not in peaks else "")  # fmt: skip
         + ("" if verdict == "supported" else "; no explosion hurt the unclipped run within this budget")
     )
     return (claim, verdict, evidence)
 
 
-def _claim_long_term(claim: str, families: list[str], grid: dict):
+def _claim_long_term(claim: str, families: list[str], grid: dict, text: dict):
     rnn = grid.get("rnn", {})
     if not rnn or not any(grid.get(f) for f in families):
         return (claim, "not tested", "the copy probe lacks the tanh rnn or these families")
@@ -228,6 +231,10 @@ def _claim_long_term(claim: str, families: list[str], grid: dict):
     if not verdicts:
         return (claim, "not tested", f"no result at delay {longest}")
     verdict = verdicts[0] if len(set(verdicts)) == 1 else "partly supported"
+    on_text = [f"{f} {_fmt(_bpb(text.get(f)))}" for f in families if _bpb(text.get(f)) is not None]
+    if on_text and _bpb(text.get("rnn")) is not None:
+        parts.append(f"on text (not a long-range test): {', '.join(on_text)} vs tanh rnn {_fmt(_bpb(text['rnn']))} "
+                     "test bits/byte")  # fmt: skip
     return (claim, verdict, "; ".join(parts))
 
 
@@ -270,7 +277,8 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| {c} | **{v}** | {e} |" for c, v, e in claims(results)]
-    lines += ["", *_text_section(results, figures), "", *_probe_section(results, options, figures), "", *_footer(options)]
+    lines += ["", *_text_section(results, figures), "", *_probe_section(results, options, figures), "",
+              *_footer(options, machine)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -431,13 +439,14 @@ def _why(lstm, rnn) -> str:
     return "; ".join(reasons) + tail
 
 
-def _footer(options) -> list[str]:
+def _footer(options, machine: dict) -> list[str]:
+    commit = machine["commit"][:7]
     return [
         "## Reproduce and extend",
         "",
         "```bash",
         "make study                     # or: seqlm study; prints the dvc commands with --dry-run",
-        "dvc exp show                   # the study's experiments with their params and metrics",
+        f"dvc exp show --rev {commit}    # these experiments, params and metrics (plain `dvc exp show` while HEAD is {commit})",
         "make ui                        # MLflow: experiment " + options.name + ", one run per experiment",
         "```",
         "",
