@@ -138,6 +138,19 @@ def test_identity_init_is_the_irnn():
         make("lstm", recurrent_init="identity")
 
 
+def test_forget_bias_starts_the_lstm_forget_gate_open():
+    default, opened = make("lstm"), make("lstm", forget_bias=1.0)
+    for layer in range(2):
+        total = getattr(opened.rnn, f"bias_ih_l{layer}") + getattr(opened.rnn, f"bias_hh_l{layer}")
+        torch.testing.assert_close(total[16:32], torch.ones(16))  # gates i, f, g, o: f is the second block
+        for name in (f"bias_ih_l{layer}", f"bias_hh_l{layer}"):  # the other gates keep PyTorch's init
+            a, b = getattr(default.rnn, name), getattr(opened.rnn, name)
+            torch.testing.assert_close(torch.cat([a[:16], a[32:]]), torch.cat([b[:16], b[32:]]))
+    # 0 is PyTorch's own init, untouched; other families have no forget gate and ignore the setting
+    torch.testing.assert_close(make("lstm", forget_bias=0.0).rnn.bias_ih_l0, default.rnn.bias_ih_l0)
+    torch.testing.assert_close(make("gru", forget_bias=1.0).rnn.bias_ih_l0, make("gru").rnn.bias_ih_l0)
+
+
 @pytest.mark.parametrize("family,gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
 def test_orthogonal_init_per_gate_block(family, gates):
     model = make(family, recurrent_init="orthogonal")
@@ -212,6 +225,19 @@ def test_autocast_bf16(family):
     assert [s.dtype for s in flat(state)] == [s.dtype for s in flat(model.init_state(3, "cpu"))]
     logits32, _ = model(x, state)  # a state carried out of autocast still works in full precision
     assert logits32.dtype == torch.float32
+
+
+def test_lstm_under_cpu_bf16_autocast_without_avx512_runs_in_fp32(monkeypatch):
+    # oneDNN's bf16 LSTM needs AVX-512; without it nn.LSTM under bf16 autocast fails outright, so the
+    # model runs its LSTM in fp32 there (the path an AVX2-only machine takes; forced here on any CPU)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False)
+    model, x = make("lstm"), tokens()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, state = model(x, model.init_state(3, "cpu"))
+        _, _, hidden = model.forward_with_hidden(x, model.init_state(3, "cpu"))
+    assert all(s.dtype == torch.float32 for s in state) and hidden.dtype == torch.float32
+    reference, _ = model(x, model.init_state(3, "cpu"))
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)  # bf16 decoder only
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -188,6 +188,7 @@ class ModelConfig:
     tie_weights: bool = param(True, Bool())
     nonlinearity: str = param("tanh", Choice(("tanh", "relu")))
     recurrent_init: str = param("default", Choice(("default", "orthogonal", "identity")))
+    forget_bias: float = param(0.0, Float())
     window: int = param(8, Int(min=1))
     bidirectional: bool = param(False, Bool())
 

@@ -18,6 +18,17 @@ from seqlm.models import LanguageModel, State
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+def _cpu_bf16_lstm_unsupported(x: torch.Tensor) -> bool:
+    """Under CPU bf16 autocast, nn.LSTM goes to oneDNN, whose bf16 LSTM needs AVX-512: on an AVX2-only CPU
+    it fails with "could not create a primitive descriptor". GRU and RNN have CPU kernels of their own."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not torch.cpu._is_avx512_supported()
+    )
+
+
 class RecurrentLM(LanguageModel):
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
@@ -39,6 +50,8 @@ class RecurrentLM(LanguageModel):
             self._init_orthogonal()
         elif init == "identity":
             self._init_identity()
+        if self.is_lstm and config.get("forget_bias", 0.0):
+            self._init_forget_bias(config["forget_bias"])
 
     def _init_orthogonal(self) -> None:
         # Orthogonal W_hh keeps every singular value at 1, so the linear part of backprop through time
@@ -58,6 +71,17 @@ class RecurrentLM(LanguageModel):
                 getattr(self.rnn, f"weight_hh_l{layer}").copy_(torch.eye(self.config["hidden_size"]))
                 getattr(self.rnn, f"bias_hh_l{layer}").zero_()
                 getattr(self.rnn, f"bias_ih_l{layer}").zero_()
+
+    def _init_forget_bias(self, value: float) -> None:
+        # A forget gate that starts near sigmoid(0) = 0.5 halves the cell every step, so at first the
+        # LSTM forgets as fast as a plain RNN; a bias of 1 starts it near 0.73 and the cell's memory
+        # lasts (Gers, Schmidhuber & Cummins, 2000; Jozefowicz, Zaremba & Sutskever, 2015). PyTorch's
+        # gate order is input, forget, cell, output; the two biases add, so one carries the value.
+        hidden = self.config["hidden_size"]
+        with torch.no_grad():
+            for layer in range(self.config["num_layers"]):
+                getattr(self.rnn, f"bias_ih_l{layer}")[hidden : 2 * hidden].fill_(value)
+                getattr(self.rnn, f"bias_hh_l{layer}")[hidden : 2 * hidden].zero_()
 
     def recurrent_weights(self) -> list[torch.Tensor]:
         return [getattr(self.rnn, f"weight_hh_l{layer}") for layer in range(self.config["num_layers"])]
@@ -96,8 +120,16 @@ class RecurrentLM(LanguageModel):
     def _fused(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.init_state(tokens.size(0), tokens.device)
-        output, state = self.rnn(self.drop(self.embedding(tokens)), state)
+        output, state = self._cell(self.drop(self.embedding(tokens)), state)
         return output, self._as_param_dtype(state)
+
+    def _cell(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if self.is_lstm and _cpu_bf16_lstm_unsupported(x):
+            # That CPU has no native bf16 either (precision auto picks 32-true there), so the LSTM loses
+            # nothing by computing in fp32; the rest of the model stays under the requested autocast.
+            with torch.autocast("cpu", enabled=False):
+                return self.rnn(x.float(), tuple(s.float() for s in state))
+        return self.rnn(x, state)
 
     def _stepwise(self, tokens: torch.Tensor, state: State | None):
         """One fused call per step, for the gradient-flow diagnostic (slow; never used in training).
@@ -115,7 +147,7 @@ class RecurrentLM(LanguageModel):
         probe = emb.new_zeros(batch, steps, self.config["hidden_size"], requires_grad=True)
         outputs = []
         for t in range(steps):
-            _, state = self.rnn(emb[:, t : t + 1], state)
+            _, state = self._cell(emb[:, t : t + 1], state)
             h = state[0] if self.is_lstm else state
             top = h[-1] + probe[:, t]
             h = torch.cat([h[:-1], top.unsqueeze(0)])
