@@ -57,13 +57,20 @@ PROBE_TASK = "copy"
 PROBE_MODEL = {"model.embedding_size": 32, "model.hidden_size": 64, "model.dropout": 0.0, "model.num_layers": 1}
 PROBE_TOKENIZER = {"tokenizer.type": "char", "tokenizer.byte_fallback": False, "tokenizer.vocab_size": 32}
 PROBE_BATCH_SIZE = 8
+# fp32, not the CPU's bf16-mixed: at the probe's sizes bf16 autocast slows the GRU and RNN by ~1.6× (their
+# CPU kernels step through time; measured 1 thread, batch 8 × 128: GRU 53k tokens/s fp32 vs 35k bf16,
+# RNN 98k vs 61k, LSTM 238k vs 300k), and equal minutes should buy as similar a number of updates as they can.
+PROBE_PRECISION = "32-true"
 PROBE_SYMBOLS = 1_000_000
 # Samples and next-word tables need prompts the probe's alphabet can spell.
 PROBE_EVALUATE = {"evaluate.prompts": ["C"], "evaluate.cloze_prompts": ["C....?"], "evaluate.gradient_flow_steps": 256}
-# Equal budgets: no step limit, no early stop; time decides.
-BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0}
+# The minutes are the budget: no step limit, no early stopping, and an epoch limit no run reaches (the
+# probe corpora are small, so the default of 20 epochs stopped the fast LSTM at delay 200 after about one of
+# its 3 minutes in an earlier study).
+BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
 TARGET_STAGE = "evaluate"  # reproduce up to evaluate: study models are not registered
 LOCK_RETRIES, LOCK_WAIT_S = 60, 10
+LOAD: list[float] = []  # 1-minute load averages sampled while the experiments run
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ def plan(options: Options, params: dict) -> list[Experiment]:
             **PROBE_TOKENIZER,
             **PROBE_MODEL,
             "train.batch_size": PROBE_BATCH_SIZE,
+            "train.precision": PROBE_PRECISION,
             "train.bptt": probe_bptt(PROBE_TASK, delay),
             "train.max_minutes": options.probe_minutes,
             **PROBE_EVALUATE,
@@ -342,8 +350,11 @@ def wait_for(paths: Paths, names: list[str], poll_s: float = 15.0) -> dict[str, 
     Polling, not `dvc exp run --run-all`: that holds the repository lock for the whole run, and so
     would lock every other dvc command in the workspace out for the better part of an hour.
     """
+    import os
+
     done: dict[str, str] = {}
     while True:
+        LOAD.append(os.getloadavg()[0])
         status = queue_status(paths)
         for name in names:
             state = status.get(name, "Failed")  # gone from the queue without a result
@@ -574,6 +585,8 @@ def machine_info(paths: Paths, baseline: str, started: float, finished: float) -
         "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
         "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_minutes": (finished - started) / 60,
+        "load_mean": sum(LOAD) / len(LOAD) if LOAD else None,
+        "load_max": max(LOAD) if LOAD else None,
     }
 
 

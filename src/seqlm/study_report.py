@@ -68,7 +68,9 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def _sci(x: float | None) -> str:
-    return "—" if x is None else f"{x:.1e}"
+    if x is None:
+        return "—"
+    return "0 (below float precision)" if x == 0 else f"{x:.1e}"
 
 
 def _standard_error(p: float, n: int) -> float:
@@ -219,6 +221,13 @@ def _claim_long_term(claim: str, families: list[str], grid: dict, text: dict):
         probes = grid.get(f, {})
         if longest not in probes:
             continue
+        lost = [str(d) for d, r in sorted(probes.items()) if not _ok(r)]
+        if not _ok(probes[longest]):
+            verdicts.append("not supported")
+            parts.append(f"{f}: {'diverged' if probes[longest].diverged else 'failed'} at delay"
+                         f"{'s' if len(lost) > 1 else ''} {', '.join(lost)}; remembers up to delay "
+                         f"{reach(probes) or 'none'} (tanh rnn: {reach(rnn) or 'none'})")  # fmt: skip
+            continue
         above, diff = well_above(probes[longest], rnn[longest])
         family_reach, rnn_reach = reach(probes), reach(rnn)
         longer = family_reach is not None and (rnn_reach is None or family_reach > rnn_reach)
@@ -294,9 +303,24 @@ def _provenance(results, machine: dict, options) -> str:
         f"({failed} failed), queueing, training, evaluation and this report; {options.jobs} experiments at a "
         "time, one thread each. "
         f"Budgets: {options.text_minutes:g} min of training per text experiment, {options.probe_minutes:g} min per "
-        f"probe experiment, no step limit, no early stopping.  \n"
+        f"probe experiment, no step or epoch limit, no early stopping.{_load(machine, options)}  \n"
         f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}` and "
         f"`seqlm.study.stamp={options.stamp}`; DVC experiments `*-{options.stamp}`."
+    )
+
+
+def _load(machine: dict, options) -> str:
+    mean, peak = machine.get("load_mean"), machine.get("load_max")
+    if mean is None:
+        return ""
+    busy = (
+        "other work competed for the cores, so tokens/s and steps are lower than on a quiet machine"
+        if mean > options.jobs + 0.5
+        else "the study had the cores to itself"
+    )
+    return (
+        f" Load average while the experiments ran: mean {mean:.1f}, peak {peak:.1f}, against {options.jobs} "
+        f"for the study's own experiments: {busy}."
     )
 
 
@@ -312,8 +336,8 @@ def _text_section(results, figures: dict[str, bool]) -> list[str]:
         "protocol of the evaluate stage.",
         "",
         "| family | DVC experiment | parameters | test bits/byte | word perplexity | tokens/s | steps | "
-        "fraction of steps clipped | diverged? |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "stopped by | fraction of steps clipped | diverged? |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in text:
         lines.append(_row(r, [_fmt(_bpb(r)), _fmt(r.eval.get("word_perplexity") if _ok(r) else None, 1)]))
@@ -334,7 +358,7 @@ def _row(r, metrics: list[str]) -> str:
     diverged = "yes" if r.diverged else ("failed: " + r.note if r.status != "success" else "no")
     return (
         f"| {e.family} | `{e.name}` | {parameters:,} | {' | '.join(metrics)} | "
-        f"{_fmt(t.get('tokens_per_s'), 0)} | {t.get('steps', '—')} | {_fmt(t.get('fraction_clipped'))} | {diverged} |"
+        f"{_fmt(t.get('tokens_per_s'), 0)} | {t.get('steps', '—')} | {t.get('stopped_by', '—')} | {_fmt(t.get('fraction_clipped'))} | {diverged} |"
     )
 
 
@@ -360,7 +384,7 @@ def _probe_section(results, options, figures: dict[str, bool]) -> list[str]:
     for family, probes in grid.items():
         cells = [_recall_cell(probes.get(d)) for d in delays]
         lines.append(f"| {family} | " + " | ".join(cells) + f" | {reach(probes) or 'none'} |")
-    lines += ["", _longest_delay_verdict(grid), ""]
+    lines += ["", _longest_delay_verdict(grid), "", _updates(grid, delays), ""]
     if figures.get("copy_recall"):
         lines += [f"![Copy-probe recall against delay]({FIGURES}/copy_recall.png)", ""]
     if figures.get("probe_gradient_flow"):
@@ -368,8 +392,8 @@ def _probe_section(results, options, figures: dict[str, bool]) -> list[str]:
                   "The dashed line is the recall span: how far back the gradient must reach the key.", ""]  # fmt: skip
     lines += [
         "| family | delay | DVC experiment | parameters | recall bits | test bits/byte | tokens/s | steps | "
-        "fraction of steps clipped | diverged? |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "stopped by | fraction of steps clipped | diverged? |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for family, probes in grid.items():
         for d in delays:
@@ -378,6 +402,23 @@ def _probe_section(results, options, figures: dict[str, bool]) -> list[str]:
                 row = _row(r, [_fmt(r.eval.get("recall_bits") if _ok(r) else None), _fmt(_bpb(r))])
                 lines.append(row.replace(f"| {family} |", f"| {family} | {d} |", 1))
     return lines
+
+
+def _updates(grid: dict, delays: list[int]) -> str:
+    """Equal minutes are not equal updates: the step counts behind each delay's comparison."""
+    parts = []
+    for d in delays:
+        steps = {f: probes[d].train["steps"] for f, probes in grid.items() if d in probes and _ok(probes[d]) and probes[d].train}
+        if len(steps) > 1:
+            ratio = max(steps.values()) / max(min(steps.values()), 1)
+            parts.append(f"delay {d}: " + ", ".join(f"{f} {n:,}" for f, n in steps.items()) + f" ({ratio:.1f}× apart)")
+    if not parts:
+        return ""
+    return (
+        "Equal minutes are not equal updates: the families' CPU kernels differ in speed, so within the same "
+        "budget they trained for different numbers of steps (" + "; ".join(parts) + "). A family that did not "
+        "learn a delay in fewer steps may yet learn it in more."
+    )
 
 
 def _recall_cell(r) -> str:
