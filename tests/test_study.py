@@ -260,3 +260,41 @@ def test_captured_output_does_not_wait_for_daemons_the_command_leaves_behind(tmp
     done = study._dvc(["sh", "-c", "sleep 20 & echo started"], Paths(tmp_path), capture=True)
     assert done.stdout.strip() == "started" and done.returncode == 0
     assert time.monotonic() - started < 10
+
+
+# `dvc queue status` as DVC 3.67 printed it during a study whose second worker had stopped early
+QUEUE_STATUS = """\
+Task     Name                      Created    Status
+6285954  text-irnn-11301119        11:20 AM   Running
+bd114b5  text-lstm-11301119        11:20 AM   Queued
+13d78b1  text-gru-11301119         11:20 AM   Queued
+b58405f  text-ffn_window-11301119  11:20 AM   Success
+8e47a62  copy10-irnn-11301119      11:20 AM   Failed
+
+Worker status: 1 active, 0 idle
+"""
+
+
+def test_queue_status_is_parsed_with_its_worker_count():
+    status, workers = study.parse_queue_status(QUEUE_STATUS)
+    assert status == {"text-irnn-11301119": "Running", "text-lstm-11301119": "Queued",
+                      "text-gru-11301119": "Queued", "text-ffn_window-11301119": "Success",
+                      "copy10-irnn-11301119": "Failed"}  # fmt: skip
+    assert workers == 1
+    assert study.parse_queue_status(QUEUE_STATUS.replace("1 active, 0 idle", "1 active, 1 idle"))[1] == 2
+    assert study.parse_queue_status("Task     Name   Created    Status\n")[1] is None  # no line, no guess
+
+
+def test_a_lost_worker_is_replaced_only_while_experiments_wait():
+    status, workers = study.parse_queue_status(QUEUE_STATUS)
+    assert study.workers_to_start(status, workers, jobs=2) == 1  # the case seen: one of two gone
+    waiting = status | {"text-irnn-11301119": "Success"}
+    assert study.workers_to_start(waiting, 0, jobs=2) == 2  # all gone: the study would wait forever
+    assert study.workers_to_start(waiting, 0, jobs=4) == 2  # never more workers than queued experiments
+    assert study.workers_to_start(status, 2, jobs=2) == 0
+    assert study.workers_to_start(status, None, jobs=2) == 0  # DVC did not say: start nothing
+    done = {name: "Success" for name in status}
+    assert study.workers_to_start(done | {"text-irnn-11301119": "Running"}, 1, jobs=2) == 0  # nothing waits
+    # tasks Running count as busy workers even where DVC's worker count lags behind (treeverse/dvc#10427)
+    two_running = status | {"text-lstm-11301119": "Running"}
+    assert study.workers_to_start(two_running, 0, jobs=2) == 0

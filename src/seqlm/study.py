@@ -312,13 +312,34 @@ def untracked_sources(paths: Paths) -> list[str]:
 
 def queue_status(paths: Paths) -> dict[str, str]:
     """Experiment name -> Queued | Running | Success | Failed, from `dvc queue status`."""
-    out = _dvc(["dvc", "queue", "status"], paths, capture=True)
-    status = {}
-    for line in out.stdout.splitlines():
+    return parse_queue_status(_dvc(["dvc", "queue", "status"], paths, capture=True).stdout)[0]
+
+
+def parse_queue_status(text: str) -> tuple[dict[str, str], int | None]:
+    """`dvc queue status` output -> (experiment name -> state, live workers or None if not reported)."""
+    status, workers = {}, None
+    for line in text.splitlines():
         words = line.split()
         if len(words) >= 3 and words[-1] in ("Queued", "Running", "Success", "Failed"):
             status[words[1]] = words[-1]
-    return status
+        found = re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip())
+        if found:
+            workers = int(found[1]) + int(found[2])
+    return status, workers
+
+
+def workers_to_start(status: dict[str, str], workers: int | None, jobs: int) -> int:
+    """How many queue workers to start so that ``jobs`` run while experiments are still queued.
+
+    DVC's workers sometimes stop while the queue still holds experiments (treeverse/dvc#10562,
+    treeverse/dvc-task#77: seen here with `-j 2`, one of the two gone after four experiments), which
+    would leave the study running one at a time, or not at all, with the rest waiting forever.
+    """
+    queued = sum(state == "Queued" for state in status.values())
+    running = sum(state == "Running" for state in status.values())
+    if workers is None or queued == 0:
+        return 0
+    return max(0, min(jobs - max(workers, running), queued))
 
 
 def _queue_is_empty(paths: Paths) -> None:
@@ -344,18 +365,31 @@ def _dvc_locked_retry(command: list[str], paths: Paths, env: dict | None = None)
     raise SeqlmError(f"the DVC repository stayed locked for {LOCK_RETRIES * LOCK_WAIT_S // 60} minutes; try again later")
 
 
-def wait_for(paths: Paths, names: list[str], poll_s: float = 15.0) -> dict[str, str]:
+def wait_for(paths: Paths, names: list[str], jobs: int, poll_s: float = 15.0, grace_s: float = 60.0) -> dict[str, str]:
     """Poll `dvc queue status` until none of ``names`` is queued or running; report each as it ends.
 
     Polling, not `dvc exp run --run-all`: that holds the repository lock for the whole run, and so
-    would lock every other dvc command in the workspace out for the better part of an hour.
+    would lock every other dvc command in the workspace out for the better part of an hour. Workers that
+    DVC lost are replaced (``workers_to_start``), once they have been missing for ``grace_s``: a worker
+    just started, or between two experiments, may briefly not be counted.
     """
     import os
 
     done: dict[str, str] = {}
+    short_since: float | None = None
     while True:
         LOAD.append(os.getloadavg()[0])
-        status = queue_status(paths)
+        status, workers = parse_queue_status(_dvc(["dvc", "queue", "status"], paths, capture=True).stdout)
+        missing = workers_to_start({n: status.get(n, "Failed") for n in names}, workers, jobs)
+        if not missing:
+            short_since = None
+        elif short_since is None:
+            short_since = time.monotonic()
+        elif time.monotonic() - short_since >= grace_s:
+            print(f"study: DVC's queue is running {workers} of {jobs} workers with experiments still queued "
+                  f"(its workers sometimes stop early); starting {missing} more", flush=True)  # fmt: skip
+            _dvc_locked_retry(start_queue(missing), paths, env=worker_env())
+            short_since = None
         for name in names:
             state = status.get(name, "Failed")  # gone from the queue without a result
             if state in ("Success", "Failed") and name not in done:
@@ -397,7 +431,7 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
     print(f"study: running {len(experiments)} experiments, {options.jobs} at a time; `dvc queue logs <name>` "
           "follows one", flush=True)  # fmt: skip
     _dvc_locked_retry(start_queue(options.jobs), paths, env=worker_env())
-    wait_for(paths, [e.name for e in experiments])  # a failed experiment is reported in the study, not raised
+    wait_for(paths, [e.name for e in experiments], options.jobs)  # a failed experiment is reported in the study, not raised
     from seqlm import study_report
 
     results = collect(paths, options, experiments, baseline, started)
