@@ -119,11 +119,16 @@ def test_runs_are_found_by_their_params_and_tagged(project, params):
 
     from seqlm import config, tracking
 
-    experiments = study.plan(study.Options(stamp="t1", delays=(10,), text_families=("lstm", "gru"),
+    import time
+
+    experiments = study.plan(study.Options(stamp="t1", delays=(10,), text_families=("rnn", "rnn-noclip", "gru"),
                                            probe_families=("lstm",)), params)  # fmt: skip
     client = tracking.client(tracking.tracking_uri(project.paths()))
     exp_id = tracking.experiment_id(client, OPTIONS.name, project.paths())
-    for e in reversed(experiments):  # as the train stage logs them: every key, as str
+    # In plan order, so the newest run (searched first) of the rnn pair is rnn-noclip's, whose params
+    # include every override of the clipped rnn's (which keeps the default train.grad_clip).
+    for e in experiments:  # as the train stage logs them: every key, as str
+        time.sleep(0.01)  # distinct start times
         run = client.create_run(exp_id, run_name=e.family)
         flat = config.parse(study.apply(params, e.overrides)).flat()
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
@@ -132,6 +137,7 @@ def test_runs_are_found_by_their_params_and_tagged(project, params):
         run = study.match_run(runs, params, e)
         assert run is not None and run.data.params["model.family"] == e.overrides["model.family"]
         assert run.data.params["data.source"] == e.overrides.get("data.source", "builtin:kjv")
+        assert float(run.data.params["train.grad_clip"]) == e.overrides.get("train.grad_clip", params["train"]["grad_clip"])
         study.tag_run(client, run.info.run_id, study.Options(stamp="t1"), e)
         tagged = client.get_run(run.info.run_id)
         assert tagged.data.tags["seqlm.study"] == OPTIONS.name

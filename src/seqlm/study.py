@@ -555,12 +555,22 @@ def study_runs(paths: Paths, experiment: str, started: float):
 
 
 def match_run(runs: list, params: dict, e: Experiment):
-    """The (latest) run whose logged params equal the experiment's overrides, as the train stage logs them."""
+    """The (latest) run whose logged params equal the experiment's, as the train stage logs them.
+
+    Every param the run logged is compared, not just the experiment's overrides: an experiment that keeps
+    a default (the clipped tanh rnn: no ``train.grad_clip`` override) must not match a sibling that
+    overrides it (``rnn-noclip``, whose run an earlier version tagged as the clipped one's).
+    """
     from seqlm import config
 
     flat = config.parse(apply(params, e.overrides)).flat()
-    wanted = {k: str(flat[k])[:6000] for k in e.overrides}
-    return next((r for r in runs if all(r.data.params.get(k) == v for k, v in wanted.items())), None)
+    wanted = {k: str(v)[:6000] for k, v in flat.items()}
+
+    def same(run) -> bool:
+        logged = run.data.params
+        return all(k in logged for k in e.overrides) and all(logged[k] == v for k, v in wanted.items() if k in logged)
+
+    return next((r for r in runs if same(r)), None)
 
 
 def tag_run(client, run_id: str, options: Options, e: Experiment) -> None:
