@@ -212,6 +212,17 @@ def test_report_has_provenance_tables_figures_and_computed_verdicts(plan, tmp_pa
     assert got["A bag of words loses order"] == "supported"
     assert got["Plain (tanh) RNN gradients vanish over long spans"] == "supported"  # 0.9**128 ≈ 1e-6
     assert got["Gradients can explode, and clipping tames the explosion"] == "supported"  # 1.58 vs 1.50
+    # the same gap with smaller gradients without clipping than with it is no explosion (seen in a study)
+    results = fake_results(plan, lstm_recall_200=0.9)
+    for r in results:
+        r.max_grad_norm = {"rnn": 4.05, "rnn-noclip": 2.07}.get(r.experiment.family)
+    text = study_report.write(tmp_path, results, MACHINE, OPTIONS).read_text()
+    assert verdicts(text)["Gradients can explode, and clipping tames the explosion"] == "not supported"
+    assert "largest logged gradient norm 4.05 with clipping (measured before clipping), 2.07 without" in text
+    for r in results:
+        r.max_grad_norm = {"rnn": 4.05, "rnn-noclip": 40.0}.get(r.experiment.family)
+    text = study_report.write(tmp_path, results, MACHINE, OPTIONS).read_text()
+    assert verdicts(text)["Gradients can explode, and clipping tames the explosion"] == "supported"
     assert got["Gated cells (LSTM, GRU) keep long-term dependencies"] == "supported"
     assert got["ReLU with identity initialisation (IRNN) keeps long-term dependencies"] == "partly supported"
     assert "the LSTM recalls 0.90 and the tanh RNN 0.12" in text and "well above the tanh RNN (+0.78)" in text
