@@ -70,7 +70,6 @@ PROBE_EVALUATE = {"evaluate.prompts": ["C"], "evaluate.cloze_prompts": ["C....?"
 BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
 TARGET_STAGE = "evaluate"  # reproduce up to evaluate: study models are not registered
 LOCK_RETRIES, LOCK_WAIT_S = 60, 10
-LOAD: list[float] = []  # 1-minute load averages sampled while the experiments run
 
 
 @dataclass(frozen=True)
@@ -310,9 +309,9 @@ def untracked_sources(paths: Paths) -> list[str]:
     return [line for line in listed.splitlines() if line.endswith(".py")]
 
 
-def queue_status(paths: Paths) -> dict[str, str]:
-    """Experiment name -> Queued | Running | Success | Failed, from `dvc queue status`."""
-    return parse_queue_status(_dvc(["dvc", "queue", "status"], paths, capture=True).stdout)[0]
+def queue_status(paths: Paths) -> tuple[dict[str, str], int | None]:
+    """`dvc queue status`: experiment name -> Queued | Running | Success | Failed, and the live workers."""
+    return parse_queue_status(_dvc(["dvc", "queue", "status"], paths, capture=True).stdout)
 
 
 def parse_queue_status(text: str) -> tuple[dict[str, str], int | None]:
@@ -343,7 +342,7 @@ def workers_to_start(status: dict[str, str], workers: int | None, jobs: int) -> 
 
 
 def _queue_is_empty(paths: Paths) -> None:
-    busy = [name for name, state in queue_status(paths).items() if state in ("Queued", "Running")]
+    busy = [name for name, state in queue_status(paths)[0].items() if state in ("Queued", "Running")]
     if busy:
         raise SeqlmError(
             f"the DVC experiment queue already holds {len(busy)} queued or running experiments ({busy[0]}, …); "
@@ -365,8 +364,12 @@ def _dvc_locked_retry(command: list[str], paths: Paths, env: dict | None = None)
     raise SeqlmError(f"the DVC repository stayed locked for {LOCK_RETRIES * LOCK_WAIT_S // 60} minutes; try again later")
 
 
-def wait_for(paths: Paths, names: list[str], jobs: int, poll_s: float = 15.0, grace_s: float = 60.0) -> dict[str, str]:
+def wait_for(paths: Paths, names: list[str], jobs: int, load: list[float], poll_s: float = 15.0,
+             grace_s: float = 60.0) -> dict[str, str]:  # fmt: skip
     """Poll `dvc queue status` until none of ``names`` is queued or running; report each as it ends.
+
+    Appends the 1-minute load average to ``load`` at every poll (the report says whether the study had
+    the cores to itself).
 
     Polling, not `dvc exp run --run-all`: that holds the repository lock for the whole run, and so
     would lock every other dvc command in the workspace out for the better part of an hour. Workers that
@@ -378,8 +381,8 @@ def wait_for(paths: Paths, names: list[str], jobs: int, poll_s: float = 15.0, gr
     done: dict[str, str] = {}
     short_since: float | None = None
     while True:
-        LOAD.append(os.getloadavg()[0])
-        status, workers = parse_queue_status(_dvc(["dvc", "queue", "status"], paths, capture=True).stdout)
+        load.append(os.getloadavg()[0])
+        status, workers = queue_status(paths)
         missing = workers_to_start({n: status.get(n, "Failed") for n in names}, workers, jobs)
         if not missing:
             short_since = None
@@ -431,12 +434,13 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
     print(f"study: running {len(experiments)} experiments, {options.jobs} at a time; `dvc queue logs <name>` "
           "follows one", flush=True)  # fmt: skip
     _dvc_locked_retry(start_queue(options.jobs), paths, env=worker_env())
-    wait_for(paths, [e.name for e in experiments], options.jobs)  # a failed experiment is reported in the study, not raised
+    load: list[float] = []
+    wait_for(paths, [e.name for e in experiments], options.jobs, load)  # a failed experiment is reported, not raised
     from seqlm import study_report
 
     results = collect(paths, options, experiments, baseline, started)
     finished = time.time()
-    study_report.write(paths.root / "docs", results, machine_info(paths, baseline, started, finished), options)
+    study_report.write(paths.root / "docs", results, machine_info(paths, baseline, started, finished, load), options)
     print(f"study: wrote docs/study.md ({(finished - started) / 60:.1f} min for {len(experiments)} experiments)")
     return experiments
 
@@ -593,7 +597,7 @@ def _artifact_json(client, run_id: str, artifact: str) -> dict | None:
             return None
 
 
-def machine_info(paths: Paths, baseline: str, started: float, finished: float) -> dict:
+def machine_info(paths: Paths, baseline: str, started: float, finished: float, load: list[float]) -> dict:
     import os
     import platform
 
@@ -629,8 +633,8 @@ def machine_info(paths: Paths, baseline: str, started: float, finished: float) -
         "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
         "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_minutes": (finished - started) / 60,
-        "load_mean": sum(LOAD) / len(LOAD) if LOAD else None,
-        "load_max": max(LOAD) if LOAD else None,
+        "load_mean": sum(load) / len(load) if load else None,
+        "load_max": max(load) if load else None,
     }
 
 
