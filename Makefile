@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run study test test-all ui lock clean
+.PHONY: setup run study lint test test-all ui lock clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ run: setup
 study: setup
 	$(BIN)/seqlm study
 
-test: setup
+lint: setup
+	$(BIN)/ruff format --check src tests bench pipeline
+	$(BIN)/ruff check src tests bench pipeline
+
+test: setup lint
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu" -q
 
 test-all: setup

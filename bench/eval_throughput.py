@@ -4,8 +4,8 @@
 
 Same model and data as bench/train_throughput.py (2-layer LSTM 256, batch 32, bptt 35, a 25.7k
 vocabulary, synthetic Zipf tokens), fp32. Evaluation is the evaluate stage's loop
-(``seqlm.evaluation.stream_totals``: inference mode, carried state, float64 sums); training is the
-minimal step loop of train_throughput.py (forward, backward, clip, AdamW). The two alternate in one
+(``seqlm.evaluation.metrics.stream_totals``: inference mode, carried state, float64 sums); training is
+the minimal step loop of train_throughput.py (forward, backward, clip, AdamW). The two alternate in one
 process; the best of each is kept. Evaluation does a third of training's matrix work and no optimizer
 step, so the goal is ratio ≥ 3. The model's forward alone (no loss, no top-k) is timed too: its rate
 ÷ the training rate (``ceiling_ratio``) bounds what any evaluation loop can reach on this machine.
@@ -53,10 +53,18 @@ def _train_bench():
 def model_config(hidden: int, layers: int):
     from seqlm import config
 
-    return config.parse({
-        "model": {"family": "lstm", "embedding_size": hidden, "hidden_size": hidden, "num_layers": layers,
-                  "dropout": 0.2, "tie_weights": True},
-    }).model  # fmt: skip
+    return config.parse(
+        {
+            "model": {
+                "family": "lstm",
+                "embedding_size": hidden,
+                "hidden_size": hidden,
+                "num_layers": layers,
+                "dropout": 0.2,
+                "tie_weights": True,
+            },
+        }
+    ).model
 
 
 def build(hidden: int, layers: int, vocab: int):
@@ -67,7 +75,7 @@ def build(hidden: int, layers: int, vocab: int):
 
 
 def eval_tokens_per_s(model, tokens, batch: int, bptt: int) -> float:
-    from seqlm.evaluation import stream_totals
+    from seqlm.evaluation.metrics import stream_totals
 
     totals = stream_totals(model, tokens, batch, bptt)
     return totals.tokens / totals.seconds
@@ -75,7 +83,7 @@ def eval_tokens_per_s(model, tokens, batch: int, bptt: int) -> float:
 
 def forward_tokens_per_s(model, tokens, batch: int, bptt: int) -> float:
     """The model's forward alone, state carried: the ceiling for any evaluation loop."""
-    from seqlm.data.datamodule import StreamWindows
+    from seqlm.data.tokens import StreamWindows
 
     stream, count = StreamWindows(tokens, batch, bptt), 0
     model.eval()
@@ -91,7 +99,7 @@ def forward_tokens_per_s(model, tokens, batch: int, bptt: int) -> float:
 
 def rss_child(args) -> None:
     """Evaluate ``args.rss_child`` (a token file) in this fresh process; print peak and anonymous RSS."""
-    from seqlm.data.datamodule import open_tokens
+    from seqlm.data.tokens import open_tokens
 
     model = build(args.hidden, args.layers, args.vocab)
     tokens = open_tokens(Path(args.rss_child), "uint16")
@@ -106,15 +114,22 @@ def _mb(field: str) -> float:
 
 
 def peak_rss_mb(path: Path, args) -> dict:
-    cmd = [sys.executable, "-P", __file__, "--rss-child", str(path), "--hidden", str(args.hidden),
-           "--layers", str(args.layers), "--vocab", str(args.vocab), "--batch", str(args.batch),
-           "--bptt", str(args.bptt)]  # fmt: skip
+    model_args = {
+        "--hidden": args.hidden,
+        "--layers": args.layers,
+        "--vocab": args.vocab,
+        "--batch": args.batch,
+    }
+    cmd = [sys.executable, "-P", __file__, "--rss-child", str(path), "--bptt", str(args.bptt)]
+    cmd += [str(x) for option in model_args.items() for x in option]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=40, help="training steps per measurement (5 warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best of each kept")
     parser.add_argument("--eval-tokens", type=int, default=100_000, help="tokens per evaluation measurement")
@@ -129,15 +144,18 @@ def main() -> None:
     if args.rss_child:
         return rss_child(args)
 
-    from seqlm.data.datamodule import StreamWindows, open_tokens
+    from seqlm.data.tokens import StreamWindows, open_tokens
 
     train_bench = _train_bench()
     tmp = Path(tempfile.mkdtemp(prefix="seqlm-bench-eval-"))
     total = max(args.eval_tokens, 4 * args.rss_tokens, args.batch * args.bptt * (args.steps + 1) + args.batch)
     train_bench.make_project(tmp, args.vocab, total, seed=0)
     tokens = open_tokens(tmp / "data" / "tokens" / "train.bin", "uint16")
-    print(f"threads={torch.get_num_threads()} model=lstm {args.layers}x{args.hidden} vocab={args.vocab} "
-          f"batch={args.batch} bptt={args.bptt}", flush=True)  # fmt: skip
+    print(
+        f"threads={torch.get_num_threads()} model=lstm {args.layers}x{args.hidden} vocab={args.vocab} "
+        f"batch={args.batch} bptt={args.bptt}",
+        flush=True,
+    )
 
     best_eval = best_train = best_forward = 0.0
     split = tokens[: args.eval_tokens]
@@ -148,8 +166,11 @@ def main() -> None:
         model = build(args.hidden, args.layers, args.vocab).train()
         windows = StreamWindows(tokens, args.batch, args.bptt)
         training = train_bench.raw_loop(model, windows, args.steps, 1e-3, 0.25, "32-true")
-        print(f"round: eval_tokens_per_s={evaluation:.0f} forward_only_tokens_per_s={forward:.0f} "
-              f"train_tokens_per_s={training:.0f}", flush=True)  # fmt: skip
+        print(
+            f"round: eval_tokens_per_s={evaluation:.0f} forward_only_tokens_per_s={forward:.0f} "
+            f"train_tokens_per_s={training:.0f}",
+            flush=True,
+        )
         best_eval, best_train = max(best_eval, evaluation), max(best_train, training)
         best_forward = max(best_forward, forward)
     # forward ÷ train bounds the ratio: what the evaluation adds (softmax normaliser, top-6) comes off it
@@ -160,12 +181,17 @@ def main() -> None:
         path = tmp / f"rss_{scale}x.bin"
         np.asarray(tokens[: scale * args.rss_tokens]).tofile(path)
         sizes[scale] = peak_rss_mb(path, args)
-        print(f"split={scale * args.rss_tokens} tokens peak_rss_mb={sizes[scale]['peak_rss_mb']:.1f} "
-              f"rss_anon_mb={sizes[scale]['rss_anon_mb']:.1f}", flush=True)  # fmt: skip
+        print(
+            f"split={scale * args.rss_tokens} tokens peak_rss_mb={sizes[scale]['peak_rss_mb']:.1f} "
+            f"rss_anon_mb={sizes[scale]['rss_anon_mb']:.1f}",
+            flush=True,
+        )
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"eval_rss_growth_mb={sizes[4]['peak_rss_mb'] - sizes[1]['peak_rss_mb']:.1f}")
-    print(f"eval_tokens_per_s={best_eval:.0f} train_tokens_per_s={best_train:.0f} "
-          f"ratio={best_eval / best_train:.2f}")  # fmt: skip
+    print(
+        f"eval_tokens_per_s={best_eval:.0f} train_tokens_per_s={best_train:.0f} "
+        f"ratio={best_eval / best_train:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,19 +34,27 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def train_once(scratch: Path, precision: str, steps: int) -> dict:
     from seqlm import config
-    from seqlm.paths import Paths
-    from seqlm.training import run_train
+    from seqlm.core.paths import Paths
+    from seqlm.stages.train import run_train
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(precision=precision, max_steps=steps, max_minutes=0, val_every_steps=steps,
-                           early_stopping_patience=0, checkpoint_every_minutes=60)  # fmt: skip
+    params["train"].update(
+        precision=precision,
+        max_steps=steps,
+        max_minutes=0,
+        val_every_steps=steps,
+        early_stopping_patience=0,
+        checkpoint_every_minutes=60,
+    )
     (scratch / "params.yaml").write_text(yaml.safe_dump(params))
     paths = Paths(scratch)
     return run_train(config.load(paths.params), paths, fresh=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     if not (ROOT / "data" / "tokens" / "meta.json").is_file():

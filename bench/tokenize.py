@@ -101,8 +101,12 @@ def encode_worker(model: str, corpus: str, dest: str, threads: int) -> None:
     cpu_started = time.process_time()
     stats = encode_file(sp, Path(corpus), Path(dest), token_dtype(sp.get_piece_size()), num_threads=threads)
     cpu_seconds = time.process_time() - cpu_started  # all of this process's threads
-    report = {"seconds": stats.encode_seconds, "cpu_seconds": cpu_seconds, "tokens": stats.tokens,
-              "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    report = {
+        "seconds": stats.encode_seconds,
+        "cpu_seconds": cpu_seconds,
+        "tokens": stats.tokens,
+        "peak_rss_mb": peak_rss_mb(),
+    }
     print(json.dumps(report))
 
 
@@ -157,20 +161,28 @@ def main() -> None:
     dest = args.out / "tokens.bin"
     try:
         multi = measure(model, corpus, dest, cores, cores)
-        print(f"all {cores} cores: {multi['seconds']:.1f} s ({multi['cpu_seconds']:.1f} s CPU), "
-              f"{multi['tokens']:,} tokens, peak RSS {multi['peak_rss_mb']:.0f} MB")
+        print(
+            f"all {cores} cores: {multi['seconds']:.1f} s ({multi['cpu_seconds']:.1f} s CPU), "
+            f"{multi['tokens']:,} tokens, peak RSS {multi['peak_rss_mb']:.0f} MB"
+        )
         single = measure(model, corpus, dest, 1, cores)
-        print(f"one thread:  {single['seconds']:.1f} s ({single['cpu_seconds']:.1f} s CPU), "
-              f"peak RSS {single['peak_rss_mb']:.0f} MB")
+        print(
+            f"one thread:  {single['seconds']:.1f} s ({single['cpu_seconds']:.1f} s CPU), "
+            f"peak RSS {single['peak_rss_mb']:.0f} MB"
+        )
     finally:
         dest.unlink(missing_ok=True)
     peak = max(multi["peak_rss_mb"], single["peak_rss_mb"])
-    print(f"other processes took {multi['others_share']:.0%} of the machine's CPU during the all-core run, "
-          f"{single['others_share']:.0%} during the one-thread run")
+    print(
+        f"other processes took {multi['others_share']:.0%} of the machine's CPU during the all-core run, "
+        f"{single['others_share']:.0%} during the one-thread run"
+    )
     # the one-thread run is disturbed only if it lost part of its core; the all-core run by anything
     if multi["others_share"] > 0.05 or single["cpu_seconds"] < 0.95 * single["seconds"]:
-        print("warning: other processes competed for the CPU, so the numbers below are not clean; "
-              "rerun on an idle machine")
+        print(
+            "warning: other processes competed for the CPU, so the numbers below are not clean; "
+            "rerun on an idle machine"
+        )
     print(
         f"mb_per_s={size_mb / multi['seconds']:.2f} "
         f"single_process_mb_per_s={size_mb / single['seconds']:.2f} "

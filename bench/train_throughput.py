@@ -51,14 +51,16 @@ def flops_per_token(model: torch.nn.Module) -> float:
 
     The embedding is a lookup (no FLOPs) but, when tied, the same matrix is the decoder's.
     """
-    matrix = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and not name.startswith("embedding"))
+    matrix = sum(
+        p.numel() for name, p in model.named_parameters() if p.dim() == 2 and not name.startswith("embedding")
+    )
     if model.config.get("tie_weights"):
         matrix += model.embedding.weight.numel()
     return 6.0 * matrix
 
 
 def make_project(root: Path, vocab: int, tokens: int, seed: int) -> None:
-    from seqlm.io import write_json
+    from seqlm.core.atomic import write_json
 
     rng = np.random.default_rng(seed)
     # Zipf-like unigram frequencies, as in natural text.
@@ -67,8 +69,13 @@ def make_project(root: Path, vocab: int, tokens: int, seed: int) -> None:
     split = {"train": ids, "valid": ids[: tokens // 20], "test": ids[: tokens // 20]}
     for name, arr in split.items():
         arr.tofile(root / "data" / "tokens" / f"{name}.bin")
-    meta = {"vocab_size": vocab, "dtype": "uint16",
-            "splits": {k: {"tokens": len(v), "bytes": 4 * len(v), "words": len(v), "lines": 1} for k, v in split.items()}}  # fmt: skip
+    meta = {
+        "vocab_size": vocab,
+        "dtype": "uint16",
+        "splits": {
+            k: {"tokens": len(v), "bytes": 4 * len(v), "words": len(v), "lines": 1} for k, v in split.items()
+        },
+    }
     write_json(root / "data" / "tokens" / "meta.json", meta)
 
 
@@ -77,7 +84,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def raw_loop(model, windows, steps: int, lr: float, clip: float, precision: str, device: str = "cpu") -> float:
+def raw_loop(
+    model, windows, steps: int, lr: float, clip: float, precision: str, device: str = "cpu"
+) -> float:
     """The hand-written loop: forward, loss, backward, clip, step, carry the detached state."""
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -125,15 +134,17 @@ class _Stopwatch:
         self.t0 = self.t1 = 0.0
 
 
-def lightning_loop(root: Path, cfg, vocab: int, steps: int, precision: str, mlflow_uri: str, device: str = "cpu") -> float:
+def lightning_loop(
+    root: Path, cfg, vocab: int, steps: int, precision: str, mlflow_uri: str, device: str = "cpu"
+) -> float:
     import lightning.pytorch as pl
     import mlflow
 
-    from seqlm.callbacks import TrainProgress
-    from seqlm.data.datamodule import TokenDataModule
-    from seqlm.lm import LitLanguageModel
+    from seqlm.core.paths import Paths
     from seqlm.models import build_model
-    from seqlm.paths import Paths
+    from seqlm.training.callbacks import TrainProgress
+    from seqlm.training.datamodule import TokenDataModule
+    from seqlm.training.lightning_module import LitLanguageModel
 
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab)
@@ -142,29 +153,46 @@ def lightning_loop(root: Path, cfg, vocab: int, steps: int, precision: str, mlfl
     run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
     watch = _Stopwatch(timed_from=5)
     trainer = pl.Trainer(
-        accelerator=device, devices=1, precision=precision, max_steps=steps, max_epochs=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        accelerator=device,
+        devices=1,
+        precision=precision,
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
         callbacks=[TrainProgress(client, run.info.run_id, cfg.train.log_every_steps), watch.callback],
-    )  # fmt: skip
-    lm = LitLanguageModel(model, cfg.train, valid_tokens_per_byte=1.0, total_steps=steps)
+    )
+    lm = LitLanguageModel(model, cfg.train, {"tokens": 1, "bytes": 1}, total_steps=steps)
     trainer.fit(lm, datamodule=dm)
     return (steps - 5) * cfg.train.batch_size * cfg.train.bptt / (watch.t1 - watch.t0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--precisions", default="32-true,bf16-mixed")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per measurement (5 warm-up)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each path is kept")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds; the best of each path is kept"
+    )
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=25_700)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--bptt", type=int, default=35)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda on a GPU box, e.g. --hidden 1024 --layers 1 --vocab 32000 --batch 128 --bptt 128 "
-                             "--precisions 32-true,bf16-mixed,16-mixed")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda on a GPU box, e.g. --hidden 1024 --layers 1 --vocab 32000 --batch 128 --bptt 128 "
+        "--precisions 32-true,bf16-mixed,16-mixed",
+    )
     args = parser.parse_args()
 
     import logging
@@ -172,17 +200,32 @@ def main() -> None:
     import mlflow
 
     from seqlm import config
-    from seqlm.data.datamodule import StreamWindows, open_tokens
+    from seqlm.data.tokens import StreamWindows, open_tokens
     from seqlm.models import build_model
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    cfg = config.parse({
-        "model": {"family": "lstm", "embedding_size": args.hidden, "hidden_size": args.hidden,
-                  "num_layers": args.layers, "dropout": 0.2, "tie_weights": True},
-        "train": {"batch_size": args.batch, "bptt": args.bptt, "warmup_steps": 0, "schedule": "constant", "grad_clip": 0.25,
-                  "lr": 1e-3, "log_every_steps": 10},
-    })  # fmt: skip
+    cfg = config.parse(
+        {
+            "model": {
+                "family": "lstm",
+                "embedding_size": args.hidden,
+                "hidden_size": args.hidden,
+                "num_layers": args.layers,
+                "dropout": 0.2,
+                "tie_weights": True,
+            },
+            "train": {
+                "batch_size": args.batch,
+                "bptt": args.bptt,
+                "warmup_steps": 0,
+                "schedule": "constant",
+                "grad_clip": 0.25,
+                "lr": 1e-3,
+                "log_every_steps": 10,
+            },
+        }
+    )
     tmp = Path(tempfile.mkdtemp(prefix="seqlm-bench-"))
     make_project(tmp, args.vocab, 400_000, seed=0)
     mlflow_uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -190,33 +233,48 @@ def main() -> None:
 
     peak = gemm_peak_gflops(device=args.device)
     bf16_peak = gemm_peak_gflops(torch.bfloat16, device=args.device)
-    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    where = (
+        torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    )
     print(f"device={where!r} fp32_gemm_peak_gflops={peak:.0f} bf16_gemm_peak_gflops={bf16_peak:.0f}")
     tokens = open_tokens(tmp / "data" / "tokens" / "train.bin", "uint16")
     results = {}
     for precision in args.precisions.split(","):
         best_l = best_r = 0.0
         for _ in range(args.rounds):
-            best_l = max(best_l, lightning_loop(tmp, cfg, args.vocab, args.steps, precision, mlflow_uri, args.device))
+            best_l = max(
+                best_l, lightning_loop(tmp, cfg, args.vocab, args.steps, precision, mlflow_uri, args.device)
+            )
             torch.manual_seed(0)
             model = build_model(cfg.model, args.vocab).train()
             windows = StreamWindows(tokens, cfg.train.batch_size, cfg.train.bptt)
             best_r = max(best_r, raw_loop(model, windows, args.steps, 1e-3, 0.25, precision, args.device))
         fpt = flops_per_token(build_model(cfg.model, args.vocab))
         results[precision] = {
-            "tokens_per_s": best_l, "raw_tokens_per_s": best_r, "overhead_ratio": best_l / best_r,
+            "tokens_per_s": best_l,
+            "raw_tokens_per_s": best_r,
+            "overhead_ratio": best_l / best_r,
             "mfu": best_l * fpt / (peak * 1e9),
-        }  # fmt: skip
+        }
         r = results[precision]
-        print(f"precision={precision} " + " ".join(f"{k}={v:.3f}" if v < 10 else f"{k}={v:.0f}" for k, v in r.items()), flush=True)
+        print(
+            f"precision={precision} "
+            + " ".join(f"{k}={v:.3f}" if v < 10 else f"{k}={v:.0f}" for k, v in r.items()),
+            flush=True,
+        )
     if "32-true" in results and "bf16-mixed" in results:
         speedup = results["bf16-mixed"]["tokens_per_s"] / results["32-true"]["tokens_per_s"]
         print(f"bf16_speedup={speedup:.2f}")
     (Path(__file__).parent / "out").mkdir(exist_ok=True)
     (Path(__file__).parent / "out" / "train_throughput.json").write_text(json.dumps(results, indent=2))
-    print(" | ".join(
-        f"precision={p} tokens_per_s={r['tokens_per_s']:.0f} raw_tokens_per_s={r['raw_tokens_per_s']:.0f} "
-        f"overhead_ratio={r['overhead_ratio']:.3f} mfu={r['mfu']:.3f}" for p, r in results.items()))  # fmt: skip
+    print(
+        " | ".join(
+            f"precision={p} tokens_per_s={r['tokens_per_s']:.0f} "
+            f"raw_tokens_per_s={r['raw_tokens_per_s']:.0f} "
+            f"overhead_ratio={r['overhead_ratio']:.3f} mfu={r['mfu']:.3f}"
+            for p, r in results.items()
+        )
+    )
     assert all(math.isfinite(r["tokens_per_s"]) for r in results.values())
 
 

@@ -1,4 +1,5 @@
-"""DVC stage `download`: the corpus named by data.source -> data/raw/{train,valid,test}.txt + manifest.json."""
+"""DVC stage `download`: the corpus named by data.source -> data/raw/{train,valid,test}.txt, manifest."""
+
 import sys
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: models/model + data/tokens + data/raw/test.txt -> reports/eval/ (logged into the pipeline's MLflow run)."""
+"""DVC stage `evaluate`: models/model + data/tokens + data/raw -> reports/eval/ (and the MLflow run)."""
+
 import sys
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage `register`: models/model + reports/eval -> a registered MLflow model version, the champion gate, reports/register.json."""
+"""DVC stage `register`: models/model + reports/eval -> a registered version, the gate, register.json."""
+
 import sys
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """DVC stage `tokenize`: data/raw -> data/tokenizer/spm.{model,vocab}, data/tokens/{split}.bin + meta.json."""
+
 import sys
 
 if __name__ == "__main__":

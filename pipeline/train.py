@@ -1,4 +1,5 @@
-"""DVC stage `train`: data/tokens -> models/model/, models/run.json, reports/train/ (resumes from models/last.ckpt)."""
+"""DVC stage `train`: data/tokens -> models/model/, models/run.json, reports/train/ (resumes a cut run)."""
+
 import sys
 
 if __name__ == "__main__":

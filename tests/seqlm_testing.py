@@ -30,7 +30,7 @@ class Project:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     def paths(self):
-        from seqlm.paths import Paths
+        from seqlm.core.paths import Paths
 
         return Paths(self.root)
 
@@ -59,8 +59,8 @@ def grammar_text(lines: int, seed: int = 0) -> str:
 
 def make_tokens(project: "Project", vocab_size: int = 320, lines: int = 3000) -> None:
     """The real download and tokenize stages over a generated corpus in train/valid/test layout."""
-    from seqlm.data.corpus import run_download
-    from seqlm.data.tokenizer import run_tokenize
+    from seqlm.stages.download import run_download
+    from seqlm.stages.tokenize import run_tokenize
 
     corpus = project.root / "corpus"
     corpus.mkdir()

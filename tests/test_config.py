@@ -1,20 +1,20 @@
+import json
 import sys
-from dataclasses import fields
 
 import pytest
 import yaml
+from pydantic import ValidationError
+from seqlm_testing import REPO
 
 from seqlm import cli, config
-from seqlm.errors import SeqlmError
-
-from seqlm_testing import REPO
+from seqlm.core.errors import SeqlmError
 
 
 def test_params_yaml_names_every_key_with_its_default_type():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     cfg = config.parse(raw)
     for name, cls in config.SECTIONS.items():
-        assert set(raw[name]) == {f.name for f in fields(cls)}, f"params.yaml section {name} out of sync"
+        assert set(raw[name]) == set(cls.model_fields), f"params.yaml section {name} out of sync"
     assert cfg.tokenizer.vocab_size == raw["tokenizer"]["vocab_size"]
 
 
@@ -25,21 +25,81 @@ def test_every_params_key_is_commented():
 
 
 @pytest.mark.parametrize(
-    "section,key,value,expected",
+    "key,value,expected",
     [
-        ("tokenizer", "vocab_size", "8k", 'params.yaml: tokenizer.vocab_size must be an integer ≥ 32, got "8k"'),
-        ("tokenizer", "vocab_size", 8, "params.yaml: tokenizer.vocab_size must be an integer ≥ 32, got 8"),
-        ("train", "lr", -1, "params.yaml: train.lr must be a number > 0, got -1"),
-        ("tokenizer", "byte_fallback", "yes", 'params.yaml: tokenizer.byte_fallback must be true or false, got "yes"'),
-        ("model", "family", "transformer", 'params.yaml: model.family must be one of lstm | gru | rnn | ffn_window | bow, got "transformer"'),
+        ("tokenizer.vocab_size", "8k", 'an integer ≥ 32, got "8k"'),
+        ("tokenizer.vocab_size", 8, "an integer ≥ 32, got 8"),
+        ("train.lr", -1, "a number > 0, got -1"),
+        ("tokenizer.byte_fallback", "yes", 'true or false, got "yes"'),
+        ("model.family", "transformer", 'one of lstm | gru | rnn | ffn_window | bow, got "transformer"'),
+        # strict: no coercion between strings, numbers and booleans
+        ("train.batch_size", "3", 'an integer ≥ 1, got "3"'),
+        ("model.hidden_size", 2.5, "an integer ≥ 1, got 2.5"),
+        ("model.tie_weights", 1, "true or false, got 1"),
+        ("train.lr", True, "a number > 0, got true"),
+        ("train.lr", float("nan"), "a number > 0, got NaN"),
+        ("train.max_steps", -1, "an integer ≥ 0 (0 means no limit), got -1"),
+        ("train.devices", "two", '"auto" or an integer ≥ 1, got "two"'),
+        ("train.devices", 0, '"auto" or an integer ≥ 1, got 0'),
+        ("data.split", [0.5, 0.5], "a list of 3 items, each a number > 0 and ≤ 1, got [0.5, 0.5]"),
+        # a list of the right length names what its items must be, as before pydantic
+        ("data.split", [0.5, 0.5, "x"], 'a number > 0 and ≤ 1, got [0.5, 0.5, "x"]'),
+        ("evaluate.context_resets", [], "a list of items (at least 1), each an integer ≥ 1, got []"),
+        ("registry.model_name", "seqlm\n", "a name of letters, digits, '.', '_' or '-', got \"seqlm\\n\""),
     ],
 )
-def test_bad_values_name_key_value_and_rule(section, key, value, expected):
+def test_bad_values_name_key_value_and_rule(key, value, expected):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw[section][key] = value
+    section, name = key.split(".")
+    raw[section][name] = value
     with pytest.raises(SeqlmError) as err:
         config.parse(raw)
-    assert str(err.value) == expected
+    assert str(err.value) == f"params.yaml: {key} must be {expected}"
+
+
+def test_first_problem_in_file_order_is_reported():
+    with pytest.raises(SeqlmError, match=r"model\.hiden_size is not a known key"):
+        config.parse({"model": {"hiden_size": 3, "family": "transformer"}})
+    with pytest.raises(SeqlmError, match=r"model\.family must be one of"):
+        config.parse({"model": {"family": "transformer", "hiden_size": 3}})
+
+
+@pytest.mark.parametrize("devices", ["auto", 1, 2])
+def test_devices_takes_auto_or_a_count(devices):
+    assert config.parse({"train": {"devices": devices}}).train.devices == devices
+
+
+def test_an_int_for_a_float_key_is_stored_as_a_float():
+    cfg = config.parse({"train": {"lr": 1, "max_minutes": 0}})
+    assert type(cfg.train.lr) is float and type(cfg.train.max_minutes) is float
+    assert json.dumps(cfg.flat()["train.lr"]) == "1.0"
+
+
+def test_flat_keeps_params_yaml_order_and_turns_tuples_into_lists():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    flat = config.parse(raw).flat()
+    assert list(flat)[:3] == ["base.seed", "base.experiment", "data.source"]
+    assert list(flat) == [f"{section}.{key}" for section in raw for key in raw[section]]
+    assert flat["data.split"] == [0.9, 0.05, 0.05] and flat["evaluate.context_resets"] == [1, 4, 16, 64, 256]
+    assert all(not isinstance(v, tuple) for v in flat.values())
+
+
+def test_section_hash_is_unchanged_by_the_move_to_pydantic():
+    # Recorded with the pre-pydantic implementation: a changed hash would make every run restart from scratch.
+    cfg = config.parse({})
+    assert cfg.section_hash("model") == "b3934d68b2974302"
+    assert cfg.section_hash("data", "tokenizer") == "111191a728478f48"
+    assert cfg.section_hash("train.lr") == "1dc9f73320f5ec03"
+
+
+def test_sections_can_be_built_directly_and_are_validated():
+    model = config.ModelConfig(family="gru", hidden_size=32)
+    assert (model.family, model.hidden_size, model.num_layers) == ("gru", 32, 1)
+    assert config.Config(model=model).model.hidden_size == 32
+    assert config.Config() == config.parse({})
+    assert list(config.ModelConfig.model_fields)[:3] == ["family", "embedding_size", "hidden_size"]
+    with pytest.raises(ValidationError):
+        config.ModelConfig(hidden_size="32")
 
 
 def test_unknown_key_is_named():
@@ -65,8 +125,11 @@ def test_bidirectional_is_refused_with_the_reason():
 
 def test_config_is_frozen():
     cfg = config.parse({})
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError):
         cfg.model.hidden_size = 3
+    with pytest.raises(ValidationError):
+        cfg.model = config.ModelConfig()
+    assert cfg.model.hidden_size == 256
 
 
 def test_cli_reports_bad_params_in_one_line_without_traceback(project, capsys):
@@ -74,15 +137,19 @@ def test_cli_reports_bad_params_in_one_line_without_traceback(project, capsys):
     code = cli.main(["download"])
     err = capsys.readouterr().err
     assert code != 0
-    assert err.strip().splitlines() == ['error: params.yaml: tokenizer.vocab_size must be an integer ≥ 32, got "8k"']
+    expected = 'error: params.yaml: tokenizer.vocab_size must be an integer ≥ 32, got "8k"'
+    assert err.strip().splitlines() == [expected]
 
 
 def test_cli_help_does_not_import_torch():
     import subprocess
 
+    script = "import sys; from seqlm import cli\ntry: cli.main(['--help'])\nexcept SystemExit: pass\n"
     out = subprocess.run(
-        [sys.executable, "-c", "import sys; from seqlm import cli\ntry: cli.main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", script + "print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip().endswith("False")
 

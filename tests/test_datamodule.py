@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from seqlm.data.datamodule import StreamWindows, window_length
-from seqlm.errors import SeqlmError
+from seqlm.core.errors import SeqlmError
+from seqlm.data.tokens import StreamWindows, window_length
 
 
 def test_streams_cover_every_token_once_as_a_target():
     tokens = np.arange(1003, dtype=np.uint16)
     ds = StreamWindows(tokens, batch_size=4, bptt=7)
     targets = torch.cat([y.reshape(-1) for _, y, _ in ds]).numpy()
-    # every token but the very first is predicted exactly once; fewer than `streams` trailing tokens are dropped
+    # every token but the first is predicted exactly once; fewer than `streams` trailing tokens are dropped
     assert len(set(targets.tolist())) == len(targets)
     assert set(targets.tolist()) >= set(range(1, 1003 - 4))
     assert 0 not in set(targets.tolist())
@@ -27,7 +27,10 @@ def test_windows_are_consecutive_within_each_stream():
 
 def test_ranks_read_disjoint_streams():
     tokens = np.arange(4000, dtype=np.uint16)
-    seen = [torch.cat([x.reshape(-1) for x, _, _ in StreamWindows(tokens, 2, 16, rank=r, world_size=2)]) for r in (0, 1)]
+    seen = [
+        torch.cat([x.reshape(-1) for x, _, _ in StreamWindows(tokens, 2, 16, rank=r, world_size=2)])
+        for r in (0, 1)
+    ]
     assert not set(seen[0].tolist()) & set(seen[1].tolist()) - {x for x in range(0, 4000, 1999)}
 
 

@@ -1,4 +1,4 @@
-"""The download stage: sources, normalisation, splits, manifest, and one-line errors that leave no data/raw."""
+"""The download stage: sources, normalisation, splits, manifest, one-line errors that leave no data/raw."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from seqlm import cli
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import SPLITS
 from seqlm.data import corpus
-from seqlm.errors import SeqlmError
-from seqlm.paths import SPLITS
+from seqlm.stages.download import run_download
 
 
 def download(project, source: str, **params) -> dict:
     project.set(**{"data.source": source, **params})
-    corpus.run_download(project.config(), project.paths())
+    run_download(project.config(), project.paths())
     return json.loads(project.paths().manifest.read_text(encoding="utf-8"))
 
 

@@ -9,19 +9,29 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from seqlm_testing import TINY_TRAIN, Project, make_tokens
 
 KEYS = {
-    "loss", "token_perplexity", "bits_per_token", "bits_per_byte", "word_perplexity", "top1_accuracy",
-    "top5_accuracy", "tokens", "bytes", "words", "eval_tokens_per_s", "protocol", "unigram_bits_per_byte",
+    "loss",
+    "token_perplexity",
+    "bits_per_token",
+    "bits_per_byte",
+    "word_perplexity",
+    "top1_accuracy",
+    "top5_accuracy",
+    "tokens",
+    "bytes",
+    "words",
+    "eval_tokens_per_s",
+    "protocol",
+    "unigram_bits_per_byte",
     "bigram_bits_per_byte",
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from seqlm.training import run_train
+    from seqlm.stages.train import run_train
 
     root = tmp_path_factory.mktemp("evaluate")
     threads = torch.get_num_threads()
@@ -30,7 +40,8 @@ def trained(tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("SEQLM_ROOT", str(root))
-            # this project's own store, even after an earlier module's mlflow.set_tracking_uri exported its URI
+            # this project's own store, even after an earlier module's mlflow.set_tracking_uri exported
+            # its URI
             mp.delenv("MLFLOW_TRACKING_URI", raising=False)
             mp.chdir(root)
             project = Project(root)
@@ -44,7 +55,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    from seqlm.evaluation import run_evaluate
+    from seqlm.stages.evaluate import run_evaluate
 
     return run_evaluate(trained.config(), trained.paths())
 
@@ -84,7 +95,7 @@ def test_metrics_have_every_key_and_beat_the_unigram(trained, evaluated):
 
 
 def test_carried_state_equals_one_pass_over_the_stream(trained, model):
-    from seqlm.evaluation import stream_totals
+    from seqlm.evaluation.metrics import stream_totals
 
     test, _ = tokens(trained, "test")
     ids = torch.from_numpy(test[:600].astype(np.int64))
@@ -101,7 +112,7 @@ def test_carried_state_equals_one_pass_over_the_stream(trained, model):
 def test_a_uniform_model_scores_log2_vocab_bits_per_token(trained, model):
     import copy
 
-    from seqlm.evaluation import split_metrics, stream_totals
+    from seqlm.evaluation.metrics import split_metrics, stream_totals
 
     uniform = copy.deepcopy(model)
     with torch.no_grad():
@@ -115,7 +126,7 @@ def test_a_uniform_model_scores_log2_vocab_bits_per_token(trained, model):
 
 
 def test_ngram_baselines_match_direct_counts_in_every_code_path(trained, monkeypatch):
-    from seqlm import evaluation
+    from seqlm.evaluation import ngram
 
     train, meta = tokens(trained, "train")
     valid, _ = tokens(trained, "valid")
@@ -127,9 +138,9 @@ def test_ngram_baselines_match_direct_counts_in_every_code_path(trained, monkeyp
     expected_unigram = -unigram[valid].sum()
     expected_bigram = -unigram[valid[0]] - bigram[valid[:-1], valid[1:]].sum()
     for dense_cells, chunk in ((1 << 23, 1 << 22), (0, 1 << 22), (0, 1000), (1 << 23, 999)):
-        monkeypatch.setattr(evaluation, "DENSE_BIGRAM_CELLS", dense_cells)
-        monkeypatch.setattr(evaluation, "NGRAM_CHUNK", chunk)
-        bits = evaluation.NgramBaselines(train, vocab).bits(valid)
+        monkeypatch.setattr(ngram, "DENSE_BIGRAM_CELLS", dense_cells)
+        monkeypatch.setattr(ngram, "NGRAM_CHUNK", chunk)
+        bits = ngram.NgramBaselines(train, vocab).bits(valid)
         assert bits["unigram_bits"] == pytest.approx(expected_unigram, rel=1e-9)
         assert bits["bigram_bits"] == pytest.approx(expected_bigram, rel=1e-9)
 
@@ -146,7 +157,14 @@ def test_mlflow_run_holds_metrics_protocol_and_artifacts(trained, evaluated):
     assert run.data.params["eval.protocol.batch_size"] == "8"
     assert run.data.params["eval.protocol.carry_state"] == "true"
     logged = {a.path for a in client.list_artifacts(run_id, "eval")}
-    expected = {"metrics.json", "context_ablation.json", "context_ablation.png", "gradient_flow.json", "gradient_flow.png", "samples.md"}
+    expected = {
+        "metrics.json",
+        "context_ablation.json",
+        "context_ablation.png",
+        "gradient_flow.json",
+        "gradient_flow.png",
+        "samples.md",
+    }
     assert {f"eval/{name}" for name in expected} <= logged
 
 
@@ -172,19 +190,21 @@ def test_gradient_flow_has_k_plus_one_values_and_spectral_radii(trained, evaluat
 
 
 def test_window_models_report_zero_gradient_past_the_present_and_plot(trained, tmp_path):
-    from seqlm import diagnostics
     from seqlm.config import ModelConfig
+    from seqlm.evaluation import diagnostics, plots
     from seqlm.models import build_model
 
     valid, meta = tokens(trained, "valid")
     torch.manual_seed(0)
-    bow = build_model(ModelConfig(family="bow", embedding_size=16, hidden_size=16, window=4), meta["vocab_size"])
+    bow = build_model(
+        ModelConfig(family="bow", embedding_size=16, hidden_size=16, window=4), meta["vocab_size"]
+    )
     data = diagnostics.gradient_flow(bow, valid, 20, "cpu")
     norms = [row["gradient_norm"] for row in data["rows"]]
     assert norms[0] > 0 and norms[1:] == [0.0] * 20 and data["spectral_radius"] == {}
-    diagnostics.plot_gradient_flow(data, tmp_path / "flow.png")
+    plots.plot_gradient_flow(data, tmp_path / "flow.png")
     ablation = diagnostics.context_ablation(bow, valid[:2000], meta["splits"]["valid"], (1, 4, 16), 32, "cpu")
-    diagnostics.plot_context_ablation(ablation, tmp_path / "ablation.png")
+    plots.plot_context_ablation(ablation, tmp_path / "ablation.png")
     assert (tmp_path / "flow.png").stat().st_size > 0 and (tmp_path / "ablation.png").stat().st_size > 0
 
 
@@ -204,10 +224,12 @@ def copy_of(project, dest):
     return copy
 
 
-def test_re_evaluation_with_another_protocol_updates_metrics_and_tags(trained, evaluated, tmp_path, capsys, monkeypatch):
+def test_re_evaluation_with_another_protocol_updates_metrics_and_tags(
+    trained, evaluated, tmp_path, capsys, monkeypatch
+):
     import mlflow
 
-    from seqlm.evaluation import run_evaluate
+    from seqlm.stages.evaluate import run_evaluate
 
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would send the copy to the first store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -251,7 +273,9 @@ def _empty_test(paths):
     ],
     ids=["vocab-mismatch", "no-run-json", "foreign-run-json", "another-run", "empty-test-split"],
 )
-def test_bad_inputs_fail_in_one_line_and_leave_no_reports(trained, evaluated, tmp_path, monkeypatch, capsys, breaks, message):
+def test_bad_inputs_fail_in_one_line_and_leave_no_reports(
+    trained, evaluated, tmp_path, monkeypatch, capsys, breaks, message
+):
     from seqlm.cli import main
 
     copy = copy_of(trained, tmp_path / "copy")

@@ -4,17 +4,18 @@ import math
 import random
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
 import torch
+from seqlm_testing import TINY_TRAIN, Project, grammar_text, make_tokens
 
 from seqlm.cli import main
+from seqlm.core.errors import SeqlmError
 from seqlm.data.tokenizer import BOS_ID, EOS_ID, UNK_ID, decode_tokens, encode_file
-from seqlm.errors import SeqlmError
-from seqlm.generation import Generator, Prompt, _Detokenizer, encode_prompt, find_model_dir, resolve_model_dir
-from seqlm_testing import TINY_TRAIN, Project, grammar_text, make_tokens
+from seqlm.inference.generator import Generator
+from seqlm.inference.text import Detokenizer, Prompt, encode_prompt
+from seqlm.registry.resolve import find_model_dir, resolve_model_dir
 
 PROMPT = "the dog walks to the"
 PLACES = {"river", "market", "hills", "garden"}  # the grammar's objects that follow "the"
@@ -34,7 +35,7 @@ def one_thread():
 def model_dir(tmp_path_factory, one_thread):
     """One tiny LSTM trained on the grammar corpus (~10 s). Without byte fallback a vocabulary of 100
     holds most words whole but splits some (river: ▁r i ver), which the next-word tests need."""
-    from seqlm.training import run_train
+    from seqlm.stages.train import run_train
 
     root = tmp_path_factory.mktemp("generation")
     with pytest.MonkeyPatch.context() as mp:
@@ -98,7 +99,7 @@ def test_carried_state_matches_recomputing_the_prompt(gen):
     with torch.no_grad():
         for token in ids:
             logits, _ = gen.model(torch.tensor([seq]))
-            assert token == int(logits[0, -1].masked_fill(~gen._sampleable, -math.inf).argmax())
+            assert token == int(logits[0, -1].masked_fill(~gen.masks.sampleable, -math.inf).argmax())
             seq.append(token)
 
 
@@ -122,10 +123,18 @@ def test_incremental_decoding_with_byte_fallback_pieces():
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(grammar_text(300).splitlines() + ["naïve café 日本語"]), model_writer=model,
-        vocab_size=300, byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(grammar_text(300).splitlines() + ["naïve café 日本語"]),
+        model_writer=model,
+        vocab_size=300,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=-1,
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     rng = random.Random(0)
     sequences = [sp.encode("naïve 日本 café, the dog") + [EOS_ID] + sp.encode("日本")]
@@ -133,10 +142,10 @@ def test_incremental_decoding_with_byte_fallback_pieces():
     for prompt in ("", "the dog", "a naïve 日本"):
         last_line = sp.encode(prompt)
         for ids in sequences:
-            text = _Detokenizer(sp, Prompt(last_line, last_line, False))
+            text = Detokenizer(sp, Prompt(last_line, last_line, False))
             pieces = [text.add(i) for i in ids] + [text.flush()]
             assert prompt + "".join(pieces) == decode_tokens(sp, last_line + ids)
-    text = _Detokenizer(sp, Prompt([], [], False))
+    text = Detokenizer(sp, Prompt([], [], False))
     assert [text.add(i) for i in sp.encode("日", add_eos=True)][-4:] == ["", "", "日", "\n"]
 
 
@@ -168,7 +177,7 @@ def test_next_word_probability_is_pieces_times_boundary(gen):
         logits, _ = gen.model(torch.tensor([ids + pieces]))
     log_probs = logits[0].log_softmax(-1)
     path = sum(float(log_probs[len(ids) - 1 + i, p]) for i, p in enumerate(pieces))
-    boundary = float(log_probs[-1].masked_fill(~gen._word_boundary, -math.inf).logsumexp(-1))
+    boundary = float(log_probs[-1].masked_fill(~gen.masks.word_boundary, -math.inf).logsumexp(-1))
     one_segmentation = math.exp(path + boundary)
     # other segmentations of the same word only add to it
     assert one_segmentation * (1 - 1e-5) <= prob <= one_segmentation * 1.05
@@ -197,14 +206,11 @@ def test_the_prompt_runs_once_then_one_token_per_step(gen):
     assert fed == [len(encode_prompt(gen.sp, PROMPT).ids)] + [1] * 99
 
 
-def test_a_hundred_tokens_take_well_under_a_second(gen):
-    gen.generate("the dog", 100, seed=0)  # warm-up
-    seconds = []
+def test_a_hundred_tokens_draw_a_hundred_ids(gen):
+    # how long they take is measured by bench/generation_latency.py, not asserted here
     for seed in (1, 2, 3):
-        start = time.perf_counter()
-        gen.generate("the dog", 100, seed=seed)
-        seconds.append(time.perf_counter() - start)
-    assert min(seconds) < 0.5
+        assert len(sample_ids(gen, "the dog", 100, seed=seed)) == 100
+        assert gen.generate("the dog", 100, seed=seed)
 
 
 def test_cli_predict(model_dir, capsys):

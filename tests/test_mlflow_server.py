@@ -1,4 +1,5 @@
-"""Integration: a real `mlflow server` (sqlite + served artifacts on 127.0.0.1) behind the whole registry path.
+"""Integration: a real `mlflow server` (sqlite + served artifacts on 127.0.0.1) behind the whole registry
+path.
 
 train → evaluate → register, a second (worse) model through the gate, promote, rollback, then
 `seqlm serve` (= `mlflow models serve -m models:/seqlm@champion --env-manager local`) answering
@@ -19,13 +20,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from seqlm_testing import TINY_TRAIN, make_tokens
 
 from seqlm.cli import main
-from seqlm_testing import TINY_TRAIN, make_tokens
 
 # Not marked slow: about 55 s on 2 shared CPU cores (two servers, two tiny trainings and evaluations).
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
-QUICK_EVALUATE = {"evaluate.context_resets": [16], "evaluate.gradient_flow_steps": 8, "evaluate.sample_tokens": 8}
+QUICK_EVALUATE = {
+    "evaluate.context_resets": [16],
+    "evaluate.gradient_flow_steps": 8,
+    "evaluate.sample_tokens": 8,
+}
 
 
 def free_port() -> int:
@@ -73,11 +78,13 @@ def tracking_server(tmp_path):
     store = tmp_path / "server"
     store.mkdir()
     port, log = free_port(), store / "server.log"
-    # One worker and no job runner: ready in seconds at ~0.5 GB (the defaults start 4 workers + 7 job processes).
+    # One worker and no job runner: ready in seconds at ~0.5 GB (the defaults start 4 workers and 7 job
+    # processes).
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                  "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
-                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env, log)  # fmt: skip
+    backend, artifacts = f"sqlite:///{store / 'mlflow.db'}", str(store / "artifacts")
+    cmd = [MLFLOW, "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts]
+    cmd += ["--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    proc = start(cmd, env, log)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/health", proc, log, timeout_s=90)
@@ -93,9 +100,9 @@ def post(url: str, body: dict) -> dict:
 
 
 def pipeline(project, **params) -> dict:
-    from seqlm.evaluation import run_evaluate
-    from seqlm.registry import run_register
-    from seqlm.training import run_train
+    from seqlm.stages.evaluate import run_evaluate
+    from seqlm.stages.register import run_register
+    from seqlm.stages.train import run_train
 
     project.set(**params)
     run_train(project.config(), project.paths())
@@ -103,7 +110,9 @@ def pipeline(project, **params) -> dict:
     return run_register(project.config(), project.paths())
 
 
-def test_pipeline_gate_promote_rollback_and_serve_against_a_server(project, tracking_server, monkeypatch, tmp_path, capsys):
+def test_pipeline_gate_promote_rollback_and_serve_against_a_server(
+    project, tracking_server, monkeypatch, tmp_path, capsys
+):
     import mlflow
     import pandas as pd
 
@@ -119,7 +128,7 @@ def test_pipeline_gate_promote_rollback_and_serve_against_a_server(project, trac
     assert worse["challenger"]["bits_per_byte"] > first["challenger"]["bits_per_byte"]
     assert worse["aliases_after"] == {"challenger": 2, "champion": 1}
     assert "does not beat champion" in capsys.readouterr().out
-    from seqlm.registry import run_register
+    from seqlm.stages.register import run_register
 
     again = run_register(project.config(), project.paths())  # a retry of the same pipeline run
     assert again["version"] == 2 and again["reused_version"] and again["decision"] == "kept"
@@ -138,9 +147,15 @@ def test_pipeline_gate_promote_rollback_and_serve_against_a_server(project, trac
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/ping", serve, log, timeout_s=180)
         prompts = ["the dog walks to", "a cat"]
-        generated = post(f"{url}/invocations", {"dataframe_records": [{"prompt": p} for p in prompts],
-                                                 "params": {"max_new_tokens": 12, "seed": 5}})["predictions"]  # fmt: skip
-        words = post(f"{url}/invocations", {"inputs": {"prompt": prompts}, "params": {"task": "next_words", "k": 3}})["predictions"]
+        generated = post(
+            f"{url}/invocations",
+            {
+                "dataframe_records": [{"prompt": p} for p in prompts],
+                "params": {"max_new_tokens": 12, "seed": 5},
+            },
+        )["predictions"]
+        next_words = {"inputs": {"prompt": prompts}, "params": {"task": "next_words", "k": 3}}
+        words = post(f"{url}/invocations", next_words)["predictions"]
     finally:
         stop(serve)
 

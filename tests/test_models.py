@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from seqlm.config import ModelConfig
-from seqlm.errors import SeqlmError
+from seqlm.core.errors import SeqlmError
 from seqlm.models import LanguageModel, build_model, build_model_from_config
 
 FAMILIES = ["lstm", "gru", "rnn", "ffn_window", "bow"]

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from seqlm.lm import lr_factor
-from seqlm.training import CPU_BF16_AUTO_PRECISION, DeviceInfo, detect_device, resolve_precision
+from seqlm.training.device import CPU_BF16_AUTO_PRECISION, DeviceInfo, detect_device, resolve_precision
+from seqlm.training.lightning_module import lr_factor
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,9 @@ def test_named_precision_passes_through():
     assert resolve_precision("32-true", DeviceInfo("cuda", "H100", bf16=True)) == "32-true"
 
 
-@pytest.mark.parametrize("capability,bf16_supported,expected", [((9, 0), True, "bf16-mixed"), ((7, 0), False, "16-mixed")])
+@pytest.mark.parametrize(
+    "capability,bf16_supported,expected", [((9, 0), True, "bf16-mixed"), ((7, 0), False, "16-mixed")]
+)
 def test_auto_precision_from_a_faked_gpu(monkeypatch, capability, bf16_supported, expected):
     import torch
 
@@ -50,7 +52,7 @@ def test_detect_device_on_a_cpu_machine(monkeypatch):
 def test_asking_for_a_gpu_without_one_is_a_clear_error(monkeypatch):
     import torch
 
-    from seqlm.errors import SeqlmError
+    from seqlm.core.errors import SeqlmError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SeqlmError, match="no CUDA GPU is visible"):

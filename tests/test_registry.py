@@ -14,21 +14,29 @@ import shutil
 import socket
 
 import pytest
-
-from seqlm import promotion, registry, registry_tools, tracking
-from seqlm.cli import main
-from seqlm.errors import SeqlmError
 from seqlm_testing import TINY_TRAIN, Project, grammar_text, make_tokens
 
+from seqlm.cli import main
+from seqlm.core.errors import SeqlmError
+from seqlm.registry import commands, gate, rescoring
+from seqlm.registry import register as registration
+from seqlm.stages.register import run_register
+from seqlm.tracking.run_record import write_run_json
+from seqlm.tracking.store import connect, experiment_id, tracking_uri
+
 NAME = "seqlm"
-QUICK_EVALUATE = {"evaluate.context_resets": [16], "evaluate.gradient_flow_steps": 8, "evaluate.sample_tokens": 8}
+QUICK_EVALUATE = {
+    "evaluate.context_resets": [16],
+    "evaluate.gradient_flow_steps": 8,
+    "evaluate.sample_tokens": 8,
+}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A project after download, tokenize, train (60 steps) and evaluate."""
-    from seqlm.evaluation import run_evaluate
-    from seqlm.training import run_train
+    from seqlm.stages.evaluate import run_evaluate
+    from seqlm.stages.train import run_train
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
@@ -42,7 +50,7 @@ def trained(tmp_path_factory):
         run_evaluate(project.config(), project.paths())
     # An empty store, created once: creating the sqlite schema costs seconds; copying it does not.
     empty = tmp_path_factory.mktemp("empty-store")
-    tracking.client(f"sqlite:///{empty / 'mlflow.db'}").search_experiments()
+    connect(f"sqlite:///{empty / 'mlflow.db'}").search_experiments()
     return root, empty / "mlflow.db"
 
 
@@ -53,7 +61,9 @@ def proj(trained, tmp_path, monkeypatch) -> Project:
     root = tmp_path / "project"
     root.mkdir()
     project = Project(root)
-    shutil.copytree(trained_root, root, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"), dirs_exist_ok=True)
+    shutil.copytree(
+        trained_root, root, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"), dirs_exist_ok=True
+    )
     shutil.copy(empty_store, root / "mlflow.db")
     monkeypatch.setenv("SEQLM_ROOT", str(root))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # generation's registry downloads
@@ -71,21 +81,21 @@ def new_run(project: Project, bits_per_byte: float | None = None) -> str:
     if bits_per_byte is not None:
         metrics["bits_per_byte"] = bits_per_byte
         metrics_file.write_text(json.dumps(metrics))
-    uri = tracking.tracking_uri(paths)
-    client = tracking.client(uri)
-    run_id = client.create_run(tracking.experiment_id(client, "seqlm", paths)).info.run_id
+    uri = tracking_uri(paths)
+    client = connect(uri)
+    run_id = client.create_run(experiment_id(client, "seqlm", paths)).info.run_id
     client.log_metric(run_id, "test_bits_per_byte", metrics["bits_per_byte"])  # what evaluate mirrors
     client.set_terminated(run_id)
-    tracking.write_run_json(paths, run_id, "seqlm", uri)
+    write_run_json(paths, run_id, "seqlm", uri)
     return run_id
 
 
 def register(project: Project) -> dict:
-    return registry.run_register(project.config(), project.paths())
+    return run_register(project.config(), project.paths())
 
 
 def client_of(project: Project):
-    return tracking.client(tracking.tracking_uri(project.paths()))
+    return connect(tracking_uri(project.paths()))
 
 
 def eval_bits(project: Project) -> float:
@@ -112,7 +122,11 @@ def test_first_registration_is_champion_with_lineage_and_no_network(proj, monkey
     real_connect = socket.socket.connect
 
     def loopback_only(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in (
+            "127.0.0.1",
+            "::1",
+            "localhost",
+        ):
             raise AssertionError(f"register tried to reach {address}")
         return real_connect(sock, address)
 
@@ -129,12 +143,19 @@ def test_first_registration_is_champion_with_lineage_and_no_network(proj, monkey
     tags = client_of(proj).get_model_version(NAME, "1").tags
     assert float(tags["seqlm.test_bits_per_byte"]) == metrics["bits_per_byte"]
     assert float(tags["seqlm.test_word_perplexity"]) == metrics["word_perplexity"]
-    assert json.loads(tags["seqlm.eval_protocol"]) == metrics["protocol"] == {"batch_size": 8, "bptt": 128, "carry_state": True}
+    assert (
+        json.loads(tags["seqlm.eval_protocol"])
+        == metrics["protocol"]
+        == {"batch_size": 8, "bptt": 128, "carry_state": True}
+    )
     assert tags["seqlm.test_sha256"] == manifest["splits"]["test"]["sha256"]
     assert tags["seqlm.test_sha256"] == hashlib.sha256(paths.raw_split("test").read_bytes()).hexdigest()
-    assert tags["seqlm.weights_sha256"] == hashlib.sha256((paths.model_dir / "weights.safetensors").read_bytes()).hexdigest()
+    assert (
+        tags["seqlm.weights_sha256"]
+        == hashlib.sha256((paths.model_dir / "weights.safetensors").read_bytes()).hexdigest()
+    )
     assert tags["seqlm.run_id"] == run_id
-    assert tags["seqlm.params_hash"] == proj.config().section_hash(*registry.MODEL_SECTIONS)
+    assert tags["seqlm.params_hash"] == proj.config().section_hash(*registration.MODEL_SECTIONS)
     assert tags["dvc.md5.data/raw"] == "1111.dir" and tags["dvc.md5.data/tokenizer"] == "2222.dir"
     assert "git.commit" in tags
     client = client_of(proj)
@@ -151,7 +172,10 @@ def test_worse_challenger_is_kept_and_a_better_one_promoted(proj, capsys):
     assert out["aliases_after"] == {"challenger": 2, "champion": 1}
     assert out["champion"]["version"] == 1 and out["champion"]["bits_per_byte"] == base
     printed = capsys.readouterr().out
-    assert f"challenger {base * 1.05:.4f} bits/byte does not beat champion {base:.4f} (version 1) by 1%" in printed
+    assert (
+        f"challenger {base * 1.05:.4f} bits/byte does not beat champion {base:.4f} (version 1) by 1%"
+        in printed
+    )
 
     new_run(proj, base * 0.995)  # better, but by less than registry.min_improvement (1%)
     assert register(proj)["decision"] == "kept"
@@ -164,7 +188,7 @@ def test_worse_challenger_is_kept_and_a_better_one_promoted(proj, capsys):
     proj.set(**{"registry.min_improvement": 0.001})
     new_run(proj, base * 0.98 * 0.995)  # 0.5% better clears a 0.1% bar
     assert register(proj)["decision"] == "promoted"
-    assert promotion.history(client_of(proj), NAME) == [1, 4, 5]
+    assert gate.history(client_of(proj), NAME) == [1, 4, 5]
 
 
 def test_auto_promote_false_only_registers(proj):
@@ -204,26 +228,28 @@ def test_unevaluated_or_diverged_models_are_refused(proj, damage, message):
 
 
 def test_a_rerun_after_a_failure_reuses_the_version(proj, monkeypatch):
-    real_gate = promotion.gate
+    real_gate = gate.gate
 
     def server_gone(*args, **kwargs):
         raise ConnectionError("the tracking server went away")
 
-    monkeypatch.setattr(promotion, "gate", server_gone)
+    monkeypatch.setattr(gate, "gate", server_gone)
     with pytest.raises(ConnectionError):
         register(proj)
     assert versions(proj) == [1]
-    assert promotion.aliases(client_of(proj), NAME) == {"challenger": 1}
+    assert gate.aliases(client_of(proj), NAME) == {"challenger": 1}
     assert not proj.paths().register_json.exists()
 
-    monkeypatch.setattr(promotion, "gate", real_gate)
+    monkeypatch.setattr(gate, "gate", real_gate)
     out = register(proj)
     assert out["version"] == 1 and out["reused_version"] and out["decision"] == "promoted"
     assert register(proj)["reason"] == "version 1 is already champion"
     assert versions(proj) == [1]
     client = client_of(proj)
     experiment = client.get_experiment_by_name("seqlm").experiment_id
-    assert len(client.search_logged_models(experiment_ids=[experiment])) == 1  # the logged pyfunc was reused too
+    assert (
+        len(client.search_logged_models(experiment_ids=[experiment])) == 1
+    )  # the logged pyfunc was reused too
 
 
 def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, capsys):
@@ -235,7 +261,7 @@ def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, cap
     proj.set(**{"registry.auto_promote": True})
     new_run(proj, base * 0.9)
 
-    real_read, calls = promotion.read_champion, []
+    real_read, calls = gate.read_champion, []
 
     def racing_read(client, name):
         calls.append(1)
@@ -243,7 +269,7 @@ def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, cap
             client.set_registered_model_alias(name, "champion", "2")
         return real_read(client, name)
 
-    monkeypatch.setattr(promotion, "read_champion", racing_read)
+    monkeypatch.setattr(gate, "read_champion", racing_read)
     out = register(proj)
     assert "champion moved from version 1 to 2 while deciding; deciding again" in capsys.readouterr().out
     assert out["decision"] == "kept" and out["champion"]["version"] == 2
@@ -254,8 +280,8 @@ def test_champion_scored_on_other_test_data_is_re_scored(proj, monkeypatch):
     paths, evaluated = proj.paths(), eval_bits(proj)
     register(proj)
     # the rescore path computes what the evaluate stage computed, on the same text
-    same = promotion.Score(0.0, None, registry.raw_test_sha256(paths), report(proj)["challenger"]["protocol"])
-    assert promotion.rescore(NAME, 1, same, paths).bits_per_byte == pytest.approx(evaluated, rel=1e-6)
+    protocol = report(proj)["challenger"]["protocol"]
+    assert rescoring.rescore(NAME, 1, protocol, paths)["bits_per_byte"] == pytest.approx(evaluated, rel=1e-6)
 
     text = grammar_text(150, seed=7)
     paths.raw_split("test").write_text(text)
@@ -265,13 +291,15 @@ def test_champion_scored_on_other_test_data_is_re_scored(proj, monkeypatch):
     new_run(proj, 0.5)
     out = register(proj)
     champion = out["champion"]
-    assert champion["version"] == 1 and champion["scored"] == "rescored" and champion["test_sha256"] == new_sha
+    assert (
+        champion["version"] == 1 and champion["scored"] == "rescored" and champion["test_sha256"] == new_sha
+    )
     assert 0.7 * evaluated < champion["bits_per_byte"] < 1.3 * evaluated  # similar text, similar score
     assert out["decision"] == "promoted"
     assert any(k.startswith("seqlm.rescore.") for k in client_of(proj).get_model_version(NAME, "1").tags)
 
     # version 1's score on this text is kept as a tag: no second re-scoring
-    monkeypatch.setattr(promotion, "rescore", lambda *a: pytest.fail("re-scored twice"))
+    monkeypatch.setattr(rescoring, "rescore", lambda *a: pytest.fail("re-scored twice"))
     client_of(proj).set_registered_model_alias(NAME, "champion", "1")
     new_run(proj, 0.6)
     assert register(proj)["champion"]["bits_per_byte"] == champion["bits_per_byte"]
@@ -281,7 +309,12 @@ def test_unreachable_tracking_server_is_one_line_and_touches_nothing(proj, monke
     paths = proj.paths()
 
     def snapshot():
-        return {p: p.read_bytes() for d in (paths.model_dir, paths.eval_reports) for p in sorted(d.rglob("*")) if p.is_file()}
+        return {
+            p: p.read_bytes()
+            for d in (paths.model_dir, paths.eval_reports)
+            for p in sorted(d.rglob("*"))
+            if p.is_file()
+        }
 
     before = snapshot()
     with socket.socket() as s:
@@ -340,18 +373,32 @@ def test_promote_rollback_and_models(proj, capsys):
     tags = client.get_model_version(NAME, "2").tags
     assert tags["seqlm.champion_by"] == "manual" and tags["seqlm.champion_reason"] == "better samples by eye"
     assert tags["seqlm.previous_champion"] == "1" and tags["seqlm.champion_since"]
-    assert promotion.history(client, NAME) == [1, 2]
+    assert gate.history(client, NAME) == [1, 2]
 
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["version", "aliases", "test", "bits/byte", "word", "ppl", "created", "run", "id"]
+    assert lines[1].split() == [
+        "version",
+        "aliases",
+        "test",
+        "bits/byte",
+        "word",
+        "ppl",
+        "created",
+        "run",
+        "id",
+    ]
     row1, row2 = lines[2].split(), lines[3].split()
-    assert row1[:3] == ["1", "-", f"{base:.4f}"] and row2[:3] == ["2", "challenger,champion", f"{base * 1.1:.4f}"]
+    assert row1[:3] == ["1", "-", f"{base:.4f}"] and row2[:3] == [
+        "2",
+        "challenger,champion",
+        f"{base * 1.1:.4f}",
+    ]
     assert row2[-1] == json.loads(proj.paths().run_json.read_text())["run_id"]
 
     assert main(["rollback"]) == 0
     assert "champion is now version 1 (was 2)" in capsys.readouterr().out
-    assert promotion.aliases(client, NAME)["champion"] == 1
+    assert gate.aliases(client, NAME)["champion"] == 1
     assert client.get_model_version(NAME, "1").tags["seqlm.champion_by"] == "rollback"
     assert main(["rollback"]) == 2
     err = capsys.readouterr().err
@@ -362,7 +409,7 @@ def test_promote_rollback_and_models(proj, capsys):
     assert "no test bits-per-byte tag (it was not evaluated)" in capsys.readouterr().err
     assert main(["promote", "9"]) == 2
     assert "has no version 9" in capsys.readouterr().err
-    assert promotion.aliases(client, NAME)["champion"] == 1
+    assert gate.aliases(client, NAME)["champion"] == 1
 
 
 def test_tools_without_a_registered_model_say_so(proj, capsys):
@@ -375,9 +422,22 @@ def test_serve_command_and_env():
     import sys
     from pathlib import Path
 
-    cmd = registry_tools.serve_command(NAME, 5123)
+    cmd = commands.serve_command(NAME, 5123)
     assert cmd[0] == str(Path(sys.executable).parent / "mlflow")
-    assert cmd[1:] == ["models", "serve", "-m", "models:/seqlm@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", "5123"]
-    env = registry_tools.serve_env("sqlite:////x/mlflow.db")
+    assert cmd[1:] == [
+        "models",
+        "serve",
+        "-m",
+        "models:/seqlm@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "5123",
+    ]
+    env = commands.serve_env("sqlite:////x/mlflow.db")
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
-    assert env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert (
+        env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    )

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from seqlm.core.errors import SeqlmError
 from seqlm.data import synthetic
-from seqlm.errors import SeqlmError
 
 
 def lines(task: str, delay: int, n: int = 200, seed: int = 7, split: str = "train") -> list[str]:
@@ -54,24 +54,33 @@ def test_bracket_lines_close_the_opener_seen_delay_symbols_ago(delay):
 
 
 def test_download_stage_writes_splits_and_the_recall_convention(project):
-    from seqlm.data.corpus import run_download
+    from seqlm.stages.download import run_download
 
     project.set(**{"data.source": "synthetic:copy", "data.delay": 20, "data.synthetic_symbols": 23_000})
     run_download(project.config(), project.paths())
     manifest = json.loads(project.paths().manifest.read_text())
     assert manifest["kind"] == "synthetic"
-    assert manifest["details"]["recall"] == {"position": "last symbol of every line", "symbols": synthetic.KEYS,
-                                             "chance": 1 / 8, "span": 22}  # fmt: skip
-    sizes = {s: len(project.paths().raw_split(s).read_text().splitlines()) for s in ("train", "valid", "test")}
+    assert manifest["details"]["recall"] == {
+        "position": "last symbol of every line",
+        "symbols": synthetic.KEYS,
+        "chance": 1 / 8,
+        "span": 22,
+    }
+    sizes = {
+        s: len(project.paths().raw_split(s).read_text().splitlines()) for s in ("train", "valid", "test")
+    }
     assert sizes == {"train": 900, "valid": 50, "test": 50}  # data.split of 23,000 symbols in lines of 23
 
 
 def test_unknown_task_is_named(project):
-    from seqlm.data.corpus import run_download
+    from seqlm.stages.download import run_download
 
     project.set(**{"data.source": "synthetic:parity"})
-    with pytest.raises(SeqlmError, match=r"data.source synthetic:parity: no synthetic task named 'parity'; tasks: "
-                                         r"synthetic:copy, synthetic:brackets"):  # fmt: skip
+    with pytest.raises(
+        SeqlmError,
+        match=r"data.source synthetic:parity: no synthetic task named 'parity'; tasks: "
+        r"synthetic:copy, synthetic:brackets",
+    ):
         run_download(project.config(), project.paths())
 
 
@@ -81,16 +90,25 @@ def test_unknown_task_is_named(project):
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     """The real download and tokenize stages over a copy probe (delay 20), char tokenizer."""
-    from seqlm.data.corpus import run_download
-    from seqlm.data.tokenizer import run_tokenize
     from seqlm_testing import Project
+
+    from seqlm.stages.download import run_download
+    from seqlm.stages.tokenize import run_tokenize
 
     root = tmp_path_factory.mktemp("probe")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEQLM_ROOT", str(root))
         project = Project(root)
-        project.set(**{"data.source": "synthetic:copy", "data.delay": 20, "data.synthetic_symbols": 60_000,
-                       "tokenizer.type": "char", "tokenizer.byte_fallback": False, "tokenizer.vocab_size": 32})  # fmt: skip
+        project.set(
+            **{
+                "data.source": "synthetic:copy",
+                "data.delay": 20,
+                "data.synthetic_symbols": 60_000,
+                "tokenizer.type": "char",
+                "tokenizer.byte_fallback": False,
+                "tokenizer.vocab_size": 32,
+            }
+        )
         run_download(project.config(), project.paths())
         run_tokenize(project.config(), project.paths())
     import sentencepiece as spm
@@ -103,7 +121,7 @@ def probe(tmp_path_factory):
 
 
 def test_each_symbol_is_one_token_and_targets_are_the_lines_last_keys(probe):
-    from seqlm.evaluation import recall_targets
+    from seqlm.evaluation.probes import recall_targets
 
     project, sp, meta, tokens, keys = probe
     text = project.paths().raw_split("test").read_text()
@@ -116,7 +134,7 @@ def test_each_symbol_is_one_token_and_targets_are_the_lines_last_keys(probe):
 
 
 def test_recall_targets_refuse_a_tokenizer_that_merges_symbols(probe):
-    from seqlm.evaluation import recall_targets
+    from seqlm.evaluation.probes import recall_targets
 
     _, _, meta, tokens, keys = probe
     with pytest.raises(SeqlmError, match="set tokenizer.type: char"):
@@ -150,7 +168,7 @@ class Uniform(Oracle):
 
 @pytest.mark.parametrize("batch_size,bptt", [(1, 64), (8, 16), (5, 7)])
 def test_an_oracle_recalls_everything_in_any_stream_layout(probe, batch_size, bptt):
-    from seqlm.evaluation import recall_metrics, recall_targets
+    from seqlm.evaluation.probes import recall_metrics, recall_targets
 
     _, sp, meta, tokens, keys = probe
     targets = recall_targets(tokens, meta["eos_id"], keys)
@@ -162,7 +180,7 @@ def test_an_oracle_recalls_everything_in_any_stream_layout(probe, batch_size, bp
 
 
 def test_a_uniform_model_recalls_at_chance(probe):
-    from seqlm.evaluation import recall_metrics, recall_targets
+    from seqlm.evaluation.probes import recall_metrics, recall_targets
 
     _, sp, meta, tokens, keys = probe
     targets = recall_targets(tokens, meta["eos_id"], keys)

@@ -12,8 +12,9 @@ import sentencepiece as spm
 
 from seqlm import cli
 from seqlm.config import TokenizerConfig
+from seqlm.core.errors import SeqlmError
 from seqlm.data import tokenizer
-from seqlm.errors import SeqlmError
+from seqlm.stages.tokenize import run_tokenize
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
@@ -62,7 +63,7 @@ def configure(project, **overrides) -> None:
 
 
 def run(project) -> dict:
-    tokenizer.run_tokenize(project.config(), project.paths())
+    run_tokenize(project.config(), project.paths())
     return json.loads(project.paths().tokens_meta.read_text())
 
 
@@ -252,8 +253,18 @@ def test_chunked_encoding_equals_one_shot(trained):
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "one", "  two words  ", "a\tb\nc", "nbsp\u00a0split", "ideo\u3000space", "x\u2028y\u0085z",
-     "é — ü", "\x1c\x1d"],
+    [
+        "",
+        " ",
+        "one",
+        "  two words  ",
+        "a\tb\nc",
+        "nbsp\u00a0split",
+        "ideo\u3000space",
+        "x\u2028y\u0085z",
+        "é — ü",
+        "\x1c\x1d",
+    ],
 )
 def test_count_words_matches_str_split(text):
     assert tokenizer.count_words(text) == len(text.split())

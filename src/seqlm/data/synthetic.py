@@ -25,8 +25,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from seqlm.errors import SeqlmError
-from seqlm.paths import SPLITS
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import SPLITS
+from seqlm.data.units import Corpus
 
 KEYS = "ABCDEFGH"  # copy: the symbol to remember, uniform over 8 (chance 1/8)
 COPY_FILLER = "."  # copy: the gap, disjoint from the keys
@@ -39,11 +40,11 @@ LINES_PER_CHUNK = 2000
 
 
 def corpus(task: str, delay: int, total_symbols: int, fractions, seed: int, where: str):
-    """The ``sources.Corpus`` for ``synthetic:<task>``: its own three splits and the recall convention."""
-    from seqlm.data.sources import Corpus
-
+    """The ``Corpus`` for ``synthetic:<task>``: its own three splits and the recall convention."""
     if task not in TASKS:
-        raise SeqlmError(f"{where}: no synthetic task named {task!r}; tasks: {', '.join('synthetic:' + t for t in TASKS)}")
+        raise SeqlmError(
+            f"{where}: no synthetic task named {task!r}; tasks: {', '.join('synthetic:' + t for t in TASKS)}"
+        )
     length = line_length(task, delay)
     lines = {split: max(1, round(f * total_symbols / length)) for split, f in zip(SPLITS, fractions)}
     details = {
@@ -91,7 +92,7 @@ def _units(task: str, delay: int, n_lines: int, seed: int, split: str):
 
 
 def generate(task: str, delay: int, n_lines: int, seed: int, split: str) -> Iterator[str]:
-    """``n_lines`` lines of ``task``, in chunks of whole lines ending in ``\\n``; same arguments, same text."""
+    """``n_lines`` lines of ``task`` in chunks of whole lines ending in ``\\n``; same arguments, same text."""
     rng = np.random.default_rng([seed, TASKS.index(task), delay, SPLITS.index(split)])
     make = copy_lines if task == "copy" else bracket_lines
     for start in range(0, n_lines, LINES_PER_CHUNK):

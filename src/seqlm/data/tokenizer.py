@@ -1,4 +1,4 @@
-"""The `tokenize` stage: sentencepiece trained on the train split, every split encoded to a flat token array.
+"""The runtime tokenizer: sentencepiece trained on the train split; text to flat token arrays and back.
 
 Line-end convention ("eos"): a split's token stream is its lines in order, each followed by the eos id
 (``</s>``), like the ``<eos>`` of the classic word-level corpora; a blank line (a document break) is a
@@ -11,23 +11,20 @@ as a space). Bytes, words (``str.split()``) and lines in meta.json are counted o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from seqlm import io
-from seqlm.config import Config, TokenizerConfig
-from seqlm.errors import SeqlmError
-from seqlm.paths import SPLITS, Paths
+from seqlm.config import TokenizerConfig
+from seqlm.core.errors import SeqlmError
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1  # pad -1: streams are never padded, so no pad piece
 CHUNK_BYTES = 1 << 20  # text per encode call: ~8k lines keep every core busy; 4 MB chunks cost 80 MB more RSS
@@ -185,10 +182,13 @@ def _trainer_options(tok: TokenizerConfig, model_prefix: Path) -> dict:
         max_sentence_length=tok.max_sentence_length,
         normalization_rule_name="identity",  # lossless: bits per byte are measured on the raw bytes
         remove_extra_whitespaces=False,
-        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
         num_threads=_cpu_count(),
         minloglevel=2,
-    )  # fmt: skip
+    )
 
 
 def _smallest_char_vocab(tok: TokenizerConfig) -> int:
@@ -263,7 +263,10 @@ def train_tokenizer(train_txt: Path, out_dir: Path, tok: TokenizerConfig, seed: 
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """Little-endian uint16 while every id fits in it (DESIGN: vocab ≤ 65 535), else uint32."""
+    """Little-endian uint16 while every id fits (vocab ≤ 65 535), else uint32.
+
+    Decision 2 in docs/architecture.md: flat token arrays, half the bytes for the usual vocabularies.
+    """
     return np.dtype("<u2") if vocab_size <= 65_535 else np.dtype("<u4")
 
 
@@ -294,8 +297,9 @@ def _encoded_chunks(sp, src: Path, chunk_bytes: int, threads: int) -> Iterator[t
             yield pending[0].result(), *pending[1]
 
 
-def encode_file(sp, src: Path, dest: Path, dtype: np.dtype, chunk_bytes: int = CHUNK_BYTES,
-                num_threads: int | None = None) -> SplitStats:  # fmt: skip
+def encode_file(
+    sp, src: Path, dest: Path, dtype: np.dtype, chunk_bytes: int = CHUNK_BYTES, num_threads: int | None = None
+) -> SplitStats:
     """Encode ``src`` under the line-end convention into the flat array ``dest``, ``chunk_bytes`` at a time.
 
     Memory holds a few chunks whatever the file's size; ``num_threads`` defaults to every core.
@@ -325,66 +329,3 @@ def decode_tokens(sp, ids: Sequence[int] | np.ndarray) -> str:
     ids = np.asarray(ids)
     lines = np.split(ids, np.flatnonzero(ids == sp.eos_id()) + 1)
     return "\n".join(sp.decode([line.tolist() for line in lines]))
-
-
-# ------------------------------------------------------------------------------------------- stage
-
-
-def _check_raw(paths: Paths) -> None:
-    missing = [paths.raw_split(s) for s in SPLITS if not paths.raw_split(s).is_file()]
-    if missing:
-        raise SeqlmError(
-            f"{missing[0]}: not found; run the download stage first (`dvc repro download`, or `dvc repro` "
-            "for the whole pipeline)"
-        )
-
-
-def _meta(sp, model_path: Path, tok: TokenizerConfig, dtype: np.dtype, splits: dict[str, SplitStats]) -> dict:
-    return {
-        "vocab_size": sp.GetPieceSize(),
-        "dtype": dtype.name,
-        "unk_id": UNK_ID,
-        "bos_id": BOS_ID,
-        "eos_id": EOS_ID,
-        "pad_id": PAD_ID,
-        "tokenizer_type": tok.type,
-        "byte_fallback": tok.byte_fallback,
-        "line_end": LINE_END,
-        "line_end_note": "every line of raw text is followed by eos_id; a blank line is a lone eos",
-        "spm_model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-        "splits": {
-            name: {k: v for k, v in asdict(s).items() if k != "encode_seconds"} for name, s in splits.items()
-        },
-    }
-
-
-def _encode_splits(paths: Paths, model_path: Path, tok: TokenizerConfig) -> None:
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(model_path))
-    dtype = token_dtype(sp.GetPieceSize())
-    with io.atomic_dir(paths.tokens_dir) as tmp:
-        splits = {s: encode_file(sp, paths.raw_split(s), tmp / paths.tokens(s).name, dtype) for s in SPLITS}
-        io.write_json(tmp / paths.tokens_meta.name, _meta(sp, model_path, tok, dtype, splits))
-    for name, s in splits.items():
-        if s.tokens == s.lines:
-            print(f"tokenize: warning: {paths.raw_split(name)} has no text; later stages need some")
-        print(
-            f"tokenize: {name:5} {s.tokens:>12,} tokens  {s.tokens / max(s.bytes, 1):.3f} tokens/byte  "
-            f"{s.bytes / 1e6 / max(s.encode_seconds, 1e-9):6.1f} MB/s  "
-            f"byte-fallback {s.byte_fallback_fraction:.2%}"
-        )
-
-
-def run_tokenize(cfg: Config, paths: Paths) -> None:
-    """data/raw/{split}.txt → data/tokenizer/spm.{model,vocab}, data/tokens/{split}.bin + meta.json."""
-    io.remove(paths.tokenizer_dir, paths.tokens_dir)  # stale outputs must not outlive a failed run
-    try:
-        _check_raw(paths)
-        with io.atomic_dir(paths.tokenizer_dir) as tok_dir:
-            train_tokenizer(paths.raw_split("train"), tok_dir, cfg.tokenizer, cfg.base.seed)
-            # tokens are encoded with the model still in its temporary folder; both appear together
-            _encode_splits(paths, tok_dir / paths.spm_model.name, cfg.tokenizer)
-    except BaseException:
-        io.remove(paths.tokenizer_dir, paths.tokens_dir)
-        raise

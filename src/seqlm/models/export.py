@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from seqlm.errors import SeqlmError
-from seqlm.io import atomic_dir, atomic_path
+from seqlm.core.atomic import atomic_dir, atomic_path
+from seqlm.core.errors import SeqlmError
 
 FORMAT = "seqlm-model/1"
 WEIGHTS = "weights.safetensors"
@@ -48,7 +48,9 @@ def read_config(model_dir: Path) -> dict:
     model_dir = Path(model_dir)
     path = model_dir / CONFIG
     if not path.is_file() or not (model_dir / WEIGHTS).is_file():
-        raise SeqlmError(f"{model_dir}: no exported model (config.json + weights.safetensors); run the train stage first")
+        raise SeqlmError(
+            f"{model_dir}: no exported model (config.json + weights.safetensors); run the train stage first"
+        )
     config = json.loads(path.read_text())
     if config.get("format") != FORMAT:
         raise SeqlmError(f"{path}: not a seqlm model (format {config.get('format')!r}, expected {FORMAT!r})")
@@ -56,7 +58,7 @@ def read_config(model_dir: Path) -> dict:
 
 
 def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    from seqlm.models import build_model_from_config
+    from seqlm.models.build import build_model_from_config
 
     config = read_config(model_dir)
     model = build_model_from_config(config["model"])

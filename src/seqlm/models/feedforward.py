@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqlm.models import LanguageModel
+from seqlm.models.base import LanguageModel
 
 
 class WindowLM(LanguageModel):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqlm.models import LanguageModel, State
+from seqlm.models.base import LanguageModel, State
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

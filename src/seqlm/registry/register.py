@@ -1,0 +1,189 @@
+"""Registration, the library part: the pyfunc logged into the pipeline's run, a version with lineage tags.
+
+A retry after a failure (server down, killed process) finds the version this run already registered,
+by its run id and weights sha256, so one pipeline run registers one version (docs/architecture.md,
+decision 8). The register stage (``seqlm.stages.register``) checks its inputs, calls these and writes
+reports/register.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seqlm.config import Config
+from seqlm.core.paths import Paths
+from seqlm.registry import gate
+from seqlm.registry.gate import Score
+from seqlm.tracking.lineage import lineage_tags
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")  # the pyfunc, logged as code
+RUN_ID_TAG = "seqlm.run_id"
+WEIGHTS_TAG = "seqlm.weights_sha256"
+# The sections that shaped the weights; evaluation settings are tagged on their own (the protocol).
+MODEL_SECTIONS = ("base.seed", "data", "tokenizer", "model", "train")
+SAMPLING_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+
+
+# ------------------------------------------------------------------------------------------ tags
+
+
+def evaluation_tags(score: Score) -> dict[str, str]:
+    return {
+        gate.BITS_PER_BYTE: repr(score.bits_per_byte),
+        gate.WORD_PERPLEXITY: repr(score.word_perplexity),
+        gate.TEST_SHA256: score.test_sha256,
+        gate.PROTOCOL: json.dumps(score.protocol, sort_keys=True),
+    }
+
+
+def version_tags(cfg: Config, paths: Paths, run_id: str, weights_sha256: str, score: Score) -> dict[str, str]:
+    tags = lineage_tags(paths)  # git commit, dvc.lock hashes of data/raw, data/tokenizer, ...
+    tags.update(evaluation_tags(score))
+    tags.update(
+        {
+            RUN_ID_TAG: run_id,
+            WEIGHTS_TAG: weights_sha256,
+            "seqlm.params_hash": cfg.section_hash(*MODEL_SECTIONS),
+            "seqlm.params_hash_sections": ",".join(MODEL_SECTIONS),
+            "seqlm.model_family": cfg.model.family,
+        }
+    )
+    return tags
+
+
+# ------------------------------------------------------------------------------------------ the pyfunc
+
+
+def param_defaults() -> dict:
+    """The served params default to what Generator.generate and Generator.next_words default to."""
+    import inspect
+
+    from seqlm.inference.generator import Generator
+
+    generate = inspect.signature(Generator.generate).parameters
+    next_words = inspect.signature(Generator.next_words).parameters
+    return {
+        "task": "generate",
+        **{k: generate[k].default for k in SAMPLING_PARAMS},
+        "k": next_words["k"].default,
+    }
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array, Object, Property
+
+    kinds = {str: "string", int: "long", float: "double"}
+    word = Object([Property("word", "string"), Property("probability", "double")])
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]),
+        outputs=Schema(
+            [ColSpec("string", "text", required=False), ColSpec(Array(word), "next_words", required=False)]
+        ),
+        params=ParamSchema([ParamSpec(k, kinds[type(v)], v) for k, v in param_defaults().items()]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what is installed, so logging never asks a package index. seqlm itself is not on an
+    index: the model loads where seqlm is installed (`mlflow models serve --env-manager local`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("mlflow", "torch", "sentencepiece", "safetensors", "numpy", "pandas"):
+        try:
+            out.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _logged_model(client, experiment_id: str, run_id: str, weights_sha256: str) -> str | None:
+    """A model this run already logged, complete, with these weights (a retry reuses it)."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND tags.`{WEIGHTS_TAG}` = '{weights_sha256}'",
+    )
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    return f"models:/{ready[0].model_id}" if ready else None
+
+
+def log_pyfunc(cfg: Config, paths: Paths, client, run_id: str, weights_sha256: str) -> str:
+    """Log the pyfunc into the pipeline's run; returns its models:/<model_id> URI."""
+    import mlflow
+    import pandas as pd
+
+    import seqlm
+
+    run = client.get_run(run_id)
+    reuse = _logged_model(client, run.info.experiment_id, run_id, weights_sha256)
+    if reuse:
+        return reuse
+    # shown in the UI and in serving_input_example.json; MLflow also tries it on the loaded model
+    example = (
+        pd.DataFrame({"prompt": [cfg.evaluate.prompts[0]]}),
+        {"task": "generate", "max_new_tokens": 20},
+    )
+    with mlflow.start_run(run_id=run_id):  # reopens the run; it is FINISHED again on exit
+        info = mlflow.pyfunc.log_model(
+            name=cfg.registry.model_name,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"model_dir": str(paths.model_dir)},  # pyfunc.ARTIFACT; resolve.find_model_dir finds it
+            signature=signature(),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            metadata={
+                "seqlm_version": seqlm.__version__,
+                "needs": "the seqlm package (serve with --env-manager local)",
+            },
+            tags={RUN_ID_TAG: run_id, WEIGHTS_TAG: weights_sha256},
+        )
+    return info.model_uri
+
+
+# ------------------------------------------------------------------------------------------ versions
+
+
+def find_version(client, name: str, run_id: str, weights_sha256: str) -> int | None:
+    """The version this run already registered with these weights, if a previous attempt got that far."""
+    found = client.search_model_versions(
+        f"name = '{name}' and run_id = '{run_id}' and tags.`{WEIGHTS_TAG}` = '{weights_sha256}'"
+    )
+    return min((int(mv.version) for mv in found), default=None)
+
+
+def register_version(
+    cfg: Config, paths: Paths, client, run_id: str, weights: str, score: Score
+) -> tuple[int, bool]:
+    """(version, reused): the version this run registered before, else a new one with lineage tags."""
+    import mlflow
+
+    name = cfg.registry.model_name
+    version = find_version(client, name, run_id, weights)
+    if version is not None:
+        print(f"register: {name} version {version} was already registered from run {run_id}; reusing it")
+        for key, value in evaluation_tags(score).items():  # the evaluation may have been re-run since
+            client.set_model_version_tag(name, str(version), key, value)
+        return version, True
+    model_uri = log_pyfunc(cfg, paths, client, run_id, weights)
+    # tags travel with the creation request: a version never exists without its run id and weights hash
+    tags = version_tags(cfg, paths, run_id, weights, score)
+    return int(mlflow.register_model(model_uri, name, tags=tags).version), False
+
+
+def apply_gate(cfg: Config, paths: Paths, client, version: int, challenger: Score) -> gate.Decision:
+    """The champion gate on ``version``, or with ``registry.auto_promote: false`` only a record of it."""
+    name = cfg.registry.model_name
+    if cfg.registry.auto_promote:
+        return gate.gate(client, name, version, challenger, cfg.registry.min_improvement, paths)
+    champion = gate.read_champion(client, name)
+    stays = "unset" if champion is None else f"version {champion.version}"
+    reason = (
+        f"registry.auto_promote is false: version {version} registered as challenger only; "
+        f"champion stays {stays}"
+    )
+    return gate.Decision("registered_only", reason, champion and gate.tagged_score(champion))

@@ -1,0 +1,102 @@
+"""Where a model to load lives: an exported folder, or a registered version downloaded once into a cache.
+
+``models:/<name>@<alias>`` and ``models:/<name>/<version>`` are resolved in the project's tracking store
+and fetched into ``~/.cache/seqlm/models/`` (``$XDG_CACHE_HOME``): versions never change, aliases move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import Paths
+from seqlm.tracking.store import check_reachable, tracking_uri
+
+REGISTRY_SCHEME = "models:/"
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """An exported model folder, or ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` downloaded.
+
+    A relative folder is looked up from the current directory, then from the project root (SEQLM_ROOT).
+    """
+    spec = str(spec)
+    if spec.startswith(REGISTRY_SCHEME):
+        return _download(spec)
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = Paths.from_env().root / path
+    if not path.is_dir():
+        raise SeqlmError(f"{spec}: no model folder there; run the train stage first or pass --model")
+    return path
+
+
+def find_model_dir(root: Path) -> Path:
+    """The folder under ``root`` holding an exported model (the registry's pyfunc: artifacts/model_dir/)."""
+    from seqlm.models import export
+
+    found = sorted(p.parent for p in Path(root).rglob(export.CONFIG) if (p.parent / export.WEIGHTS).is_file())
+    if not found:
+        raise SeqlmError(
+            f"{root}: the downloaded model holds no {export.CONFIG} + {export.WEIGHTS}; "
+            "was it registered by seqlm?"
+        )
+    return min(found, key=lambda p: len(p.parts))
+
+
+def _registry_version(client, uri: str) -> tuple[str, str]:
+    rest = uri.removeprefix(REGISTRY_SCHEME).strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise SeqlmError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    client.get_model_version(name, version)  # fails here, with the registry's message, if it is unknown
+    return name, version
+
+
+def _download(uri: str) -> Path:
+    """Fetch a registered version once into ~/.cache/seqlm/models/ (versions never change; aliases move)."""
+    store = tracking_uri(Paths.from_env())
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+        raise SeqlmError(
+            f"{uri}: no MLflow store at {store.removeprefix('sqlite:///')}; run the register stage first, "
+            "set MLFLOW_TRACKING_URI or pass a model folder"
+        )
+    check_reachable(store)
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        name, version = _registry_version(client, uri)
+        cache = _cache_root() / hashlib.sha256(store.encode()).hexdigest()[:12] / name / version
+        if not cache.is_dir():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".download-"))
+            try:
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{REGISTRY_SCHEME}{name}/{version}",
+                    dst_path=str(tmp),
+                    tracking_uri=store,
+                    registry_uri=store,
+                )
+                try:
+                    tmp.rename(cache)
+                except OSError:  # another process got there first
+                    if not cache.is_dir():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except mlflow.exceptions.MlflowException as exc:
+        message = (str(exc.message).strip().splitlines() or ["unknown error"])[0]
+        raise SeqlmError(f"{uri}: {message}") from None
+    return find_model_dir(cache)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seqlm" / "models"

@@ -1,0 +1,192 @@
+"""The evaluate stage: models/model + data/tokens + data/raw/test.txt → reports/eval/, mirrored into the
+pipeline's MLflow run.
+
+Test and valid metrics under the evaluation protocol with the n-gram yardsticks beside them, recall
+accuracy on a synthetic probe corpus, the diagnostics (context ablation, gradient flow) and samples.
+The reports are assembled in a temporary folder and swapped in whole, and an earlier evaluation's are
+removed first, so a failed evaluation leaves none (docs/architecture.md, decision 11).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from seqlm.config import Config
+from seqlm.core import atomic
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import Paths
+from seqlm.evaluation import diagnostics
+from seqlm.evaluation.metrics import split_metrics, stream_totals
+from seqlm.evaluation.ngram import NgramBaselines
+from seqlm.evaluation.probes import probe_metrics
+from seqlm.tracking.run_record import read_run_json
+from seqlm.tracking.store import check_reachable, connect, tracking_uri
+
+
+def run_evaluate(cfg: Config, paths: Paths) -> dict:
+    """models/model + data/tokens + data/raw/test.txt → reports/eval/, mirrored into the pipeline's run."""
+    import torch
+
+    from seqlm.models import export
+
+    atomic.remove(paths.eval_reports)  # stale reports must not outlive a failed evaluation
+    run, _, meta = check_inputs(paths)
+    ev = cfg.evaluate
+    test = open_split(paths, meta, "test", ev.batch_size)
+    valid = open_split(paths, meta, "valid", ev.batch_size)
+    client = open_run(paths, run["run_id"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = export.load(paths.model_dir, device)
+
+    protocol = {"batch_size": ev.batch_size, "bptt": ev.bptt, "carry_state": True}
+    baselines = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"])
+    metrics = {}
+    for name, tokens in (("test", test), ("valid", valid)):
+        totals = stream_totals(model, tokens, ev.batch_size, ev.bptt, device)
+        metrics[name] = split_metrics(totals, meta["splits"][name], protocol, baselines.bits(tokens))
+    recall = probe_metrics(paths, model, test, meta, ev.batch_size, ev.bptt, device)
+    metrics = metrics["test"] | recall | {"valid": metrics["valid"]}
+
+    with atomic.atomic_dir(paths.eval_reports) as tmp:
+        atomic.write_json(tmp / paths.eval_metrics.name, metrics)
+        write_diagnostics_and_samples(tmp, model, test, valid, meta, cfg, paths, device)
+        log_to_mlflow(client, run["run_id"], metrics, tmp)
+    _print_summary(metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def check_inputs(paths: Paths) -> tuple[dict, dict, dict]:
+    """run.json, the exported model, meta.json and the raw test text must belong together."""
+    from seqlm.data.tokens import read_meta
+    from seqlm.models import export
+
+    run = read_run_json(paths)
+    model_config = export.read_config(paths.model_dir)
+    meta = read_meta(paths)
+    model_vocab = model_config["model"]["vocab_size"]
+    if model_vocab != meta["vocab_size"]:
+        raise SeqlmError(
+            f"{paths.model_dir} has vocab_size {model_vocab} but {paths.tokens_meta} has vocab_size "
+            f"{meta['vocab_size']}: the model was trained on another tokenizer; "
+            "re-run train (`dvc repro train`)"
+        )
+    spm = paths.model_dir / export.TOKENIZER
+    sha = meta.get("spm_model_sha256")
+    if sha and spm.is_file() and hashlib.sha256(spm.read_bytes()).hexdigest() != sha:
+        raise SeqlmError(
+            f"{spm} differs from the tokenizer that wrote {paths.tokens_dir}; "
+            "re-run train (`dvc repro train`)"
+        )
+    trained_in = model_config.get("training", {}).get("run_id")
+    if trained_in and trained_in != run["run_id"]:
+        raise SeqlmError(
+            f"{paths.run_json} names run {run['run_id']} but {paths.model_dir} was trained in run "
+            f"{trained_in}; re-run train (`dvc repro train`)"
+        )
+    for split in ("test", "valid"):
+        if meta["splits"][split]["tokens"] == 0:
+            raise SeqlmError(
+                f"{paths.tokens(split)}: the {split} split is empty (0 tokens); put text in "
+                f"{paths.raw_split(split)} (or fix data.split) and re-run the pipeline"
+            )
+    raw, counted = paths.raw_split("test"), meta["splits"]["test"]["bytes"]
+    if not raw.is_file() or raw.stat().st_size != counted:
+        size = f"{raw.stat().st_size} bytes" if raw.is_file() else "missing"
+        raise SeqlmError(f"{raw} is {size} but {paths.tokens_meta} counted {counted}; re-run tokenize")
+    return run, model_config, meta
+
+
+def open_split(paths: Paths, meta: dict, split: str, batch_size: int) -> np.memmap:
+    from seqlm.data.tokens import open_tokens
+
+    tokens = open_tokens(paths.tokens(split), meta["dtype"])
+    if len(tokens) < batch_size + 1:
+        raise SeqlmError(
+            f"{paths.tokens(split)}: {len(tokens)} tokens cannot feed evaluate.batch_size {batch_size} "
+            "streams; lower evaluate.batch_size"
+        )
+    return tokens
+
+
+def open_run(paths: Paths, run_id: str):
+    """A client of the store holding the pipeline's run (docs/architecture.md, decision 7)."""
+    uri = tracking_uri(paths)
+    check_reachable(uri)
+    client = connect(uri)
+    try:
+        client.get_run(run_id)
+    except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        raise SeqlmError(
+            f"{paths.run_json}: run {run_id} is not in the MLflow store {uri} ({type(exc).__name__}); "
+            "re-run train (`dvc repro -f train`)"
+        ) from None
+    return client
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def write_diagnostics_and_samples(
+    out: Path, model, test: np.ndarray, valid: np.ndarray, meta: dict, cfg: Config, paths: Paths, device
+) -> None:
+    """The context ablation, gradient flow (JSON + PNG each) and samples.md into ``out``."""
+    from seqlm.inference.generator import Generator
+    from seqlm.inference.samples import samples_markdown
+
+    ev = cfg.evaluate
+    start = time.perf_counter()
+    ablation = diagnostics.write_context_ablation(out, model, test, meta, ev, device)
+    middle = time.perf_counter()
+    diagnostics.write_gradient_flow(out, model, valid, ev, device)
+    end = time.perf_counter()
+    generator = Generator.from_dir(paths.model_dir, str(device))
+    atomic.write_text(out / paths.eval_samples.name, samples_markdown(generator, ev, cfg.base.seed))
+    print(
+        f"evaluate: context ablation ({len(ablation['rows'])} settings × {ablation['tokens']:,} tokens) "
+        f"{middle - start:.1f}s, gradient flow {end - middle:.1f}s, samples {time.perf_counter() - end:.1f}s"
+    )
+
+
+def log_to_mlflow(client, run_id: str, metrics: dict, reports: Path) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    values = [Metric(f"test_{k}", float(v), now, 0) for k, v in _numeric(metrics).items()]
+    values += [Metric(f"valid_{k}", float(v), now, 0) for k, v in _numeric(metrics["valid"]).items()]
+    protocol = {f"eval.protocol.{k}": str(v).lower() for k, v in metrics["protocol"].items()}
+    # MLflow params are write-once: a re-evaluation with another protocol keeps the first as params;
+    # the tags always hold the protocol of the metrics now in the run.
+    logged = client.get_run(run_id).data.params
+    params = [Param(k, v) for k, v in protocol.items() if k not in logged]
+    tags = [RunTag(k, v) for k, v in protocol.items()]
+    for i in range(0, len(values), 1000):
+        client.log_batch(run_id, metrics=values[i : i + 1000])
+    client.log_batch(run_id, params=params, tags=tags)
+    client.log_artifacts(run_id, str(reports), artifact_path="eval")
+
+
+def _numeric(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _print_summary(m: dict) -> None:
+    word = f"{m['word_perplexity']:.1f}" if m["word_perplexity"] is not None else "overflow"
+    print(
+        f"evaluate: test {m['bits_per_byte']:.4f} bits/byte (unigram {m['unigram_bits_per_byte']:.4f}, "
+        f"bigram {m['bigram_bits_per_byte']:.4f}); valid {m['valid']['bits_per_byte']:.4f}\n"
+        f"evaluate: token perplexity {m['token_perplexity']:.2f}, word perplexity {word}, "
+        f"top-1 {m['top1_accuracy']:.3f}, top-5 {m['top5_accuracy']:.3f}; "
+        f"{m['evaluated_tokens']:,} tokens at {m['eval_tokens_per_s']:,.0f} tokens/s"
+    )
+    if "recall_accuracy" in m:
+        print(
+            f"evaluate: recall accuracy {m['recall_accuracy']:.3f} (chance {m['recall_chance']:.3f}) over "
+            f"{m['recall_positions']:,} recall positions {m['recall_span']} tokens after what they recall"
+        )

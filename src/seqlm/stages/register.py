@@ -1,0 +1,134 @@
+"""The register stage: models/model + reports/eval/metrics.json → a registered version, the champion gate
+applied, reports/register.json (docs/architecture.md, decision 8).
+
+The pyfunc is logged into the pipeline's MLflow run, registered with alias ``challenger`` and lineage
+tags, and the gate decides whether it becomes ``champion``. A retry after a failure (server down,
+killed process) finds the version this run already registered and re-applies the gate to it: one
+pipeline run, one version. An unevaluated, diverged or stale evaluation registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from seqlm.config import Config
+from seqlm.core import atomic
+from seqlm.core.errors import SeqlmError
+from seqlm.core.hashing import file_sha256
+from seqlm.core.paths import Paths
+from seqlm.registry import gate
+from seqlm.registry.gate import Score
+from seqlm.registry.register import apply_gate, register_version
+from seqlm.tracking.run_record import read_run_json
+from seqlm.tracking.store import check_reachable, connect, tracking_uri
+
+REPORT_FORMAT = "seqlm-register/1"
+NOTHING = "nothing registered"
+
+
+def run_register(cfg: Config, paths: Paths) -> dict:
+    from seqlm.models import export
+
+    atomic.remove(paths.register_json)  # a failed registration must not leave the last one's record
+    uri = tracking_uri(paths)
+    check_reachable(uri)
+    run_id = read_run_json(paths)["run_id"]
+    export.read_config(paths.model_dir)
+    score = challenger_score(paths)
+    weights = file_sha256(paths.model_dir / export.WEIGHTS)
+    name = cfg.registry.model_name
+
+    client = connect(uri)
+    check_run(client, run_id, score, uri, paths)
+    before = gate.aliases(client, name)
+    version, reused = register_version(cfg, paths, client, run_id, weights, score)
+    client.set_registered_model_alias(name, gate.CHALLENGER, str(version))
+    challenger = Score(score.bits_per_byte, score.word_perplexity, score.test_sha256, score.protocol, version)
+    decision = apply_gate(cfg, paths, client, version, challenger)
+
+    report = {
+        "format": REPORT_FORMAT,
+        "model_name": name,
+        "version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "run_id": run_id,
+        "weights_sha256": weights,
+        "reused_version": reused,
+        "aliases_before": before,
+        "aliases_after": gate.aliases(client, name),
+        "challenger": challenger.record(),
+        "champion": decision.champion.record() if decision.champion else None,
+        "min_improvement": cfg.registry.min_improvement,
+        "auto_promote": cfg.registry.auto_promote,
+        "decision": decision.action,
+        "reason": decision.reason,
+    }
+    atomic.write_json(paths.register_json, report)
+    client.log_artifact(run_id, str(paths.register_json), artifact_path="register")
+    client.set_tag(run_id, "seqlm.registered_version", f"{name}/{version}")
+    print(
+        f"register: {name} version {version} ({challenger.bits_per_byte:.4f} bits/byte): "
+        f"{decision.action}; {decision.reason}"
+    )
+    return report
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def raw_test_sha256(paths: Paths) -> str:
+    """The identity of the raw test text: the download manifest's sha256 of data/raw/test.txt."""
+    try:
+        return json.loads(paths.manifest.read_text())["splits"]["test"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SeqlmError(
+            f"{paths.manifest}: missing or without splits.test.sha256; re-run the download stage"
+        ) from None
+
+
+def challenger_score(paths: Paths) -> Score:
+    """The evaluate stage's test score; an unevaluated or diverged model is refused here."""
+    where = paths.eval_metrics
+    if not where.is_file():
+        raise SeqlmError(
+            f"{where}: not found, the model is unevaluated; run the evaluate stage first "
+            f"(`dvc repro evaluate`); {NOTHING}"
+        )
+    try:
+        metrics = json.loads(where.read_text())
+    except ValueError:
+        raise SeqlmError(f"{where}: not valid JSON; re-run the evaluate stage; {NOTHING}") from None
+    for key in ("bits_per_byte", "word_perplexity"):
+        value = metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SeqlmError(
+                f"{where}: {key} is {json.dumps(value)}, not a number; re-run the evaluate stage; {NOTHING}"
+            )
+        if not math.isfinite(value):
+            raise SeqlmError(
+                f"{where}: {key} is {value} (the model diverged); lower train.lr and retrain; {NOTHING}"
+            )
+    protocol = metrics.get("protocol")
+    if not isinstance(protocol, dict):
+        raise SeqlmError(f"{where}: no evaluation protocol; re-run the evaluate stage; {NOTHING}")
+    return Score(
+        float(metrics["bits_per_byte"]), float(metrics["word_perplexity"]), raw_test_sha256(paths), protocol
+    )
+
+
+def check_run(client, run_id: str, score: Score, uri: str, paths: Paths) -> None:
+    """The run must exist, and reports/eval/metrics.json must be the evaluation mirrored into it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = client.get_run(run_id).data.metrics.get("test_bits_per_byte")
+    except MlflowException:
+        raise SeqlmError(
+            f"{paths.run_json}: run {run_id} is not in the MLflow store {uri}; re-run train"
+        ) from None
+    if logged is None or not math.isclose(logged, score.bits_per_byte, rel_tol=1e-9):
+        raise SeqlmError(
+            f"{paths.eval_metrics} (test bits/byte {score.bits_per_byte:.6g}) is not the "
+            f"evaluation of run {run_id} (test_bits_per_byte {logged}); re-run the evaluate stage; {NOTHING}"
+        )

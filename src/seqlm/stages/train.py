@@ -1,0 +1,166 @@
+"""The train stage: data/tokens → models/model/, models/run.json, reports/train/; resumes a cut run.
+
+It opens the pipeline's MLflow run (decision 7 in docs/architecture.md), which evaluate and register
+reopen by the id in models/run.json.
+"""
+
+from __future__ import annotations
+
+import math
+
+from seqlm.config import Config
+from seqlm.core.atomic import remove, write_json
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import Paths
+from seqlm.tracking.run_record import write_run_json
+from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
+
+
+def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
+    uri = tracking_uri(paths)
+    check_reachable(uri)
+
+    import lightning.pytorch as pl
+    import torch
+
+    from seqlm.data.tokens import read_meta
+    from seqlm.models import build_model
+    from seqlm.training import resume
+    from seqlm.training import trainer as training
+    from seqlm.training.datamodule import TokenDataModule
+    from seqlm.training.device import detect_device, resolve_precision
+    from seqlm.training.lightning_module import LitLanguageModel
+
+    meta = read_meta(paths)
+    device = detect_device(cfg.train.accelerator)
+    precision = resolve_precision(cfg.train.precision, device)
+    fingerprint = resume.resume_fingerprint(cfg, meta)
+    start = resume.resume_point(paths, fingerprint, fresh)
+
+    pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
+    if device.kind == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = build_model(cfg.model, meta["vocab_size"])
+    datamodule = TokenDataModule(
+        paths, cfg.train.batch_size, cfg.train.bptt, cfg.train.variable_bptt, cfg.base.seed
+    )
+
+    mlflow_client = connect(uri)
+    experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
+    run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
+    if start.run_id:
+        mlflow_client.update_run(run_id, status="RUNNING")
+    resume.record(paths, fingerprint, run_id, complete=False)
+
+    progress, best, callbacks = training.callbacks(cfg, paths, mlflow_client, run_id)
+    trainer = training.build_trainer(cfg, paths, precision, callbacks)
+    windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
+    total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
+    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
+
+    try:
+        trainer.fit(lm, datamodule=datamodule, ckpt_path=start.ckpt_path)
+    except BaseException as exc:
+        progress.close()
+        if isinstance(exc, SeqlmError):
+            # A diverged run leaves nothing to resume from or to export.
+            remove(paths.last_ckpt, paths.best_weights, paths.last_state)
+            mlflow_client.set_terminated(run_id, status="FAILED")
+        else:
+            mlflow_client.set_terminated(run_id, status="KILLED")
+        raise
+    if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
+        trainer.validate(lm, datamodule=datamodule, verbose=False)
+
+    if trainer.global_rank != 0:
+        return {}
+    metrics = _metrics(cfg, trainer, lm, progress, precision)
+    _export(paths, lm, best, meta, metrics, device, run_id)
+    _write_reports(paths, metrics, progress, lm)
+    _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
+    write_run_json(paths, run_id, cfg.base.experiment, uri)
+    resume.record(paths, fingerprint, run_id, complete=True)
+    print(
+        f"train: {metrics['steps']} steps, val loss {metrics['val_loss']:.4f}, "
+        f"val bits/byte {metrics['val_bits_per_byte']:.4f}, {metrics['tokens_per_s']:.0f} tokens/s "
+        f"({precision}, {device.name}); stopped by {metrics['stopped_by']}"
+    )
+    return metrics
+
+
+def _start_run(mlflow_client, experiment, cfg, paths, device, precision, model) -> str:
+    from mlflow.entities import Param
+
+    from seqlm.tracking.lineage import lineage_tags
+
+    tags = lineage_tags(paths)
+    tags.update(
+        {
+            "device": device.name,
+            "precision": precision,
+            "model.family": cfg.model.family,
+            "seqlm.stage": "train",
+        }
+    )
+    run = mlflow_client.create_run(
+        experiment, run_name=f"{cfg.model.family}-{cfg.model.hidden_size}", tags=tags
+    )
+    params = [Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
+    params.append(Param("model.num_parameters", str(model.num_parameters())))
+    params.append(Param("train.precision_resolved", precision))
+    for i in range(0, len(params), 100):
+        mlflow_client.log_batch(run.info.run_id, params=params[i : i + 100])
+    return run.info.run_id
+
+
+def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
+    from seqlm.training.trainer import stop_reason
+
+    if not lm.val_history or not math.isfinite(lm.best_val_loss):
+        raise SeqlmError("training ended before any validation; raise train.max_minutes or train.max_steps")
+    summary = progress.summary()
+    return {
+        "train_loss": summary["train_loss"],
+        "val_loss": lm.best_val_loss,
+        "val_bits_per_byte": lm.val_bits_per_byte(lm.best_val_loss),
+        "val_token_perplexity": math.exp(lm.best_val_loss),
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "tokens": summary["tokens"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "wall_seconds": summary["wall_seconds"],
+        "fraction_clipped": summary["fraction_clipped"],
+        "num_parameters": lm.model.num_parameters(),
+        "precision": precision,
+        "stopped_by": stop_reason(trainer, cfg),
+    }
+
+
+def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str) -> None:
+    from seqlm.models import export
+
+    training = {k: metrics[k] for k in ("val_loss", "val_bits_per_byte", "steps", "precision")}
+    info = {
+        "tokenizer": {k: meta[k] for k in ("vocab_size", "dtype") if k in meta} | {"meta": meta},
+        "training": training | {"device": device.name, "run_id": run_id},
+    }
+    weights = best.path if best.path.is_file() else None
+    export.export(lm.model.cpu(), weights, paths.model_dir, paths.spm_model, info)
+
+
+def _write_reports(paths: Paths, metrics: dict, progress, lm) -> None:
+    write_json(paths.train_metrics, metrics)
+    write_json(paths.train_curve, progress.rows)
+    write_json(paths.val_curve, [{"step": s, "val_loss": v} for s, v in lm.val_history])
+
+
+def _log_and_close(paths: Paths, mlflow_client, run_id: str, metrics: dict, progress, step: int) -> None:
+    from seqlm.tracking.metrics import metric_list
+
+    numeric = {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    mlflow_client.log_batch(run_id, metrics=metric_list(numeric, step))
+    for artifact in (paths.params, paths.spm_model, paths.tokens_meta, paths.train_metrics):
+        mlflow_client.log_artifact(run_id, str(artifact), artifact_path="train")
+    progress.close()
+    mlflow_client.set_terminated(run_id, status="FINISHED")

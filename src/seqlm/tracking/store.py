@@ -1,0 +1,77 @@
+"""The MLflow store: its URI (sqlite beside the project by default), whether it answers, a client."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import Paths
+
+
+def store_root(paths: Paths) -> Path:
+    """The repository that owns the MLflow store.
+
+    `dvc exp run --queue/--temp` runs stages in a copy under ``<repo>/.dvc/tmp/exps/``; its runs
+    belong in the original repository's store, so they sit beside the others in the UI.
+    """
+    parts = paths.root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return paths.root
+
+
+def tracking_uri(paths: Paths) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(paths) / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail now, with one line, rather than after an hour of training."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status == 200:
+                    return
+                reason = f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        raise SeqlmError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
+            "or unset it to use the local sqlite store"
+        )
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not os.access(db.parent, os.W_OK):
+            raise SeqlmError(
+                f"MLflow store {db}: folder is not writable; fix its permissions or set MLFLOW_TRACKING_URI"
+            )
+
+
+def connect(uri: str):
+    """A client for ``uri``, also made MLflow's current store (``mlflow.start_run``, ``log_model`` use it).
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI; the user's own value (or its absence)
+    is kept, so a later project in the same process is not sent to this one's store.
+    """
+    import mlflow
+
+    user_choice = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if user_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_choice
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str, paths: Paths) -> str:
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifact_location = None
+    if mlflow_client.tracking_uri.startswith("sqlite:"):
+        artifact_location = (store_root(paths) / "mlartifacts").as_uri()
+    return mlflow_client.create_experiment(name, artifact_location=artifact_location)

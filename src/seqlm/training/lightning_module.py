@@ -1,0 +1,196 @@
+"""The LightningModule: loss, carried state, optimiser, learning-rate schedule, clipping statistics.
+
+The network itself is a plain ``nn.Module`` from ``seqlm.models``; this module owns what training
+adds around it. Truncated BPTT lives here because Lightning 2.x removed ``truncated_bptt_steps``:
+the state is carried from window to window and detached, so gradients span one window while the
+forward context spans the whole stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from seqlm.config import TrainConfig
+from seqlm.core.errors import SeqlmError
+from seqlm.evaluation.metrics import bits_per_byte
+
+
+def _to_device(state, device):
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    return type(state)(_to_device(s, device) for s in state)
+
+
+class Diverged(SeqlmError):
+    """The loss became NaN or infinite; nothing from this run may be exported."""
+
+
+def lr_factor(schedule: str, step: int, warmup_steps: int, progress: float, plateau_scale: float) -> float:
+    """Multiplier on the peak learning rate: linear warm-up, then the schedule.
+
+    Cosine decays to 10% of the peak at ``progress`` = 1, where progress is the larger of the
+    step fraction and the wall-clock budget fraction, so a time-limited run still anneals.
+    """
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "cosine":
+        return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    if schedule == "plateau":
+        return warm * plateau_scale
+    return warm
+
+
+class LitLanguageModel(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, train: TrainConfig, valid_split: dict, total_steps: int):
+        super().__init__()
+        self.model = model
+        self.cfg = train
+        self.valid_split = valid_split  # meta.json's entry for valid: its tokens and bytes
+        self.total_steps = total_steps
+        self.max_seconds = train.max_minutes * 60.0
+        # Carried between windows and saved in checkpoints so a resumed run continues the same streams.
+        self.train_state = None
+        self.column = 0
+        self.plateau_scale = 1.0
+        self.best_val_loss = math.inf
+        self.last_loss: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
+        self.last_lr = 0.0
+        self.val_history: list[tuple[int, float]] = []
+        self._val_state = None
+        self._val_nll = None
+        self._val_count = None
+
+    # ------------------------------------------------------------------------------------ training
+
+    def progress(self) -> float:
+        by_steps = self.global_step / self.total_steps if self.total_steps else 0.0
+        by_time = 0.0
+        if self.max_seconds and self._trainer is not None:
+            timer = next((c for c in self.trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+            if timer is not None:
+                by_time = (timer.time_elapsed("train") or 0.0) / self.max_seconds
+        return max(by_steps, by_time)
+
+    def on_train_start(self):
+        if self.train_state is not None:  # restored from a checkpoint, on the CPU
+            self.train_state = _to_device(self.train_state, self.device)
+
+    def on_train_epoch_start(self):
+        if self.column == 0:  # a new pass over the streams starts from fresh state
+            self.train_state = None
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            datamodule.set_epoch(self.current_epoch)
+
+    def on_train_epoch_end(self):
+        self.column = 0
+
+    def on_train_batch_start(self, batch, batch_idx):
+        factor = lr_factor(
+            self.cfg.schedule, self.global_step, self.cfg.warmup_steps, self.progress(), self.plateau_scale
+        )
+        # Variable-length windows see the learning rate scaled by their length (AWD-LSTM, Merity et al. 2017).
+        factor *= batch[0].shape[1] / self.cfg.bptt
+        self.last_lr = self.cfg.lr * factor
+        for group in self.optimizers().param_groups:
+            group["lr"] = self.last_lr
+
+    def training_step(self, batch, batch_idx):
+        x, y, end = batch
+        state = (
+            self.model.init_state(x.shape[0], x.device)
+            if self.train_state is None
+            else self.model.detach_state(self.train_state)
+        )
+        logits, state = self.model(x, state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        if not torch.isfinite(loss):
+            raise Diverged(
+                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
+                f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
+                f"(now {self.cfg.grad_clip:g})"
+            )
+        self.train_state = state
+        self.column = int(end)
+        self.last_loss = loss.detach()
+        self.log("loss", self.last_loss, prog_bar=True, logger=False)
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Always measure the norm (it is the exploding-gradient diagnostic); clip only when enabled.
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm).detach()
+
+    def configure_optimizers(self):
+        # Decay matrices, not biases or gains (the usual AdamW grouping).
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.cfg.lr)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr)
+
+    # ---------------------------------------------------------------------------------- validation
+
+    def on_validation_epoch_start(self):
+        self._val_state = None
+        self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        state = self.model.init_state(x.shape[0], x.device) if self._val_state is None else self._val_state
+        logits, self._val_state = self.model(x, state)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
+        self._val_nll += nll.double()
+        self._val_count += y.numel()
+
+    def on_validation_epoch_end(self):
+        nll = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        val_loss = float(nll / count)
+        if self.trainer.sanity_checking:
+            return
+        if val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+        elif self.cfg.schedule == "plateau":
+            self.plateau_scale /= 4.0  # the word_language_model rule: lr /= 4 when validation stalls
+        self.val_history.append((self.global_step, val_loss))
+        self.log("val_loss", val_loss, prog_bar=True, logger=False)
+        self.log("val_bpb", self.val_bits_per_byte(val_loss), prog_bar=True, logger=False)
+
+    def val_bits_per_byte(self, val_loss: float) -> float:
+        return bits_per_byte(val_loss, self.valid_split["tokens"], self.valid_split["bytes"])
+
+    # --------------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["seqlm"] = {
+            "column": self.column,
+            "train_state": self.train_state,
+            "plateau_scale": self.plateau_scale,
+            "best_val_loss": self.best_val_loss,
+            "val_history": self.val_history,
+            # Dropout masks after a resume continue the same random sequence as an uninterrupted run.
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        extra = checkpoint.get("seqlm", {})
+        self.column = extra.get("column", 0)
+        self.train_state = extra.get("train_state")
+        self.plateau_scale = extra.get("plateau_scale", 1.0)
+        self.best_val_loss = extra.get("best_val_loss", math.inf)
+        self.val_history = list(extra.get("val_history", []))
+        if "rng_cpu" in extra:
+            torch.set_rng_state(extra["rng_cpu"])
+        if extra.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["rng_cuda"])
