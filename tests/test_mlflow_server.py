@@ -3,7 +3,8 @@ path.
 
 train → evaluate → register, a second (worse) model through the gate, promote, rollback, then
 `seqlm serve` (= `mlflow models serve -m models:/seqlm@champion --env-manager local`) answering
-/invocations for both tasks. Every server runs in its own process group and is killed in teardown.
+/invocations for both tasks, and refusing a bad task, a bad seed and too much work per request with HTTP
+400 and a one-line reason. Every server runs in its own process group and is killed in teardown.
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def post(url: str, body: dict) -> dict:
         return json.loads(resp.read())
 
 
+def refusal(url: str, body: dict) -> tuple[int, str]:
+    """(HTTP status, message) of a request the server refuses."""
+    try:
+        post(url, body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["message"]
+    pytest.fail(f"{body} was answered instead of refused")
+
+
 def pipeline(project, **params) -> dict:
     from seqlm.stages.evaluate import run_evaluate
     from seqlm.stages.register import run_register
@@ -156,8 +166,22 @@ def test_pipeline_gate_promote_rollback_and_serve_against_a_server(
         )["predictions"]
         next_words = {"inputs": {"prompt": prompts}, "params": {"task": "next_words", "k": 3}}
         words = post(f"{url}/invocations", next_words)["predictions"]
+        refused = {
+            reason: refusal(f"{url}/invocations", {"inputs": {"prompt": rows}, "params": params})
+            for reason, rows, params in (
+                ("task must be one of generate | next_words", prompts, {"task": "translate"}),
+                ("seed must be an integer between 0 and", prompts, {"seed": -1}),
+                ("the limit per request is 100,000", ["a cat"] * 11, {"max_new_tokens": 10_000}),
+            )
+        }
     finally:
         stop(serve)
+
+    # the caller's mistake: 400, not 500, and our one-line reason is the last line (MLflow puts
+    # "Failed to predict data '<the input>'." before it)
+    for reason, (status, message) in refused.items():
+        last = message.strip().splitlines()[-1]
+        assert status == 400 and last.startswith("Error: ") and reason in last, (reason, message)
 
     # the served model is version 1 (champion after the rollback): same seed, same text as loading it here
     local = mlflow.pyfunc.load_model("models:/seqlm/1")

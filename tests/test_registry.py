@@ -2,7 +2,8 @@
 
 One tiny model is trained and evaluated per module; every test copies that project into its own folder
 with its own empty MLflow store, and each "pipeline run" there is a fresh MLflow run whose evaluation
-(reports/eval/metrics.json and its mirrored test_bits_per_byte) the test may rewrite to steer the gate.
+(reports/eval/metrics.json and its mirrored valid/test bits per byte) the test may rewrite to steer the
+gate, which selects on valid.
 """
 
 from __future__ import annotations
@@ -73,18 +74,22 @@ def proj(trained, tmp_path, monkeypatch) -> Project:
     return project
 
 
-def new_run(project: Project, bits_per_byte: float | None = None) -> str:
-    """Another pipeline run of the same weights, evaluated at ``bits_per_byte`` (default: as evaluated)."""
+def new_run(project: Project, bits_per_byte: float | None = None, test: float | None = None) -> str:
+    """Another pipeline run of the same weights, evaluated at valid ``bits_per_byte`` and ``test`` bits
+    per byte (default: as evaluated)."""
     paths = project.paths()
     metrics_file = paths.eval_reports / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     if bits_per_byte is not None:
-        metrics["bits_per_byte"] = bits_per_byte
-        metrics_file.write_text(json.dumps(metrics))
+        metrics["valid"]["bits_per_byte"] = bits_per_byte
+    if test is not None:
+        metrics["bits_per_byte"] = test
+    metrics_file.write_text(json.dumps(metrics))
     uri = tracking_uri(paths)
     client = connect(uri)
     run_id = client.create_run(experiment_id(client, "seqlm", paths)).info.run_id
     client.log_metric(run_id, "test_bits_per_byte", metrics["bits_per_byte"])  # what evaluate mirrors
+    client.log_metric(run_id, "valid_bits_per_byte", metrics["valid"]["bits_per_byte"])
     client.set_terminated(run_id)
     write_run_json(paths, run_id, "seqlm", uri)
     return run_id
@@ -99,7 +104,12 @@ def client_of(project: Project):
 
 
 def eval_bits(project: Project) -> float:
-    return json.loads((project.paths().eval_reports / "metrics.json").read_text())["bits_per_byte"]
+    """The valid bits per byte: what the gate compares."""
+    return json.loads((project.paths().eval_reports / "metrics.json").read_text())["valid"]["bits_per_byte"]
+
+
+def history_versions(project: Project) -> list[int]:
+    return [event["version"] for event in gate.champion_history(client_of(project), NAME)]
 
 
 def versions(project: Project) -> list[int]:
@@ -150,6 +160,12 @@ def test_first_registration_is_champion_with_lineage_and_no_network(proj, monkey
     )
     assert tags["seqlm.test_sha256"] == manifest["splits"]["test"]["sha256"]
     assert tags["seqlm.test_sha256"] == hashlib.sha256(paths.raw_split("test").read_bytes()).hexdigest()
+    assert float(tags["seqlm.valid_bits_per_byte"]) == metrics["valid"]["bits_per_byte"]
+    assert float(tags["seqlm.valid_word_perplexity"]) == metrics["valid"]["word_perplexity"]
+    assert tags["seqlm.valid_sha256"] == manifest["splits"]["valid"]["sha256"]
+    assert out["selected_on"] == "valid" and out["challenger"]["split"] == "valid"
+    assert out["challenger"]["bits_per_byte"] == metrics["valid"]["bits_per_byte"]
+    assert out["challenger_test"]["bits_per_byte"] == metrics["bits_per_byte"]
     assert (
         tags["seqlm.weights_sha256"]
         == hashlib.sha256((paths.model_dir / "weights.safetensors").read_bytes()).hexdigest()
@@ -173,7 +189,7 @@ def test_worse_challenger_is_kept_and_a_better_one_promoted(proj, capsys):
     assert out["champion"]["version"] == 1 and out["champion"]["bits_per_byte"] == base
     printed = capsys.readouterr().out
     assert (
-        f"challenger {base * 1.05:.4f} bits/byte does not beat champion {base:.4f} (version 1) by 1%"
+        f"challenger {base * 1.05:.4f} valid bits/byte does not beat champion {base:.4f} (version 1) by 1%"
         in printed
     )
 
@@ -188,7 +204,24 @@ def test_worse_challenger_is_kept_and_a_better_one_promoted(proj, capsys):
     proj.set(**{"registry.min_improvement": 0.001})
     new_run(proj, base * 0.98 * 0.995)  # 0.5% better clears a 0.1% bar
     assert register(proj)["decision"] == "promoted"
-    assert gate.history(client_of(proj), NAME) == [1, 4, 5]
+    assert history_versions(proj) == [1, 4, 5]
+
+
+def test_the_gate_selects_on_valid_not_on_test(proj):
+    valid, test = eval_bits(proj), json.loads(proj.paths().eval_metrics.read_text())["bits_per_byte"]
+    register(proj)
+    new_run(proj, valid * 1.05, test * 0.5)  # far better on test, worse on valid: not chosen
+    out = register(proj)
+    assert out["decision"] == "kept" and out["aliases_after"]["champion"] == 1
+    assert out["challenger"]["bits_per_byte"] == valid * 1.05 and out["champion"]["bits_per_byte"] == valid
+    assert (
+        out["challenger_test"]["bits_per_byte"] == test * 0.5
+        and out["champion_test"]["bits_per_byte"] == test
+    )
+    new_run(proj, valid * 0.9, test * 2)  # worse on test, better on valid: chosen
+    assert register(proj)["decision"] == "promoted"
+    tags = client_of(proj).get_model_version(NAME, "3").tags
+    assert float(tags["seqlm.test_bits_per_byte"]) == test * 2  # test is still tagged, for reporting
 
 
 def test_auto_promote_false_only_registers(proj):
@@ -207,6 +240,8 @@ def test_auto_promote_false_only_registers(proj):
         ("nan", r"bits_per_byte is nan \(the model diverged\)"),
         ("no_words", "word_perplexity is null, not a number"),
         ("stale", "is not the evaluation of run"),
+        ("no_valid", "no valid metrics"),
+        ("stale_valid", r"valid bits/byte .* is not the evaluation of run"),
     ],
 )
 def test_unevaluated_or_diverged_models_are_refused(proj, damage, message):
@@ -218,6 +253,11 @@ def test_unevaluated_or_diverged_models_are_refused(proj, damage, message):
         metrics_file.write_text(json.dumps(metrics | {"bits_per_byte": math.nan}))
     elif damage == "no_words":
         metrics_file.write_text(json.dumps(metrics | {"word_perplexity": None}))
+    elif damage == "no_valid":
+        metrics_file.write_text(json.dumps({k: v for k, v in metrics.items() if k != "valid"}))
+    elif damage == "stale_valid":
+        valid = metrics["valid"] | {"bits_per_byte": metrics["valid"]["bits_per_byte"] + 0.1}
+        metrics_file.write_text(json.dumps(metrics | {"valid": valid}))
     else:  # evaluated, but not this run's evaluation
         metrics_file.write_text(json.dumps(metrics | {"bits_per_byte": metrics["bits_per_byte"] + 0.1}))
     with pytest.raises(SeqlmError, match=message) as err:
@@ -276,7 +316,7 @@ def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, cap
     assert out["aliases_after"] == {"challenger": 3, "champion": 2}
 
 
-def test_champion_scored_on_other_test_data_is_re_scored(proj, monkeypatch):
+def test_champion_scored_on_other_valid_data_is_re_scored_on_valid(proj, monkeypatch):
     paths, evaluated = proj.paths(), eval_bits(proj)
     register(proj)
     # the rescore path computes what the evaluate stage computed, on the same text
@@ -284,19 +324,20 @@ def test_champion_scored_on_other_test_data_is_re_scored(proj, monkeypatch):
     assert rescoring.rescore(NAME, 1, protocol, paths)["bits_per_byte"] == pytest.approx(evaluated, rel=1e-6)
 
     text = grammar_text(150, seed=7)
-    paths.raw_split("test").write_text(text)
+    paths.raw_split("valid").write_text(text)
     manifest = json.loads(paths.manifest.read_text())
-    manifest["splits"]["test"]["sha256"] = new_sha = hashlib.sha256(text.encode()).hexdigest()
+    manifest["splits"]["valid"]["sha256"] = new_sha = hashlib.sha256(text.encode()).hexdigest()
     paths.manifest.write_text(json.dumps(manifest))
     new_run(proj, 0.5)
     out = register(proj)
     champion = out["champion"]
-    assert (
-        champion["version"] == 1 and champion["scored"] == "rescored" and champion["test_sha256"] == new_sha
-    )
+    assert champion["version"] == 1 and champion["scored"] == "rescored"
+    assert champion["split"] == "valid" and champion["text_sha256"] == new_sha
     assert 0.7 * evaluated < champion["bits_per_byte"] < 1.3 * evaluated  # similar text, similar score
     assert out["decision"] == "promoted"
-    assert any(k.startswith("seqlm.rescore.") for k in client_of(proj).get_model_version(NAME, "1").tags)
+    assert any(
+        k.startswith("seqlm.rescore.valid.") for k in client_of(proj).get_model_version(NAME, "1").tags
+    )
 
     # version 1's score on this text is kept as a tag: no second re-scoring
     monkeypatch.setattr(rescoring, "rescore", lambda *a: pytest.fail("re-scored twice"))
@@ -355,6 +396,114 @@ def test_registered_pyfunc_answers_both_tasks(proj):
         model.predict(prompts, params={"task": "translate"})
     with pytest.raises(MlflowException, match="temperature must be >= 0"):
         model.predict(prompts, params={"temperature": -1.0})
+    with pytest.raises(MlflowException, match="seed must be an integer between 0 and"):
+        model.predict(prompts, params={"seed": -1})
+    many = pd.DataFrame({"prompt": ["a cat"] * 11})  # 11 × 10,000 > 100,000 tokens of work
+    with pytest.raises(MlflowException, match="11 prompts × 10,000 .* the limit per request is 100,000"):
+        model.predict(many, params={"max_new_tokens": 10_000})
+
+
+# ------------------------------------------------------------------------------------------ the cache
+
+
+def test_download_cache_follows_the_weights_not_the_version_number(proj, trained, tmp_path):
+    """A recreated store numbers new weights 1 again: resolving models:/seqlm/1 must give the new ones."""
+    from safetensors.torch import load_file, save_file
+
+    from seqlm.registry.resolve import resolve_model_dir
+
+    paths = proj.paths()
+    weights = paths.model_dir / "weights.safetensors"
+    register(proj)
+    first = resolve_model_dir(f"models:/{NAME}/1")
+    assert (first / "weights.safetensors").read_bytes() == weights.read_bytes()
+
+    shutil.rmtree(proj.root / "mlartifacts")  # a new store: same path, same name, version 1 again
+    shutil.copy(trained[1], proj.root / "mlflow.db")
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
+    new_run(proj)
+    assert register(proj)["version"] == 1
+    again = resolve_model_dir(f"models:/{NAME}/1")
+    assert (again / "weights.safetensors").read_bytes() == weights.read_bytes()
+    assert resolve_model_dir(f"models:/{NAME}@champion") == again
+
+    (again / "weights.safetensors").write_bytes(b"damaged")  # a damaged cache is fetched again
+    fixed = resolve_model_dir(f"models:/{NAME}/1")
+    assert (fixed / "weights.safetensors").read_bytes() == weights.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ history
+
+
+@pytest.mark.parametrize("killed", ["before_the_alias_moved", "after_the_alias_moved"])
+def test_a_promotion_killed_around_the_alias_move_keeps_history_and_alias_agreeing(proj, monkeypatch, killed):
+    from mlflow import MlflowClient
+
+    base = eval_bits(proj)
+    register(proj)
+    new_run(proj, base * 1.1)
+    register(proj)  # version 2, kept
+    new_run(proj, base * 1.2)
+    register(proj)  # version 3, kept
+    real_move = MlflowClient.set_registered_model_alias
+
+    def killed_move(self, name, alias, version):
+        if alias == "champion" and killed == "before_the_alias_moved":
+            raise SystemExit(137)
+        real_move(self, name, alias, version)
+        if alias == "champion":
+            raise SystemExit(137)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", killed_move)
+    with pytest.raises(SystemExit):
+        gate.promote(client_of(proj), NAME, 2, "by hand")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real_move)
+
+    champion = gate.aliases(client_of(proj), NAME)["champion"]
+    assert history_versions(proj)[-1] == champion
+    assert history_versions(proj) == ([1] if killed == "before_the_alias_moved" else [1, 2])
+    gate.promote(client_of(proj), NAME, 3, "the re-run")  # the next move after the kill
+    assert history_versions(proj) == ([1, 3] if killed == "before_the_alias_moved" else [1, 2, 3])
+    assert gate.aliases(client_of(proj), NAME)["champion"] == 3
+    assert gate.rollback(client_of(proj), NAME) == (3, 1 if killed == "before_the_alias_moved" else 2)
+
+
+def test_racing_promotions_lose_no_history_entry(proj, monkeypatch):
+    import threading
+
+    from mlflow import MlflowClient
+
+    base = eval_bits(proj)
+    register(proj)
+    for bits in (1.1, 1.2):
+        new_run(proj, base * bits)
+        register(proj)  # versions 2 and 3, kept
+    real_move, both_decided = MlflowClient.set_registered_model_alias, threading.Barrier(2, timeout=60)
+
+    def move_together(self, name, alias, version):
+        if alias == "champion":
+            both_decided.wait()  # each has read the history and the champion; now both move it
+        real_move(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", move_together)
+    errors = []
+
+    def promote(version: int) -> None:
+        try:
+            gate.promote(client_of(proj), NAME, version, f"racer {version}")
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real_move)
+    moved = history_versions(proj)
+    assert moved[0] == 1 and sorted(moved[1:]) == [2, 3]
+    assert moved[-1] == gate.aliases(client_of(proj), NAME)["champion"]
 
 
 # ------------------------------------------------------------------------------------------ the tools
@@ -373,33 +522,34 @@ def test_promote_rollback_and_models(proj, capsys):
     tags = client.get_model_version(NAME, "2").tags
     assert tags["seqlm.champion_by"] == "manual" and tags["seqlm.champion_reason"] == "better samples by eye"
     assert tags["seqlm.previous_champion"] == "1" and tags["seqlm.champion_since"]
-    assert gate.history(client, NAME) == [1, 2]
+    assert history_versions(proj) == [1, 2]
 
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == [
-        "version",
-        "aliases",
-        "test",
-        "bits/byte",
-        "word",
-        "ppl",
-        "created",
-        "run",
-        "id",
-    ]
+    assert (
+        lines[1].split() == "version aliases valid bits/byte test bits/byte word ppl created run id".split()
+    )
     row1, row2 = lines[2].split(), lines[3].split()
-    assert row1[:3] == ["1", "-", f"{base:.4f}"] and row2[:3] == [
-        "2",
-        "challenger,champion",
-        f"{base * 1.1:.4f}",
-    ]
+    test = json.loads(proj.paths().eval_metrics.read_text())["bits_per_byte"]
+    assert row1[:4] == ["1", "-", f"{base:.4f}", f"{test:.4f}"]
+    assert row2[:4] == ["2", "challenger,champion", f"{base * 1.1:.4f}", f"{test:.4f}"]
     assert row2[-1] == json.loads(proj.paths().run_json.read_text())["run_id"]
 
     assert main(["rollback"]) == 0
     assert "champion is now version 1 (was 2)" in capsys.readouterr().out
     assert gate.aliases(client, NAME)["champion"] == 1
     assert client.get_model_version(NAME, "1").tags["seqlm.champion_by"] == "rollback"
+    assert history_versions(proj) == [1, 2, 1]  # a rollback appends; nothing is truncated
+    assert main(["models", "--history"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("champion history") :].splitlines()[1:]
+    assert table[0].split() == ["#", "version", "previous", "by", "when", "reason"]
+    assert [row.split()[:4] for row in table[1:]] == [
+        ["1", "1", "-", "gate"],
+        ["2", "2", "1", "manual"],
+        ["3", "1", "2", "rollback"],
+    ]
+    assert table[2].endswith("better samples by eye") and table[3].endswith("rollback from version 2")
     assert main(["rollback"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no previous champion to roll back to" in err

@@ -176,3 +176,22 @@ def test_every_family_trains_and_exports(tiny, family):
     metrics = train(tiny)
     assert math.isfinite(metrics["val_loss"])
     assert metrics["val_bits_per_byte"] < unigram_bits_per_byte(tiny.paths())
+
+
+def test_a_presigned_url_source_leaves_no_token_in_the_run_params(project):
+    from seqlm.models import build_model
+    from seqlm.stages.train import _start_run
+    from seqlm.tracking.store import connect, experiment_id, tracking_uri
+    from seqlm.training.device import DeviceInfo
+
+    url = "https://user:secret@example.org/corpus.txt?X-Amz-Signature=TOKEN123"
+    project.set(**{"data.source": f"url:{url}", "data.sha256": "0" * 64})
+    cfg, paths = project.config(), project.paths()
+    client = connect(tracking_uri(paths))
+    model = build_model(cfg.model, 64)
+    run_id = _start_run(
+        client, experiment_id(client, "seqlm", paths), cfg, paths, DeviceInfo("cpu"), "32-true", model
+    )
+    params = client.get_run(run_id).data.params
+    assert params["data.source"] == "url:https://<redacted>@example.org/corpus.txt?<redacted>"
+    assert not any("TOKEN123" in v or "secret" in v for v in params.values())

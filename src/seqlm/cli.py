@@ -116,7 +116,12 @@ def _add_tools(sub) -> None:
     pred.add_argument("--k", type=int, default=5, help="how many words (default 5)")
     _add_model_arg(pred)
 
-    sub.add_parser("models", help="registered versions: aliases, test bits/byte, word perplexity, run")
+    models = sub.add_parser(
+        "models", help="registered versions: aliases, valid and test bits/byte, word perplexity, run"
+    )
+    models.add_argument(
+        "--history", action="store_true", help="also list every move of champion: by whom, when and why"
+    )
     promote = sub.add_parser("promote", help="make a registered version the champion (recorded as tags)")
     promote.add_argument("version", help="registered model version number")
     promote.add_argument("--reason", default="", help="why; stored on the version")

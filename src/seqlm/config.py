@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from seqlm.core.errors import SeqlmError
+from seqlm.core.redact import redact_url
 
 # YAML gives lists, strict mode takes only tuples, and tuples keep the frozen models hashable.
 _FromList = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
@@ -66,6 +67,8 @@ class DataConfig(_Frozen):
     text_column: str = Field("text", min_length=1)
     delay: int = Field(50, ge=1)
     synthetic_symbols: int = Field(1_000_000, ge=1000)
+    max_download_mb: float = Field(2048.0, gt=0)
+    download_timeout_minutes: float = Field(30.0, gt=0)
 
 
 class TokenizerConfig(_Frozen):
@@ -216,7 +219,7 @@ def _parse_section(name: str, cls: type[BaseModel], raw: Any, where: str) -> Any
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SeqlmError(f"{where}: {name} must be a mapping of keys to values, got {_fmt(raw)}")
+        raise SeqlmError(f"{where}: {name} must be a mapping of keys to values, got {redact_url(_fmt(raw))}")
     known = cls.model_fields
     try:
         section, bad = cls.model_validate({k: v for k, v in raw.items() if k in known}), set()
@@ -229,7 +232,7 @@ def _parse_section(name: str, cls: type[BaseModel], raw: Any, where: str) -> Any
         if key in bad:
             raise SeqlmError(
                 f"{where}: {name}.{key} must be {_must_be(known[key].annotation, known[key], value)}, "
-                f"got {_fmt(value)}"
+                f"got {redact_url(_fmt(value))}"
             )
     return section
 
@@ -242,8 +245,13 @@ def _cross_checks(cfg: Config, where: str) -> None:
             f"got {_fmt(list(cfg.data.split))} (sum {total:g})"
         )
     if cfg.data.source.startswith("url:"):
-        if not cfg.data.source.startswith(("url:https://", "url:http://")):
-            raise SeqlmError(f"{where}: data.source url: must be an http(s) URL, got {_fmt(cfg.data.source)}")
+        if not cfg.data.source.startswith("url:https://"):
+            # Plain http lets anyone on the path read a presigned token and swap the file; sha256 would
+            # catch the swap, but only after the whole download.
+            raise SeqlmError(
+                f"{where}: data.source url: must be an https:// URL (plain http is neither private nor "
+                f"authenticated), got {redact_url(_fmt(cfg.data.source))}"
+            )
         if not cfg.data.sha256:
             raise SeqlmError(
                 f"{where}: data.sha256 is required with data.source url: (64 hex digits of the file's "

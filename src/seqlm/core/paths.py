@@ -73,6 +73,16 @@ class Paths:
         return self.models_dir / "last.json"
 
     @property
+    def unsent_metrics(self) -> Path:
+        """Step metrics a lost tracking store did not take; sent when the run resumes."""
+        return self.models_dir / "last.metrics.json"
+
+    @property
+    def previous_resume_dir(self) -> Path:
+        """Resume state moved aside when params change or ``--fresh``: one folder per fingerprint."""
+        return self.models_dir / "previous"
+
+    @property
     def best_weights(self) -> Path:
         """The weights of the best validation so far, exported when training ends."""
         return self.models_dir / "best.safetensors"

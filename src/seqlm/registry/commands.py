@@ -74,34 +74,63 @@ def _open() -> tuple:
     return client, name, uri
 
 
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
 def models_table(client, name: str) -> str:
+    """One row per version. The gate selects on valid bits/byte; test is shown for reporting only."""
     import datetime as dt
 
     by_version: dict[int, list[str]] = {}
     for alias, v in gate.aliases(client, name).items():
         by_version.setdefault(v, []).append(alias)
-    rows = [("version", "aliases", "test bits/byte", "word ppl", "created", "run id")]
+    rows = [("version", "aliases", "valid bits/byte", "test bits/byte", "word ppl", "created", "run id")]
     for mv in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version)):
-        score = gate.tagged_score(mv)
+        valid, test = gate.tagged_score(mv, "valid"), gate.tagged_score(mv, "test")
         created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
         rows.append(
             (
                 str(mv.version),
                 ",".join(sorted(by_version.get(int(mv.version), []))) or "-",
-                f"{score.bits_per_byte:.4f}" if score else "-",
-                f"{score.word_perplexity:.2f}" if score and score.word_perplexity is not None else "-",
+                f"{valid.bits_per_byte:.4f}" if valid else "-",
+                f"{test.bits_per_byte:.4f}" if test else "-",
+                f"{test.word_perplexity:.2f}" if test and test.word_perplexity is not None else "-",
                 created,
                 mv.run_id or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return _table(rows)
+
+
+def history_table(client, name: str) -> str:
+    """The moves of champion that happened, oldest first (docs/architecture.md, decision 8)."""
+    rows = [("#", "version", "previous", "by", "when", "reason")]
+    for n, event in enumerate(gate.champion_history(client, name), 1):
+        previous = event["previous"]
+        when = event["done_at"] or event["recorded_at"]
+        reason = " ".join(event["reason"].split())
+        rows.append(
+            (
+                str(n),
+                str(event["version"]),
+                "-" if previous is None else str(previous),
+                event["by"],
+                when[:19].replace("T", " "),
+                reason,
+            )
+        )
+    return _table(rows)
 
 
 def cli_models(args) -> None:
     client, name, _ = _open()
     print(f"registered model {name}")
     print(models_table(client, name))
+    if getattr(args, "history", False):
+        print(f"\nchampion history of {name} (oldest first)")
+        print(history_table(client, name))
 
 
 def cli_promote(args) -> None:

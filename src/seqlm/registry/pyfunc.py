@@ -12,6 +12,9 @@ Input: a DataFrame with a ``prompt`` column. Params pick the task:
 * ``task=next_words``: column ``next_words``, per prompt a list of ``{"word", "probability"}``,
   most likely first.
 
+Each request is bounded as a whole, not only per prompt: rows × new tokens and the prompts' total
+characters (a violation is HTTP 400 with the reason, like a bad ``task`` or ``seed``).
+
 Deliberately no ``from __future__ import annotations``: MLflow reads the ``pd.DataFrame`` hint on
 ``predict`` as a real type (a known type that it does not infer a schema from; the signature is given).
 """
@@ -23,6 +26,11 @@ from mlflow.pyfunc import PythonModel
 
 ARTIFACT = "model_dir"
 TASKS = ("generate", "next_words")
+# One request's work: rows × new tokens. 100,000 sampled tokens is about a minute of one CPU core for
+# the small models seqlm trains; more would hold a scoring worker (and every request behind it) longer.
+MAX_TOKENS_PER_REQUEST = 100_000
+MAX_PROMPT_CHARS_PER_REQUEST = 1_000_000  # the prompts are encoded and run through the model too
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
 class SeqlmModel(PythonModel):
@@ -40,31 +48,65 @@ class SeqlmModel(PythonModel):
             raise MlflowException.invalid_parameter_value(str(exc)) from None
 
     def _predict(self, prompts: list[str], p: dict) -> pd.DataFrame:
+        from seqlm.core.errors import SeqlmError
+        from seqlm.inference.words import MAX_WORD_CHARS, MAX_WORD_PIECES
+
         # MLflow fills every param the caller left out from the signature's ParamSchema defaults.
+        if p["task"] not in TASKS:
+            raise SeqlmError(f"task must be one of {' | '.join(TASKS)}, got {p['task']!r}")
+        chars = sum(len(prompt) for prompt in prompts)
+        if chars > MAX_PROMPT_CHARS_PER_REQUEST:
+            raise SeqlmError(
+                f"the request's prompts have {chars:,} characters in all; the limit is "
+                f"{MAX_PROMPT_CHARS_PER_REQUEST:,}: send fewer or shorter prompts per request"
+            )
         if p["task"] == "generate":
+            seed, new = _integer(p, "seed"), _integer(p, "max_new_tokens")
+            if not 0 <= seed <= MAX_SEED:
+                raise SeqlmError(f"seed must be an integer between 0 and {MAX_SEED}, got {p['seed']!r}")
+            _check_work(len(prompts), new, "max_new_tokens")
             texts = [
                 self.generator.generate(
                     prompt,
-                    max_new_tokens=int(p["max_new_tokens"]),
+                    max_new_tokens=new,
                     temperature=float(p["temperature"]),
                     top_k=int(p["top_k"]),
                     top_p=float(p["top_p"]),
-                    seed=int(p["seed"]),
+                    seed=seed,
                 )
                 for prompt in prompts
             ]
             return pd.DataFrame({"text": texts})
-        if p["task"] == "next_words":
-            rows = [
-                [
-                    {"word": word, "probability": float(prob)}
-                    for word, prob in self.generator.next_words(prompt, int(p["k"]))
-                ]
-                for prompt in prompts
+        k = _integer(p, "k")
+        _check_work(len(prompts), max(MAX_WORD_PIECES, MAX_WORD_CHARS), "next-word search depth")
+        rows = [
+            [
+                {"word": word, "probability": float(prob)}
+                for word, prob in self.generator.next_words(prompt, k)
             ]
-            return pd.DataFrame({"next_words": rows})
-        raise MlflowException.invalid_parameter_value(
-            f"task must be one of {' | '.join(TASKS)}, got {p['task']!r}"
+            for prompt in prompts
+        ]
+        return pd.DataFrame({"next_words": rows})
+
+
+def _integer(params: dict, key: str) -> int:
+    import numbers
+
+    from seqlm.core.errors import SeqlmError
+
+    value = params[key]  # MLflow has converted it to the signature's type (long) where it could
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SeqlmError(f"{key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_work(rows: int, tokens_per_row: int, what: str) -> None:
+    from seqlm.core.errors import SeqlmError
+
+    if rows * tokens_per_row > MAX_TOKENS_PER_REQUEST:
+        raise SeqlmError(
+            f"{rows:,} prompts × {tokens_per_row:,} ({what}) = {rows * tokens_per_row:,} tokens of work; "
+            f"the limit per request is {MAX_TOKENS_PER_REQUEST:,}: send fewer prompts or fewer tokens"
         )
 
 

@@ -2,7 +2,7 @@
 
 A retry after a failure (server down, killed process) finds the version this run already registered,
 by its run id and weights sha256, so one pipeline run registers one version (docs/architecture.md,
-decision 8). The register stage (``seqlm.stages.register``) checks its inputs, calls these and writes
+decision 14). The register stage (``seqlm.stages.register``) checks its inputs, calls these and writes
 reports/register.json.
 """
 
@@ -15,11 +15,11 @@ from seqlm.config import Config
 from seqlm.core.paths import Paths
 from seqlm.registry import gate
 from seqlm.registry.gate import Score
+from seqlm.registry.resolve import WEIGHTS_TAG  # the download cache is keyed by it
 from seqlm.tracking.lineage import lineage_tags
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")  # the pyfunc, logged as code
 RUN_ID_TAG = "seqlm.run_id"
-WEIGHTS_TAG = "seqlm.weights_sha256"
 # The sections that shaped the weights; evaluation settings are tagged on their own (the protocol).
 MODEL_SECTIONS = ("base.seed", "data", "tokenizer", "model", "train")
 SAMPLING_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
@@ -28,18 +28,21 @@ SAMPLING_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 # ------------------------------------------------------------------------------------------ tags
 
 
-def evaluation_tags(score: Score) -> dict[str, str]:
-    return {
-        gate.BITS_PER_BYTE: repr(score.bits_per_byte),
-        gate.WORD_PERPLEXITY: repr(score.word_perplexity),
-        gate.TEST_SHA256: score.test_sha256,
-        gate.PROTOCOL: json.dumps(score.protocol, sort_keys=True),
-    }
+def evaluation_tags(*scores: Score) -> dict[str, str]:
+    """The valid score (what the gate compares) and the test score (reported only), one protocol."""
+    tags = {}
+    for score in scores:
+        bits, word, sha = gate.tag_names(score.split)
+        tags |= {bits: repr(score.bits_per_byte), word: repr(score.word_perplexity), sha: score.text_sha256}
+        tags[gate.PROTOCOL] = json.dumps(score.protocol, sort_keys=True)
+    return tags
 
 
-def version_tags(cfg: Config, paths: Paths, run_id: str, weights_sha256: str, score: Score) -> dict[str, str]:
+def version_tags(
+    cfg: Config, paths: Paths, run_id: str, weights_sha256: str, scores: tuple[Score, ...]
+) -> dict[str, str]:
     tags = lineage_tags(paths)  # git commit, dvc.lock hashes of data/raw, data/tokenizer, ...
-    tags.update(evaluation_tags(score))
+    tags.update(evaluation_tags(*scores))
     tags.update(
         {
             RUN_ID_TAG: run_id,
@@ -157,7 +160,7 @@ def find_version(client, name: str, run_id: str, weights_sha256: str) -> int | N
 
 
 def register_version(
-    cfg: Config, paths: Paths, client, run_id: str, weights: str, score: Score
+    cfg: Config, paths: Paths, client, run_id: str, weights: str, scores: tuple[Score, ...]
 ) -> tuple[int, bool]:
     """(version, reused): the version this run registered before, else a new one with lineage tags."""
     import mlflow
@@ -166,12 +169,12 @@ def register_version(
     version = find_version(client, name, run_id, weights)
     if version is not None:
         print(f"register: {name} version {version} was already registered from run {run_id}; reusing it")
-        for key, value in evaluation_tags(score).items():  # the evaluation may have been re-run since
+        for key, value in evaluation_tags(*scores).items():  # the evaluation may have been re-run since
             client.set_model_version_tag(name, str(version), key, value)
         return version, True
     model_uri = log_pyfunc(cfg, paths, client, run_id, weights)
     # tags travel with the creation request: a version never exists without its run id and weights hash
-    tags = version_tags(cfg, paths, run_id, weights, score)
+    tags = version_tags(cfg, paths, run_id, weights, scores)
     return int(mlflow.register_model(model_uri, name, tags=tags).version), False
 
 

@@ -1,6 +1,6 @@
-"""A registered version's score on the current raw test text, tokenised by its own tokenizer.
+"""A registered version's score on the current raw text of a split, tokenised by its own tokenizer.
 
-The champion gate compares scores only on the same test text under the same protocol
+The champion gate compares scores only on the same valid text under the same protocol
 (docs/architecture.md, decision 8); a champion scored on other text is re-scored here first.
 """
 
@@ -10,9 +10,9 @@ from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 
 
-def rescore(name: str, version: int, protocol: dict, paths: Paths) -> dict:
-    """The test metrics (``split_metrics``, without n-gram yardsticks) of ``name`` ``version`` on
-    data/raw/test.txt under ``protocol`` (batch_size, bptt)."""
+def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = "valid") -> dict:
+    """The metrics (``split_metrics``, without n-gram yardsticks) of ``name`` ``version`` on
+    data/raw/<split>.txt under ``protocol`` (batch_size, bptt)."""
     import tempfile
     from pathlib import Path
 
@@ -29,14 +29,14 @@ def rescore(name: str, version: int, protocol: dict, paths: Paths) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = export.load(model_dir, device)
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / export.TOKENIZER))
-    test = paths.raw_split("test")
+    text = paths.raw_split(split)
     with tempfile.TemporaryDirectory(prefix="seqlm-rescore-") as tmp:
-        dest, dtype = Path(tmp) / "test.bin", token_dtype(sp.GetPieceSize())
-        stats = encode_file(sp, test, dest, dtype)
+        dest, dtype = Path(tmp) / f"{split}.bin", token_dtype(sp.GetPieceSize())
+        stats = encode_file(sp, text, dest, dtype)
         tokens = open_tokens(dest, dtype.name)
         if len(tokens) < protocol["batch_size"] + 1:
             raise SeqlmError(
-                f"{test}: too short to re-score version {version} with batch size {protocol['batch_size']}"
+                f"{text}: too short to re-score version {version} with batch size {protocol['batch_size']}"
             )
         totals = stream_totals(model, tokens, protocol["batch_size"], protocol["bptt"], device)
         del tokens  # the memmap must be closed before its folder goes

@@ -1,7 +1,10 @@
 """Where a model to load lives: an exported folder, or a registered version downloaded once into a cache.
 
 ``models:/<name>@<alias>`` and ``models:/<name>/<version>`` are resolved in the project's tracking store
-and fetched into ``~/.cache/seqlm/models/`` (``$XDG_CACHE_HOME``): versions never change, aliases move.
+and fetched into ``~/.cache/seqlm/models/`` (``$XDG_CACHE_HOME``). A version number is not an identity:
+a recreated store numbers new weights 1 again. So the cache is keyed by the version's weights sha256
+(tag ``seqlm.weights_sha256``) and the cached weights are checked against it before use
+(docs/architecture.md, decision 15); aliases are resolved anew each time.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 from seqlm.core.errors import SeqlmError
+from seqlm.core.hashing import file_sha256
 from seqlm.core.paths import Paths
 from seqlm.tracking.store import check_reachable, tracking_uri
 
 REGISTRY_SCHEME = "models:/"
+WEIGHTS_TAG = "seqlm.weights_sha256"  # every version register creates carries it
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
@@ -48,20 +53,22 @@ def find_model_dir(root: Path) -> Path:
     return min(found, key=lambda p: len(p.parts))
 
 
-def _registry_version(client, uri: str) -> tuple[str, str]:
+def _registry_version(client, uri: str) -> tuple[str, str, str | None]:
+    """(name, version, weights sha256 or None for a version not registered by seqlm)."""
     rest = uri.removeprefix(REGISTRY_SCHEME).strip("/")
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = rest.rpartition("/")
-    if not name or not version.isdigit():
-        raise SeqlmError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    client.get_model_version(name, version)  # fails here, with the registry's message, if it is unknown
-    return name, version
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, version = rest.rpartition("/")
+        if not name or not version.isdigit():
+            raise SeqlmError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+        mv = client.get_model_version(name, version)  # fails here, with the registry's message, if unknown
+    return name, str(mv.version), mv.tags.get(WEIGHTS_TAG) or None
 
 
 def _download(uri: str) -> Path:
-    """Fetch a registered version once into ~/.cache/seqlm/models/ (versions never change; aliases move)."""
+    """Fetch a registered version once into ~/.cache/seqlm/models/, keyed by its weights sha256."""
     store = tracking_uri(Paths.from_env())
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
         raise SeqlmError(
@@ -73,29 +80,54 @@ def _download(uri: str) -> Path:
 
     try:
         client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-        name, version = _registry_version(client, uri)
-        cache = _cache_root() / hashlib.sha256(store.encode()).hexdigest()[:12] / name / version
+        name, version, weights = _registry_version(client, uri)
+        key = version if weights is None else f"{version}-{weights[:16]}"
+        cache = _cache_root() / hashlib.sha256(store.encode()).hexdigest()[:12] / name / key
+        if cache.is_dir() and not _holds(cache, weights):
+            shutil.rmtree(cache, ignore_errors=True)  # damaged or not these weights: fetch again
         if not cache.is_dir():
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".download-"))
-            try:
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{REGISTRY_SCHEME}{name}/{version}",
-                    dst_path=str(tmp),
-                    tracking_uri=store,
-                    registry_uri=store,
-                )
-                try:
-                    tmp.rename(cache)
-                except OSError:  # another process got there first
-                    if not cache.is_dir():
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            _fetch(name, version, store, cache)
     except mlflow.exceptions.MlflowException as exc:
         message = (str(exc.message).strip().splitlines() or ["unknown error"])[0]
         raise SeqlmError(f"{uri}: {message}") from None
+    if not _holds(cache, weights):
+        raise SeqlmError(
+            f"{uri}: the downloaded weights do not match the version's {WEIGHTS_TAG} tag; "
+            "the registry's artifacts were changed, register the model again"
+        )
     return find_model_dir(cache)
+
+
+def _holds(cache: Path, weights_sha256: str | None) -> bool:
+    """Whether the cached copy has a model, and, when the version names them, exactly those weights."""
+    from seqlm.models import export
+
+    try:
+        model_dir = find_model_dir(cache)
+    except SeqlmError:
+        return False
+    return weights_sha256 is None or file_sha256(model_dir / export.WEIGHTS) == weights_sha256
+
+
+def _fetch(name: str, version: str, store: str, cache: Path) -> None:
+    import mlflow
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".download-"))
+    try:
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{REGISTRY_SCHEME}{name}/{version}",
+            dst_path=str(tmp),
+            tracking_uri=store,
+            registry_uri=store,
+        )
+        try:
+            tmp.rename(cache)
+        except OSError:  # another process got there first
+            if not cache.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _cache_root() -> Path:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from pathlib import Path
 
 from seqlm.config import Config
 from seqlm.core.atomic import atomic_dir, remove, write_json
+from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import SPLITS, Paths
 from seqlm.data import corpus, sources
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def run_download(cfg: Config, paths: Paths) -> None:
     """Write the normalised, split corpus and its manifest atomically; print one line per split."""
+    # Before anything is removed: a source inside data/raw would be deleted with it.
+    sources.refuse_outputs(cfg, paths)
     try:
         with (
             atomic_dir(paths.raw_dir) as out,
@@ -21,8 +27,13 @@ def run_download(cfg: Config, paths: Paths) -> None:
             source = sources.resolve(cfg, paths, Path(scratch))
             stats, method = corpus.write_splits(source, cfg, out)
             write_json(out / paths.manifest.name, corpus.manifest(cfg, source, method, stats))
-    except BaseException:
+    except BaseException as exc:
         remove(paths.raw_dir)  # an old data/raw must not outlive a failed run and be trusted
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise SeqlmError(
+                f"disk full ({exc.strerror}) while writing {paths.raw_dir}; free space on that disk "
+                "and run download again"
+            ) from None
         raise
     for split in SPLITS:
         print(corpus.summary(split, stats[split]))

@@ -5,12 +5,15 @@ The pyfunc is logged into the pipeline's MLflow run, registered with alias ``cha
 tags, and the gate decides whether it becomes ``champion``. A retry after a failure (server down,
 killed process) finds the version this run already registered and re-applies the gate to it: one
 pipeline run, one version. An unevaluated, diverged or stale evaluation registers nothing.
+
+The gate selects on the valid split; the test score is tagged and reported beside it, never chosen on.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 from seqlm.config import Config
 from seqlm.core import atomic
@@ -35,17 +38,21 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     check_reachable(uri)
     run_id = read_run_json(paths)["run_id"]
     export.read_config(paths.model_dir)
-    score = challenger_score(paths)
+    valid, test = challenger_scores(paths)
     weights = file_sha256(paths.model_dir / export.WEIGHTS)
     name = cfg.registry.model_name
 
     client = connect(uri)
-    check_run(client, run_id, score, uri, paths)
+    check_run(client, run_id, (valid, test), uri, paths)
     before = gate.aliases(client, name)
-    version, reused = register_version(cfg, paths, client, run_id, weights, score)
+    version, reused = register_version(cfg, paths, client, run_id, weights, (valid, test))
     client.set_registered_model_alias(name, gate.CHALLENGER, str(version))
-    challenger = Score(score.bits_per_byte, score.word_perplexity, score.test_sha256, score.protocol, version)
+    challenger = replace(valid, version=version)
     decision = apply_gate(cfg, paths, client, version, challenger)
+    champion_test = None
+    if decision.champion is not None and decision.champion.version is not None:
+        mv = client.get_model_version(name, str(decision.champion.version))
+        champion_test = gate.tagged_score(mv, "test")
 
     report = {
         "format": REPORT_FORMAT,
@@ -57,8 +64,11 @@ def run_register(cfg: Config, paths: Paths) -> dict:
         "reused_version": reused,
         "aliases_before": before,
         "aliases_after": gate.aliases(client, name),
+        "selected_on": gate.SELECTED_ON,  # the gate compares valid scores; test is reported only
         "challenger": challenger.record(),
+        "challenger_test": replace(test, version=version).record(),
         "champion": decision.champion.record() if decision.champion else None,
+        "champion_test": champion_test.record() if champion_test else None,
         "min_improvement": cfg.registry.min_improvement,
         "auto_promote": cfg.registry.auto_promote,
         "decision": decision.action,
@@ -68,7 +78,8 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     client.log_artifact(run_id, str(paths.register_json), artifact_path="register")
     client.set_tag(run_id, "seqlm.registered_version", f"{name}/{version}")
     print(
-        f"register: {name} version {version} ({challenger.bits_per_byte:.4f} bits/byte): "
+        f"register: {name} version {version} ({challenger.bits_per_byte:.4f} valid bits/byte, "
+        f"test {test.bits_per_byte:.4f}): "
         f"{decision.action}; {decision.reason}"
     )
     return report
@@ -77,18 +88,32 @@ def run_register(cfg: Config, paths: Paths) -> dict:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def raw_test_sha256(paths: Paths) -> str:
-    """The identity of the raw test text: the download manifest's sha256 of data/raw/test.txt."""
+def raw_sha256(paths: Paths, split: str) -> str:
+    """The identity of a split's raw text: the download manifest's sha256 of data/raw/<split>.txt."""
     try:
-        return json.loads(paths.manifest.read_text())["splits"]["test"]["sha256"]
+        return json.loads(paths.manifest.read_text())["splits"][split]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise SeqlmError(
-            f"{paths.manifest}: missing or without splits.test.sha256; re-run the download stage"
+            f"{paths.manifest}: missing or without splits.{split}.sha256; re-run the download stage"
         ) from None
 
 
-def challenger_score(paths: Paths) -> Score:
-    """The evaluate stage's test score; an unevaluated or diverged model is refused here."""
+def _number(metrics: dict, key: str, label: str, where) -> float:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SeqlmError(
+            f"{where}: {label} is {json.dumps(value)}, not a number; re-run the evaluate stage; {NOTHING}"
+        )
+    if not math.isfinite(value):
+        raise SeqlmError(
+            f"{where}: {label} is {value} (the model diverged); lower train.lr and retrain; {NOTHING}"
+        )
+    return float(value)
+
+
+def challenger_scores(paths: Paths) -> tuple[Score, Score]:
+    """(valid, test): the evaluate stage's scores; an unevaluated or diverged model is refused here.
+    The gate compares the valid one; the test one is tagged and reported only."""
     where = paths.eval_metrics
     if not where.is_file():
         raise SeqlmError(
@@ -99,36 +124,35 @@ def challenger_score(paths: Paths) -> Score:
         metrics = json.loads(where.read_text())
     except ValueError:
         raise SeqlmError(f"{where}: not valid JSON; re-run the evaluate stage; {NOTHING}") from None
-    for key in ("bits_per_byte", "word_perplexity"):
-        value = metrics.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SeqlmError(
-                f"{where}: {key} is {json.dumps(value)}, not a number; re-run the evaluate stage; {NOTHING}"
-            )
-        if not math.isfinite(value):
-            raise SeqlmError(
-                f"{where}: {key} is {value} (the model diverged); lower train.lr and retrain; {NOTHING}"
-            )
     protocol = metrics.get("protocol")
     if not isinstance(protocol, dict):
         raise SeqlmError(f"{where}: no evaluation protocol; re-run the evaluate stage; {NOTHING}")
-    return Score(
-        float(metrics["bits_per_byte"]), float(metrics["word_perplexity"]), raw_test_sha256(paths), protocol
-    )
+    valid = metrics.get("valid")
+    if not isinstance(valid, dict):
+        raise SeqlmError(f"{where}: no valid metrics; re-run the evaluate stage; {NOTHING}")
+    scores = []
+    for split, numbers, prefix in (("valid", valid, "valid."), ("test", metrics, "")):
+        bits = _number(numbers, "bits_per_byte", f"{prefix}bits_per_byte", where)
+        words = _number(numbers, "word_perplexity", f"{prefix}word_perplexity", where)
+        scores.append(Score(bits, words, raw_sha256(paths, split), protocol, split=split))
+    return scores[0], scores[1]
 
 
-def check_run(client, run_id: str, score: Score, uri: str, paths: Paths) -> None:
+def check_run(client, run_id: str, scores: tuple[Score, ...], uri: str, paths: Paths) -> None:
     """The run must exist, and reports/eval/metrics.json must be the evaluation mirrored into it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        logged = client.get_run(run_id).data.metrics.get("test_bits_per_byte")
+        logged = client.get_run(run_id).data.metrics
     except MlflowException:
         raise SeqlmError(
             f"{paths.run_json}: run {run_id} is not in the MLflow store {uri}; re-run train"
         ) from None
-    if logged is None or not math.isclose(logged, score.bits_per_byte, rel_tol=1e-9):
-        raise SeqlmError(
-            f"{paths.eval_metrics} (test bits/byte {score.bits_per_byte:.6g}) is not the "
-            f"evaluation of run {run_id} (test_bits_per_byte {logged}); re-run the evaluate stage; {NOTHING}"
-        )
+    for score in scores:
+        mirrored = logged.get(f"{score.split}_bits_per_byte")
+        if mirrored is None or not math.isclose(mirrored, score.bits_per_byte, rel_tol=1e-9):
+            raise SeqlmError(
+                f"{paths.eval_metrics} ({score.split} bits/byte {score.bits_per_byte:.6g}) is not the "
+                f"evaluation of run {run_id} ({score.split}_bits_per_byte {mirrored}); "
+                f"re-run the evaluate stage; {NOTHING}"
+            )

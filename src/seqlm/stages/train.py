@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 from seqlm.config import Config
-from seqlm.core.atomic import remove, write_json
+from seqlm.core.atomic import write_json
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
+from seqlm.core.redact import redact_url
 from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
 
@@ -20,11 +21,19 @@ def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
     uri = tracking_uri(paths)
     check_reachable(uri)
 
+    from seqlm.training import trainer as training
+
+    with training.sigterm_raises():
+        return _train(cfg, paths, uri, fresh)
+
+
+def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     import lightning.pytorch as pl
     import torch
 
     from seqlm.data.tokens import read_meta
     from seqlm.models import build_model
+    from seqlm.tracking.metrics import send_unsent
     from seqlm.training import resume
     from seqlm.training import trainer as training
     from seqlm.training.datamodule import TokenDataModule
@@ -51,6 +60,8 @@ def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
     run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
     if start.run_id:
         mlflow_client.update_run(run_id, status="RUNNING")
+        if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
+            print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
     resume.record(paths, fingerprint, run_id, complete=False)
 
     progress, best, callbacks = training.callbacks(cfg, paths, mlflow_client, run_id)
@@ -59,17 +70,7 @@ def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
     total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
     lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
 
-    try:
-        trainer.fit(lm, datamodule=datamodule, ckpt_path=start.ckpt_path)
-    except BaseException as exc:
-        progress.close()
-        if isinstance(exc, SeqlmError):
-            # A diverged run leaves nothing to resume from or to export.
-            remove(paths.last_ckpt, paths.best_weights, paths.last_state)
-            mlflow_client.set_terminated(run_id, status="FAILED")
-        else:
-            mlflow_client.set_terminated(run_id, status="KILLED")
-        raise
+    training.fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
     if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
         trainer.validate(lm, datamodule=datamodule, verbose=False)
 
@@ -106,7 +107,8 @@ def _start_run(mlflow_client, experiment, cfg, paths, device, precision, model) 
     run = mlflow_client.create_run(
         experiment, run_name=f"{cfg.model.family}-{cfg.model.hidden_size}", tags=tags
     )
-    params = [Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
+    # a presigned url: source must not leave its token in the tracking store
+    params = [Param(k, redact_url(str(v))[:6000]) for k, v in cfg.flat().items()]
     params.append(Param("model.num_parameters", str(model.num_parameters())))
     params.append(Param("train.precision_resolved", precision))
     for i in range(0, len(params), 100):

@@ -1,9 +1,39 @@
-"""Metrics to MLflow in batches: one round trip per flush, not one per value."""
+"""Metrics to MLflow in batches: one round trip per flush, not one per value.
+
+When the tracking server stops answering, what could not be sent is kept (and written next to the
+resume checkpoint), so a resumed run sends it and the run's curves have no hole.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
+
+from seqlm.core.atomic import write_json
+from seqlm.core.errors import SeqlmError
+
+
+class TrackingLost(SeqlmError):
+    """The tracking store stopped answering during training."""
+
+    def __init__(self, cause: Exception):
+        self.cause = cause
+        super().__init__(f"lost the MLflow tracking store: {_first_line(cause)}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow raises when its store is gone (a server refusing, timing out, or a broken database)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.RequestException, OSError)
 
 
 class MetricBuffer:
@@ -14,19 +44,47 @@ class MetricBuffer:
         self.run_id = run_id
         self.flush_every = flush_every
         self.pending: list[Any] = []
+        self.lost: Exception | None = None  # set when a flush failed; the metrics stay pending
 
     def add(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.pending.extend(Metric(k, float(v), now, step) for k, v in values.items())
-        if len(self.pending) >= self.flush_every:
+        if len(self.pending) >= self.flush_every and self.lost is None:
             self.flush()
 
-    def flush(self) -> None:
-        while self.pending:
-            chunk, self.pending = self.pending[:1000], self.pending[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+    def flush(self) -> bool:
+        """Send what is pending; False, keeping it, when the store does not answer."""
+        try:
+            while self.pending:
+                self.client.log_batch(self.run_id, metrics=self.pending[:1000])
+                del self.pending[:1000]
+        except store_errors() as exc:
+            self.lost = exc
+            return False
+        return True
+
+    def save_unsent(self, path: Path) -> int:
+        """Write the metrics not yet sent to ``path`` (for ``send_unsent`` on resume); how many."""
+        if self.pending:
+            rows = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+            old = json.loads(path.read_text()) if path.is_file() else []
+            write_json(path, old + rows)
+        return len(self.pending)
+
+
+def send_unsent(mlflow_client, run_id: str, path: Path) -> int:
+    """Send the metrics a lost store could not take (``MetricBuffer.save_unsent``), then remove the file."""
+    if not path.is_file():
+        return 0
+    from mlflow.entities import Metric
+
+    metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in json.loads(path.read_text())]
+    for i in range(0, len(metrics), 1000):
+        mlflow_client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    path.unlink()
+    return len(metrics)
 
 
 def metric_list(values: dict[str, float], step: int) -> list:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +65,11 @@ class TrainProgress(pl.Callback):
         self._n += 1
         if trainer.global_step % self.every == 0:
             self._emit(trainer, pl_module)
+        if self.buffer.lost is not None:
+            # Stop here, where PeriodicCheckpoint.on_exception saves a state that resumes exactly.
+            from seqlm.tracking.metrics import TrackingLost
+
+            raise TrackingLost(self.buffer.lost)
 
     def _emit(self, trainer, pl_module):
         n = self._n
@@ -162,7 +169,8 @@ class BestWeights(pl.Callback):
 
 
 class PeriodicCheckpoint(pl.Callback):
-    """``models/last.ckpt`` every few minutes, at the end, and on Ctrl-C: what a re-run resumes from.
+    """``models/last.ckpt`` every few minutes, at the end, on Ctrl-C, on SIGTERM and when the tracking
+    server is lost: what a re-run resumes from.
 
     Written to a temporary file and renamed, so a kill -9 mid-write leaves the previous checkpoint intact.
     """
@@ -171,6 +179,21 @@ class PeriodicCheckpoint(pl.Callback):
         self.path = Path(path)
         self.every_s = every_minutes * 60.0
         self._last = time.monotonic()
+        self._sigterm = None
+
+    def on_train_start(self, trainer, pl_module):
+        # Lightning registers its SIGTERM handler just before this hook; that handler makes the loops
+        # raise SIGTERMException, also in the middle of a validation, a state that resumes differently.
+        # Ours defers Lightning's to the end of the current training step, where periodic checkpoints
+        # are written (the state the kill -9 test proves), and then calls it (it tells DDP workers).
+        if threading.current_thread() is not threading.main_thread():
+            return
+        lightning_handler = signal.getsignal(signal.SIGTERM)
+
+        def defer(signum, frame):
+            self._sigterm = (lightning_handler, signum, frame)
+
+        signal.signal(signal.SIGTERM, defer)
 
     def save(self, trainer) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -180,6 +203,14 @@ class PeriodicCheckpoint(pl.Callback):
         self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._sigterm is not None:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            self.save(trainer)
+            handler, signum, frame = self._sigterm
+            if callable(handler):
+                handler(signum, frame)
+            raise SIGTERMException(143)
         if time.monotonic() - self._last >= self.every_s:
             self.save(trainer)
 
@@ -187,6 +218,8 @@ class PeriodicCheckpoint(pl.Callback):
         self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
+        from seqlm.tracking.metrics import TrackingLost
+
         if isinstance(exception, KeyboardInterrupt):
             self.save(trainer)
             print(
@@ -194,3 +227,5 @@ class PeriodicCheckpoint(pl.Callback):
                 "Re-run to resume.",
                 flush=True,
             )
+        elif isinstance(exception, TrackingLost):
+            self.save(trainer)  # raised at the end of a training step, like a periodic save

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import signal
 import sys
+import threading
 
 import lightning.pytorch as pl
 
 from seqlm.config import Config
+from seqlm.core.atomic import remove
+from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.training.callbacks import BestWeights, PeriodicCheckpoint, TrainProgress
 
@@ -68,3 +73,70 @@ def stop_reason(trainer: pl.Trainer, cfg: Config) -> str:
     ):
         return "max_minutes"
     return "max_epochs"
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises Lightning's SIGTERMException instead of killing the process on the spot.
+
+    Outside ``fit`` this lets the stage mark its run and say one line; inside it, Lightning composes
+    this handler with its own and PeriodicCheckpoint defers both to the end of a training step.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SIGTERMException(143)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def fit(trainer: pl.Trainer, lm, datamodule, ckpt_path, paths: Paths, mlflow_client, run_id: str, progress):
+    """``trainer.fit``; on an interruption the run is marked and one line says what a re-run resumes."""
+    from seqlm.tracking.metrics import TrackingLost
+
+    try:
+        trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
+        if progress.buffer.lost is not None:  # the last validation's flush found no store
+            raise TrackingLost(progress.buffer.lost)
+    except BaseException as exc:
+        raise stopped(exc, paths, mlflow_client, run_id, progress, trainer.global_step) from None
+
+
+def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progress, step: int):
+    """After ``fit`` raised: mark the run, keep what a re-run needs; the exception to raise instead."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from seqlm.tracking.metrics import TrackingLost, store_errors
+    from seqlm.training.lightning_module import Diverged
+
+    if isinstance(exc, Diverged):
+        # A diverged run leaves nothing to resume from or to export (decision 19).
+        progress.close()
+        remove(paths.last_ckpt, paths.best_weights, paths.last_state, paths.unsent_metrics)
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        return exc
+    sent = progress.buffer.lost is None and progress.buffer.flush()
+    status = "KILLED"
+    if isinstance(exc, TrackingLost):
+        status, what = "FAILED", f"{exc} at step {step}"
+    elif isinstance(exc, SIGTERMException):
+        what = f"stopped by SIGTERM at step {step}"
+    else:
+        what = None  # Ctrl-C (Lightning turns it into SystemExit) or a bug: keep it as it is
+    if not sent:
+        unsent = progress.buffer.save_unsent(paths.unsent_metrics)
+    with contextlib.suppress(*store_errors()):
+        mlflow_client.set_terminated(run_id, status=status)
+    if what is None:
+        return exc
+    saved = paths.last_ckpt.relative_to(paths.root)
+    kept = "" if sent else f" and {unsent} unsent metrics in {paths.unsent_metrics.relative_to(paths.root)}"
+    return SeqlmError(f"train: {what}; saved {saved}{kept}; re-run `seqlm train` to resume")
