@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import tempfile
 from pathlib import Path
 
 from seqlm.config import Config
 from seqlm.core.atomic import atomic_dir, remove, write_json
-from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import SPLITS, Paths
 from seqlm.data import corpus, sources
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def run_download(cfg: Config, paths: Paths) -> None:
@@ -22,18 +18,16 @@ def run_download(cfg: Config, paths: Paths) -> None:
     try:
         with (
             atomic_dir(paths.raw_dir) as out,
-            tempfile.TemporaryDirectory(prefix=".download.", dir=out.parent) as scratch,
+            # named like atomic_dir's own leftovers, so a killed download's scratch is cleared too
+            tempfile.TemporaryDirectory(
+                prefix=f".{paths.raw_dir.name}.download.", suffix=".tmp", dir=out.parent
+            ) as scratch,
         ):
             source = sources.resolve(cfg, paths, Path(scratch))
             stats, method = corpus.write_splits(source, cfg, out)
             write_json(out / paths.manifest.name, corpus.manifest(cfg, source, method, stats))
-    except BaseException as exc:
+    except BaseException:
         remove(paths.raw_dir)  # an old data/raw must not outlive a failed run and be trusted
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise SeqlmError(
-                f"disk full ({exc.strerror}) while writing {paths.raw_dir}; free space on that disk "
-                "and run download again"
-            ) from None
         raise
     for split in SPLITS:
         print(corpus.summary(split, stats[split]))
