@@ -200,3 +200,68 @@ def test_lost_tracking_store_saves_keeps_unsent_metrics_and_the_rerun_matches(ti
     steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
     assert sorted(steps) == list(range(5, 301, 5))  # no hole, no duplicate
     assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [100, 200, 300]
+
+
+@pytest.mark.parametrize("where", ["before_the_run", "after_the_loop"])
+def test_sigterm_outside_the_training_loop_is_one_line_and_never_leaves_the_run_running(
+    tiny, monkeypatch, where
+):
+    from seqlm.core.errors import SeqlmError
+    from seqlm.stages import train as stage
+
+    paths = tiny.paths()
+    reference = train(tiny)["val_loss"]
+    target = "read_meta" if where == "before_the_run" else "_export"
+    module = __import__("seqlm.data.tokens", fromlist=["read_meta"]) if where == "before_the_run" else stage
+    real = getattr(module, target)
+
+    def sigterm_then(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the stage's handler at the next bytecode
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, target, sigterm_then)
+    runs_before = {r.info.run_id for r in mlflow_client(paths).search_runs(["0", "1"])}
+    with pytest.raises(SeqlmError, match="stopped by SIGTERM") as stopped:
+        train(tiny, fresh=True)
+    monkeypatch.setattr(module, target, real)
+    runs = mlflow_client(paths).search_runs(["0", "1"])
+    assert "RUNNING" not in {r.info.status for r in runs}
+    if where == "before_the_run":
+        assert "before training started; nothing was saved" in str(stopped.value)
+        assert {r.info.run_id for r in runs} == runs_before
+        return
+    assert "saved models/last.ckpt; re-run `seqlm train` to resume" in str(stopped.value)
+    state = json.loads(paths.last_state.read_text())
+    assert mlflow_client(paths).get_run(state["run_id"]).info.status == "KILLED"
+    assert not paths.run_json.exists()  # evaluate must not take the killed run for a finished one
+    resumed = train(tiny)
+    assert resumed["steps"] == 300 and resumed["val_loss"] == reference
+    assert mlflow_client(paths).get_run(state["run_id"]).info.status == "FINISHED"
+
+
+def test_a_store_lost_while_logging_the_results_is_one_line_and_the_rerun_finishes(tiny, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from seqlm.core.errors import SeqlmError
+
+    paths = tiny.paths()
+    reference = train(tiny)["val_loss"]
+
+    def server_gone(self, *args, **kwargs):
+        raise MlflowException("API request to http://127.0.0.1:5000 failed: [Errno 111] Connection refused")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", server_gone)
+    with pytest.raises(
+        SeqlmError, match=r"lost the MLflow tracking store: .*Connection refused \(after training\)"
+    ):
+        train(tiny, fresh=True)
+    monkeypatch.undo()
+    state = json.loads(paths.last_state.read_text())
+    assert mlflow_client(paths).get_run(state["run_id"]).info.status == "FAILED"
+    assert not paths.run_json.exists()
+
+    resumed = train(tiny)
+    assert resumed["steps"] == 300 and resumed["val_loss"] == reference
+    assert mlflow_client(paths).get_run(state["run_id"]).info.status == "FINISHED"
+    assert json.loads(paths.run_json.read_text())["run_id"] == state["run_id"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from seqlm.config import Config
-from seqlm.core.atomic import write_json
+from seqlm.core.atomic import remove, write_json
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.core.redact import redact_url
@@ -21,10 +21,15 @@ def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
     uri = tracking_uri(paths)
     check_reachable(uri)
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from seqlm.training import trainer as training
 
     with training.sigterm_raises():
-        return _train(cfg, paths, uri, fresh)
+        try:
+            return _train(cfg, paths, uri, fresh)
+        except SIGTERMException:  # before the run was opened: nothing to mark or to resume
+            raise SeqlmError("train: stopped by SIGTERM before training started; nothing was saved") from None
 
 
 def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
@@ -40,6 +45,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     from seqlm.training.device import detect_device, resolve_precision
     from seqlm.training.lightning_module import LitLanguageModel
 
+    remove(paths.run_json)  # evaluate and register must never pair an older run with a newer model
     meta = read_meta(paths)
     device = detect_device(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, device)
@@ -58,30 +64,31 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     mlflow_client = connect(uri)
     experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
     run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
-    if start.run_id:
-        mlflow_client.update_run(run_id, status="RUNNING")
-        if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
-            print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
-    resume.record(paths, fingerprint, run_id, complete=False)
+    with training.run_ends_marked(mlflow_client, run_id, paths):
+        if start.run_id:
+            mlflow_client.update_run(run_id, status="RUNNING")
+            if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
+                print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
+        resume.record(paths, fingerprint, run_id, complete=False)
 
-    progress, best, callbacks = training.callbacks(cfg, paths, mlflow_client, run_id)
-    trainer = training.build_trainer(cfg, paths, precision, callbacks)
-    windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
-    total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
-    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
+        progress, best, callbacks = training.callbacks(cfg, paths, mlflow_client, run_id)
+        trainer = training.build_trainer(cfg, paths, precision, callbacks)
+        windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
+        total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
+        lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
 
-    training.fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
-    if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
-        trainer.validate(lm, datamodule=datamodule, verbose=False)
+        training.fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
+        if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
+            trainer.validate(lm, datamodule=datamodule, verbose=False)
 
-    if trainer.global_rank != 0:
-        return {}
-    metrics = _metrics(cfg, trainer, lm, progress, precision)
-    _export(paths, lm, best, meta, metrics, device, run_id)
-    _write_reports(paths, metrics, progress, lm)
-    _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
-    write_run_json(paths, run_id, cfg.base.experiment, uri)
-    resume.record(paths, fingerprint, run_id, complete=True)
+        if trainer.global_rank != 0:
+            return {}
+        metrics = _metrics(cfg, trainer, lm, progress, precision)
+        _export(paths, lm, best, meta, metrics, device, run_id)
+        _write_reports(paths, metrics, progress, lm)
+        _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
+        write_run_json(paths, run_id, cfg.base.experiment, uri)
+        resume.record(paths, fingerprint, run_id, complete=True)
     print(
         f"train: {metrics['steps']} steps, val loss {metrics['val_loss']:.4f}, "
         f"val bits/byte {metrics['val_bits_per_byte']:.4f}, {metrics['tokens_per_s']:.0f} tokens/s "

@@ -196,8 +196,17 @@ class PeriodicCheckpoint(pl.Callback):
         signal.signal(signal.SIGTERM, defer)
 
     def save(self, trainer) -> None:
+        from seqlm.core.errors import disk_full
+
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(str(tmp), weights_only=False)
+        try:
+            trainer.save_checkpoint(str(tmp), weights_only=False)
+        except BaseException as exc:
+            full = disk_full(exc, self.path)  # before the partial file goes: that frees the space
+            tmp.unlink(missing_ok=True)
+            if full is not None:
+                raise full from None
+            raise
         if trainer.global_rank == 0:
             tmp.replace(self.path)
         self._last = time.monotonic()

@@ -114,7 +114,7 @@ def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progre
     """After ``fit`` raised: mark the run, keep what a re-run needs; the exception to raise instead."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from seqlm.tracking.metrics import TrackingLost, store_errors
+    from seqlm.tracking.metrics import TrackingLost
     from seqlm.training.lightning_module import Diverged
 
     if isinstance(exc, Diverged):
@@ -129,14 +129,60 @@ def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progre
         status, what = "FAILED", f"{exc} at step {step}"
     elif isinstance(exc, SIGTERMException):
         what = f"stopped by SIGTERM at step {step}"
+    elif isinstance(exc, SeqlmError):  # a full disk: its own line says what to do
+        status, what = "FAILED", None
     else:
         what = None  # Ctrl-C (Lightning turns it into SystemExit) or a bug: keep it as it is
-    if not sent:
-        unsent = progress.buffer.save_unsent(paths.unsent_metrics)
-    with contextlib.suppress(*store_errors()):
-        mlflow_client.set_terminated(run_id, status=status)
+    kept = "" if sent else _keep_unsent(progress, paths)
+    mark_run(mlflow_client, run_id, status)
     if what is None:
         return exc
-    saved = paths.last_ckpt.relative_to(paths.root)
-    kept = "" if sent else f" and {unsent} unsent metrics in {paths.unsent_metrics.relative_to(paths.root)}"
-    return SeqlmError(f"train: {what}; saved {saved}{kept}; re-run `seqlm train` to resume")
+    return SeqlmError(f"train: {what}; saved {paths.last_ckpt.relative_to(paths.root)}{kept}; {RESUME}")
+
+
+RESUME = "re-run `seqlm train` to resume"
+
+
+def _keep_unsent(progress, paths: Paths) -> str:
+    """Write the step metrics the store did not take beside the checkpoint; what the error line adds."""
+    where = paths.unsent_metrics.relative_to(paths.root)
+    try:
+        return f" and {progress.buffer.save_unsent(paths.unsent_metrics)} unsent metrics in {where}"
+    except (SeqlmError, OSError) as exc:  # a full disk, most likely
+        return f"; {len(progress.buffer.pending)} step metrics were lost ({where}: {exc})"
+
+
+def mark_run(mlflow_client, run_id: str, status: str) -> None:
+    """End the run with ``status`` if it is still RUNNING; a store that does not answer is left be."""
+    from seqlm.tracking.metrics import store_errors
+
+    with contextlib.suppress(*store_errors()):
+        if mlflow_client.get_run(run_id).info.status == "RUNNING":
+            mlflow_client.set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def run_ends_marked(mlflow_client, run_id: str, paths: Paths):
+    """Around the train stage's work outside ``fit``: whatever stops it leaves the run KILLED (a signal)
+    or FAILED, never RUNNING, and a lost store or a SIGTERM becomes one line saying what a re-run does."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    from seqlm.tracking.metrics import TrackingLost
+
+    try:
+        yield
+    except BaseException as exc:
+        signalled = isinstance(exc, (SIGTERMException, KeyboardInterrupt))
+        mark_run(mlflow_client, run_id, "KILLED" if signalled else "FAILED")
+        saved = ""
+        if paths.last_ckpt.is_file():
+            saved = f"; saved {paths.last_ckpt.relative_to(paths.root)}"
+        if isinstance(exc, SIGTERMException):
+            raise SeqlmError(
+                f"train: stopped by SIGTERM outside the training loop{saved}; {RESUME}"
+            ) from None
+        if isinstance(exc, (MlflowException, RequestException)):
+            raise SeqlmError(f"train: {TrackingLost(exc)} (after training){saved}; {RESUME}") from None
+        raise
