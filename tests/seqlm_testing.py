@@ -85,3 +85,10 @@ TINY_TRAIN = {
     "train.log_every_steps": 5,
     "train.early_stopping_patience": 0,
 }
+
+# Evaluation settings that keep a test evaluation to seconds.
+QUICK_EVALUATE = {
+    "evaluate.context_resets": [16],
+    "evaluate.gradient_flow_steps": 8,
+    "evaluate.sample_tokens": 8,
+}

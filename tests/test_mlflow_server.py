@@ -21,17 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from seqlm_testing import TINY_TRAIN, make_tokens
+from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, make_tokens
 
 from seqlm.cli import main
 
 # Not marked slow: about 55 s on 2 shared CPU cores (two servers, two tiny trainings and evaluations).
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
-QUICK_EVALUATE = {
-    "evaluate.context_resets": [16],
-    "evaluate.gradient_flow_steps": 8,
-    "evaluate.sample_tokens": 8,
-}
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import shutil
 import socket
 
 import pytest
-from seqlm_testing import TINY_TRAIN, Project, grammar_text, make_tokens
+from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, Project, grammar_text, make_tokens
 
 from seqlm.cli import main
 from seqlm.core.errors import SeqlmError
@@ -26,11 +26,6 @@ from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import connect, experiment_id, tracking_uri
 
 NAME = "seqlm"
-QUICK_EVALUATE = {
-    "evaluate.context_resets": [16],
-    "evaluate.gradient_flow_steps": 8,
-    "evaluate.sample_tokens": 8,
-}
 
 
 @pytest.fixture(scope="module")

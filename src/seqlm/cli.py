@@ -11,8 +11,9 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from seqlm.core.errors import SeqlmError
+from seqlm.core.errors import SeqlmError, disk_full
 
 # stage name -> "module:function"; each function takes (Config, Paths). The pipeline/ scripts
 # and `seqlm <stage>` both come through here, so they run the same code.
@@ -152,6 +153,11 @@ def guarded(fn: Callable[[], None]) -> int:
         fn()
     except SeqlmError as exc:
         return _fail(str(exc))
+    except OSError as exc:  # a write the stage does not make itself (MLflow's artifact copies) found no space
+        written = exc.filename2 or exc.filename or os.getcwd()  # shutil's copies put the destination second
+        if full := disk_full(exc, Path(written)):
+            return _fail(str(full))
+        raise
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     return 0
