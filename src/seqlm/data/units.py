@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Unit = Iterable[str]
@@ -24,3 +25,11 @@ class Corpus:
     license: str | None = None
     splits: dict[str, Units] | None = None
     whole: Units | None = None
+
+
+def shown(path: Path, root: Path) -> str:
+    """``path`` as the user wrote it: relative to the project root when inside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
