@@ -45,12 +45,18 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     from seqlm.training.device import detect_device, resolve_precision
     from seqlm.training.lightning_module import LitLanguageModel
 
-    remove(paths.run_json)  # evaluate and register must never pair an older run with a newer model
     meta = read_meta(paths)
     device = detect_device(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, device)
-    fingerprint = resume.resume_fingerprint(cfg, meta)
-    start = resume.resume_point(paths, fingerprint, fresh)
+    progress, best, callbacks = training.callbacks(cfg, paths)
+    trainer = training.build_trainer(cfg, paths, precision, callbacks)
+    # Lightning starts the other local ranks from inside fit, running this stage again: only rank 0
+    # touches the resume state, opens the MLflow run and exports (decision 9, docs/architecture.md).
+    rank0 = trainer.global_rank == 0
+    fingerprint = resume.resume_fingerprint(cfg, meta, trainer.world_size)
+    if rank0:
+        remove(paths.run_json)  # evaluate and register must never pair an older run with a newer model
+    start = (resume.resume_point if rank0 else resume.peek)(paths, fingerprint, fresh)
 
     pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
     if device.kind == "cuda":
@@ -60,28 +66,29 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     datamodule = TokenDataModule(
         paths, cfg.train.batch_size, cfg.train.bptt, cfg.train.variable_bptt, cfg.base.seed
     )
+    windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
+    total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
+    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
 
-    mlflow_client = connect(uri)
-    experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
-    run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
+    mlflow_client = run_id = None
+    if rank0:
+        mlflow_client = connect(uri)
+        experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
+        run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
+        progress.attach(mlflow_client, run_id)
     with training.run_ends_marked(mlflow_client, run_id, paths):
         if start.run_id:
             mlflow_client.update_run(run_id, status="RUNNING")
             if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
                 print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
-        resume.record(paths, fingerprint, run_id, complete=False)
-
-        progress, best, callbacks = training.callbacks(cfg, paths, mlflow_client, run_id)
-        trainer = training.build_trainer(cfg, paths, precision, callbacks)
-        windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
-        total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
-        lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
+        if rank0:
+            resume.record(paths, fingerprint, run_id, complete=False)
 
         training.fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
         if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
             trainer.validate(lm, datamodule=datamodule, verbose=False)
 
-        if trainer.global_rank != 0:
+        if not rank0:
             return {}
         metrics = _metrics(cfg, trainer, lm, progress, precision)
         _export(paths, lm, best, meta, metrics, device, run_id)

@@ -35,6 +35,10 @@ class TrainProgress(pl.Callback):
         self._last_print = 0.0
         self._t = None
 
+    def attach(self, mlflow_client, run_id: str) -> None:
+        """Send step metrics to this run (rank 0 only; until then nothing is sent)."""
+        self.buffer.client, self.buffer.run_id = mlflow_client, run_id
+
     def _reset_window(self):
         self._loss_sum = None
         self._clip_sum = None
@@ -212,15 +216,22 @@ class PeriodicCheckpoint(pl.Callback):
         self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self._sigterm is not None:
+        due, stop = time.monotonic() - self._last >= self.every_s, self._sigterm is not None
+        if trainer.world_size > 1:
+            # One decision for every rank: save_checkpoint waits at a barrier, so ranks whose clocks (or
+            # signals) disagree by a step would wait for each other for ever. Any rank's wish counts.
+            wish = torch.tensor([float(due), float(stop)], device=pl_module.device)
+            due, stop = (bool(x) for x in trainer.strategy.reduce(wish, reduce_op="max"))
+        if stop:
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             self.save(trainer)
-            handler, signum, frame = self._sigterm
-            if callable(handler):
-                handler(signum, frame)
+            if self._sigterm is not None:
+                handler, signum, frame = self._sigterm
+                if callable(handler):
+                    handler(signum, frame)
             raise SIGTERMException(143)
-        if time.monotonic() - self._last >= self.every_s:
+        if due:
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module):

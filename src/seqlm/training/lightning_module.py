@@ -171,26 +171,47 @@ class LitLanguageModel(pl.LightningModule):
 
     # --------------------------------------------------------------------------------- checkpoints
 
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["seqlm"] = {
-            "column": self.column,
-            "train_state": self.train_state,
-            "plateau_scale": self.plateau_scale,
-            "best_val_loss": self.best_val_loss,
-            "val_history": self.val_history,
+    def _rank_state(self) -> dict:
+        """What differs between ranks: the carried state of this rank's streams and its RNG."""
+        state = None if self.train_state is None else _to_device(self.train_state, "cpu")
+        return {
+            "train_state": state,
             # Dropout masks after a resume continue the same random sequence as an uninterrupted run.
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
+    def on_save_checkpoint(self, checkpoint):
+        # Every rank runs this hook (only rank 0 writes the file), so each rank's own state is gathered
+        # into the checkpoint and a resumed rank gets back its own streams' state, not rank 0's.
+        mine = self._rank_state()
+        ranks = [mine]
+        if self.trainer.world_size > 1:
+            ranks = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        checkpoint["seqlm"] = {
+            "column": self.column,
+            "plateau_scale": self.plateau_scale,
+            "best_val_loss": self.best_val_loss,
+            "val_history": self.val_history,
+            "ranks": ranks,
+        }
+
     def on_load_checkpoint(self, checkpoint):
         extra = checkpoint.get("seqlm", {})
         self.column = extra.get("column", 0)
-        self.train_state = extra.get("train_state")
         self.plateau_scale = extra.get("plateau_scale", 1.0)
         self.best_val_loss = extra.get("best_val_loss", math.inf)
         self.val_history = list(extra.get("val_history", []))
-        if "rng_cpu" in extra:
-            torch.set_rng_state(extra["rng_cpu"])
-        if extra.get("rng_cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(extra["rng_cuda"])
+        ranks = extra.get("ranks") or [extra]
+        if len(ranks) != self.trainer.world_size:
+            raise SeqlmError(
+                f"the checkpoint holds {len(ranks)} ranks' state, this run has {self.trainer.world_size}; "
+                "resume with the world size it was saved with, or pass --fresh"
+            )
+        mine = ranks[self.trainer.global_rank]
+        self.train_state = mine.get("train_state")
+        if "rng_cpu" in mine:
+            torch.set_rng_state(mine["rng_cpu"])
+        if mine.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(mine["rng_cuda"])

@@ -34,8 +34,9 @@ BUDGET_KEYS = frozenset(
 KEEP_PREVIOUS = 2
 
 
-def resume_fingerprint(cfg: Config, meta: dict) -> str:
-    """Everything that makes a checkpoint belong to this training: the optimisation's params and the data.
+def resume_fingerprint(cfg: Config, meta: dict, world_size: int = 1) -> str:
+    """Everything that makes a checkpoint belong to this training: the optimisation's params, the data
+    and the world size (each rank's carried state and streams are saved for that many ranks).
 
     ``max_steps`` (or ``max_epochs`` when it is 0) sets the cosine schedule's horizon, so it counts
     under ``schedule: cosine``; under the other schedules both are budgets like those in BUDGET_KEYS.
@@ -51,7 +52,10 @@ def resume_fingerprint(cfg: Config, meta: dict) -> str:
         for k, v in cfg.flat().items()
         if k.split(".")[0] in ("base", "model", "train") and k not in budgets
     }
-    payload = json.dumps({"params": params, "meta": meta}, sort_keys=True)
+    payload = {"params": params, "meta": meta}
+    if world_size != 1:  # a single process keeps the fingerprints it had before world sizes counted
+        payload["world_size"] = world_size
+    payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -79,6 +83,18 @@ def resume_point(paths: Paths, fingerprint: str, fresh: bool) -> Resume:
         return Resume(None, None)
     print(f"train: resuming from {ckpt.relative_to(paths.root)} (same params; pass --fresh to start over)")
     return Resume(str(ckpt), state.get("run_id"))
+
+
+def peek(paths: Paths, fingerprint: str, fresh: bool) -> Resume:
+    """What ``resume_point`` decided, read without touching a file: for ranks other than 0.
+
+    Lightning starts the other local ranks from inside ``fit``, after rank 0 has moved stale state aside
+    and recorded its run in models/last.json, so they find the state rank 0 resumes from, or none.
+    """
+    state = json.loads(paths.last_state.read_text()) if paths.last_state.is_file() else {}
+    if fresh or not paths.last_ckpt.is_file() or state.get("fingerprint") != fingerprint:
+        return Resume(None, None)
+    return Resume(str(paths.last_ckpt), None)
 
 
 def _resume_files(paths: Paths) -> list:

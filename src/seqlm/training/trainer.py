@@ -17,11 +17,12 @@ from seqlm.core.paths import Paths
 from seqlm.training.callbacks import BestWeights, PeriodicCheckpoint, TrainProgress
 
 
-def callbacks(
-    cfg: Config, paths: Paths, mlflow_client, run_id: str
-) -> tuple[TrainProgress, BestWeights, list]:
-    """The progress and best-weights callbacks, and the full list the Trainer runs."""
-    progress = TrainProgress(mlflow_client, run_id, cfg.train.log_every_steps)
+def callbacks(cfg: Config, paths: Paths) -> tuple[TrainProgress, BestWeights, list]:
+    """The progress and best-weights callbacks, and the full list the Trainer runs.
+
+    Rank 0 attaches the MLflow run to ``progress`` once the Trainer knows the ranks; the others log nothing.
+    """
+    progress = TrainProgress(None, None, cfg.train.log_every_steps)
     best = BestWeights(paths.best_weights)
     every = [progress, best, PeriodicCheckpoint(paths.last_ckpt, cfg.train.checkpoint_every_minutes)]
     if cfg.train.early_stopping_patience:
@@ -121,7 +122,7 @@ def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progre
         # A diverged run leaves nothing to resume from or to export (decision 19).
         progress.close()
         remove(paths.last_ckpt, paths.best_weights, paths.last_state, paths.unsent_metrics)
-        mlflow_client.set_terminated(run_id, status="FAILED")
+        mark_run(mlflow_client, run_id, "FAILED")
         return exc
     sent = progress.buffer.lost is None and progress.buffer.flush()
     status = "KILLED"
@@ -156,6 +157,8 @@ def mark_run(mlflow_client, run_id: str, status: str) -> None:
     """End the run with ``status`` if it is still RUNNING; a store that does not answer is left be."""
     from seqlm.tracking.metrics import store_errors
 
+    if mlflow_client is None:  # a rank other than 0: the run is rank 0's
+        return
     with contextlib.suppress(*store_errors()):
         if mlflow_client.get_run(run_id).info.status == "RUNNING":
             mlflow_client.set_terminated(run_id, status=status)
