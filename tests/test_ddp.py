@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from seqlm_testing import TINY_TRAIN, make_tokens
@@ -38,12 +39,12 @@ def ddp_project(project):
     return project
 
 
-def launch(project, *args: str) -> subprocess.Popen:
+def launch(project, *args: str, launcher: tuple[str, ...] = (sys.executable,), log: str = "train.log"):
     env = os.environ | {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}  # one thread per rank
     env.pop("MLFLOW_TRACKING_URI")
-    log = open(project.root / "train.log", "ab")
+    log = open(project.root / log, "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "seqlm.cli", "train", *args],
+        [*launcher, "-m", "seqlm.cli", "train", *args],
         cwd=project.root,
         env=env,
         stdout=log,
@@ -52,13 +53,13 @@ def launch(project, *args: str) -> subprocess.Popen:
     )
 
 
-def finish(proc: subprocess.Popen, project) -> None:
+def finish(proc: subprocess.Popen, project, log: str = "train.log") -> None:
     try:
         rc = proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("DDP training hung:\n" + (project.root / "train.log").read_text()[-3000:])
-    assert rc == 0, (project.root / "train.log").read_text()[-3000:]
+        pytest.fail("DDP training hung:\n" + (project.root / log).read_text()[-3000:])
+    assert rc == 0, (project.root / log).read_text()[-3000:]
 
 
 def train_metrics(project) -> dict:
@@ -102,6 +103,39 @@ def test_two_processes_train_one_run_and_its_val_loss_is_the_exported_weights(dd
     [run] = runs(ddp_project)  # rank 1 opened no run of its own
     assert run.info.status == "FINISHED"
     assert run.data.metrics["final_val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-9)
+    cfg = ddp_project.config().train
+    alone = single_process_val_loss(ddp_project, cfg.batch_size * 2, cfg.bptt)
+    assert math.isclose(alone, metrics["val_loss"], rel_tol=1e-5), (alone, metrics["val_loss"])
+
+
+def test_two_nodes_launched_by_torchrun_train_one_run(ddp_project):
+    import socket
+
+    ddp_project.set(**{"train.devices": 1, "train.num_nodes": 2})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    common = (
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+    )
+    nodes = [
+        launch(ddp_project, launcher=(torchrun, *common, "--node_rank", str(rank)), log=f"node{rank}.log")
+        for rank in (0, 1)
+    ]
+    for rank, proc in enumerate(nodes):
+        finish(proc, ddp_project, log=f"node{rank}.log")
+    metrics = train_metrics(ddp_project)
+    assert metrics["steps"] == 60
+    [run] = runs(ddp_project)
+    assert run.info.status == "FINISHED" and run.data.params["train.num_nodes"] == "2"
     cfg = ddp_project.config().train
     alone = single_process_val_loss(ddp_project, cfg.batch_size * 2, cfg.bptt)
     assert math.isclose(alone, metrics["val_loss"], rel_tol=1e-5), (alone, metrics["val_loss"])

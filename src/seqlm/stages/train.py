@@ -54,9 +54,12 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     # touches the resume state, opens the MLflow run and exports (decision 9, docs/architecture.md).
     rank0 = trainer.global_rank == 0
     fingerprint = resume.resume_fingerprint(cfg, meta, trainer.world_size)
-    if rank0:
+
+    def decide():
         remove(paths.run_json)  # evaluate and register must never pair an older run with a newer model
-    start = (resume.resume_point if rank0 else resume.peek)(paths, fingerprint, fresh)
+        return resume.resume_point(paths, fingerprint, fresh)
+
+    start = training.agree_on_resume(trainer, decide, lambda: resume.peek(paths, fingerprint, fresh))
 
     pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
     if device.kind == "cuda":
@@ -77,7 +80,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
         progress.attach(mlflow_client, run_id)
     with training.run_ends_marked(mlflow_client, run_id, paths):
-        if start.run_id:
+        if rank0 and start.run_id:
             mlflow_client.update_run(run_id, status="RUNNING")
             if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
                 print(f"train: sent {sent} step metrics the tracking store missed before the interruption")

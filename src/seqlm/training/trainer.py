@@ -59,6 +59,24 @@ def build_trainer(cfg: Config, paths: Paths, precision: str, callbacks: list) ->
     )
 
 
+def agree_on_resume(trainer: pl.Trainer, decide, peek):
+    """Every rank resumes from what rank 0 decided (``decide``, which may move state aside).
+
+    Lightning's own launcher starts the other local ranks from inside ``fit``, after rank 0 decided, so
+    they ``peek`` at the state it left. Ranks started together (torchrun, SLURM) would race rank 0, so
+    Lightning's process-group set-up runs here, before ``fit`` (which then finds it done), and the
+    decision is broadcast from rank 0.
+    """
+    if trainer.world_size == 1:
+        return decide()
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    if isinstance(trainer.strategy.cluster_environment, LightningEnvironment):
+        return decide() if trainer.global_rank == 0 else peek()
+    trainer.strategy.setup_environment()
+    return trainer.strategy.broadcast(decide() if trainer.global_rank == 0 else None, src=0)
+
+
 def stop_reason(trainer: pl.Trainer, cfg: Config) -> str:
     """Which budget ended training: max_steps, early_stopping, max_minutes or max_epochs."""
     if cfg.train.max_steps and trainer.global_step >= cfg.train.max_steps:
