@@ -67,9 +67,9 @@ def connect(uri: str):
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_choice
     with _first_use_lock(uri):
-        client = mlflow.MlflowClient(tracking_uri=uri)  # opens the store: a fresh one gets its schema here
-        client.search_experiments(max_results=1)  # and here, should a later MLflow open it lazily
-    return client
+        # MLflow opens the store here, and a fresh one gets its schema (tests/test_store_first_use.py
+        # fails should a later MLflow open it lazily, outside the lock)
+        return mlflow.MlflowClient(tracking_uri=uri)
 
 
 @contextlib.contextmanager
