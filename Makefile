@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run study lint test test-all ui lock clean
+.PHONY: setup postgresql run study lint test test-all ui lock clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# PostgreSQL for the team-stack tests (tests/test_team_stack.py start their own cluster as an unprivileged
+# user): Debian's package, installed only when no initdb is found, so this is a no-op once present.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; }
 
 run: setup
 	$(BIN)/dvc repro
@@ -28,10 +36,10 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench pipeline
 	$(BIN)/ruff check src tests bench pipeline
 
-test: setup lint
+test: setup lint postgresql
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu" -q
 
-test-all: setup
+test-all: setup postgresql
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 ui: setup

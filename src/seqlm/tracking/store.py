@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import urllib.error
 import urllib.request
@@ -64,7 +66,32 @@ def connect(uri: str):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_choice
-    return mlflow.MlflowClient(tracking_uri=uri)
+    with _first_use_lock(uri):
+        # MLflow opens the store here, and a fresh one gets its schema (tests/test_store_first_use.py
+        # fails should a later MLflow open it lazily, outside the lock)
+        return mlflow.MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str):
+    """Serialise the first connection to a sqlite store across processes.
+
+    MLflow creates the schema and the default experiment when a process first opens a store, without a
+    lock: two `seqlm train` started together on a fresh ``mlflow.db`` both ran the migrations and all but
+    one died ("table ... already exists"). A server's database is created by the server, once.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    try:
+        lock = open(db.with_name(f".{db.name}.lock"), "a")  # noqa: SIM115 - held across the yield
+    except OSError:  # a read-only folder: nobody can create the store there, so there is no race
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def experiment_id(mlflow_client, name: str, paths: Paths) -> str:
@@ -74,4 +101,13 @@ def experiment_id(mlflow_client, name: str, paths: Paths) -> str:
     artifact_location = None
     if mlflow_client.tracking_uri.startswith("sqlite:"):
         artifact_location = (store_root(paths) / "mlartifacts").as_uri()
-    return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        # another process (a second `seqlm train` on the same store) created it since we looked
+        found = mlflow_client.get_experiment_by_name(name)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        return found.experiment_id
