@@ -92,3 +92,22 @@ QUICK_EVALUATE = {
     "evaluate.gradient_flow_steps": 8,
     "evaluate.sample_tokens": 8,
 }
+
+
+def evaluated_project(root: Path) -> Project:
+    """A project in ``root`` after download, tokenize, train (60 steps) and evaluate on the local store."""
+    import pytest
+
+    from seqlm.stages.evaluate import run_evaluate
+    from seqlm.stages.train import run_train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEQLM_ROOT", str(root))
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        project = Project(root)
+        make_tokens(project, lines=1500)
+        project.set(**(TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30} | QUICK_EVALUATE))
+        run_train(project.config(), project.paths())
+        run_evaluate(project.config(), project.paths())
+    return project

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, Project, make_tokens
+from seqlm_testing import Project, evaluated_project
 
 ON_A_FULL_DISK = r"""
 set -eu
@@ -82,21 +82,9 @@ def leftovers(left: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """A project after download, tokenize, train (60 steps) and evaluate."""
-    from seqlm.stages.evaluate import run_evaluate
-    from seqlm.stages.train import run_train
-
     root = tmp_path_factory.mktemp("full-disk") / "project"
     root.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEQLM_ROOT", str(root))
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        project = Project(root)
-        make_tokens(project, lines=1500)
-        project.set(**(TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30} | QUICK_EVALUATE))
-        run_train(project.config(), project.paths())
-        run_evaluate(project.config(), project.paths())
-    return project
+    return evaluated_project(root)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import shutil
 import socket
 
 import pytest
-from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, Project, grammar_text, make_tokens
+from seqlm_testing import Project, evaluated_project, grammar_text
 
 from seqlm.cli import main
 from seqlm.core.errors import SeqlmError
@@ -31,19 +31,7 @@ NAME = "seqlm"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A project after download, tokenize, train (60 steps) and evaluate."""
-    from seqlm.stages.evaluate import run_evaluate
-    from seqlm.stages.train import run_train
-
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEQLM_ROOT", str(root))
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        project = Project(root)
-        make_tokens(project, lines=1500)
-        project.set(**(TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30} | QUICK_EVALUATE))
-        run_train(project.config(), project.paths())
-        run_evaluate(project.config(), project.paths())
+    root = evaluated_project(tmp_path_factory.mktemp("trained")).root
     # An empty store, created once: creating the sqlite schema costs seconds; copying it does not.
     empty = tmp_path_factory.mktemp("empty-store")
     connect(f"sqlite:///{empty / 'mlflow.db'}").search_experiments()
