@@ -53,12 +53,12 @@ SMALL = {
     "train": {
         "batch_size": 16,
         "bptt": 32,
-        "warmup_steps": 10,
-        "max_steps": 60,
+        "warmup_steps": 20,
+        "max_steps": 400,  # ~10 s of fitting after ~15 s of start-up: kills in train land in fit too
         "max_minutes": 0,
-        "val_every_steps": 20,
+        "val_every_steps": 100,
         "early_stopping_patience": 0,
-        "checkpoint_every_minutes": 0.05,  # every 3 s: a kill in train resumes from a periodic checkpoint
+        "checkpoint_every_minutes": 0.02,  # every 1.2 s: a kill in fit resumes from a periodic checkpoint
         "precision": "32-true",  # auto measures a choice on CPU, which may differ between runs
         "accelerator": "cpu",
         "devices": 1,
@@ -340,6 +340,8 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
     survived = 0
     metrics_equal = True
     landed_in: dict[str, int] = {}
+    resumes = 0
+    seen: set[str] = set()  # leftovers present after some round, cleared or not by a later one
     for i in range(kills):
         stage = stages[i % len(stages)]
         fraction = rng.random()
@@ -368,11 +370,15 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
         trained += ran_train or "train" in rerun.started
         diffs = metric_diffs(reference, json.loads(metrics_file.read_text())) if rc == 0 else ["(no rerun)"]
         metrics_equal &= not diffs
+        resumed = "train: resuming from" in rerun.output()
+        resumes += resumed
         left = orphans(workdir)
+        seen.update(left)
         print(
             f"round {i}: kill in {stage} after {delay:.2f} s (landed in {landed}); rerun rc {rc} "
             f"({'ran ' + ','.join(rerun.started) if rerun.started else 'nothing to run'}); "
-            f"metrics {'equal' if not diffs else 'DIFFER'}; {len(left)} orphans; "
+            f"{'resumed training; ' if resumed else ''}metrics {'equal' if not diffs else 'DIFFER'}; "
+            f"{len(left)} orphans; "
             f"{time.monotonic() - t_round:.0f} s",
             flush=True,
         )
@@ -388,7 +394,12 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
         print(f"orphan: {o}")
     versions_ok, text = registry(workdir, model_name, trained)
     print(text)
-    print("kills landed per stage: " + ", ".join(f"{s} {n}" for s, n in landed_in.items()))
+    print(
+        "kills landed per stage: "
+        + ", ".join(f"{s} {n}" for s, n in landed_in.items())
+        + f"; reruns that resumed training: {resumes}"
+        + f"; leftovers seen after some round: {len(seen)}, still there at the end: {len(left)}"
+    )
     good = survived == kills and metrics_equal and not left and versions_ok
     print(
         f"kills={kills} survived={survived} metrics_equal={str(metrics_equal).lower()} "
