@@ -260,7 +260,8 @@ def registry(workdir: Path, model_name: str, trained: int) -> tuple[bool, str]:
     versions = client.search_model_versions(f"name = '{model_name}'")
     run_ids = [mv.tags.get("seqlm.run_id") for mv in versions]
     latest = max(versions, key=lambda mv: int(mv.version), default=None)
-    current = json.loads((workdir / "models" / "run.json").read_text())["run_id"]
+    run_json = workdir / "models" / "run.json"
+    current = json.loads(run_json.read_text())["run_id"] if run_json.is_file() else None
     experiments = [e.experiment_id for e in client.search_experiments()]
     running = client.search_runs(experiments, "attributes.status = 'RUNNING'") if experiments else []
     ok = (
@@ -342,6 +343,7 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
     landed_in: dict[str, int] = {}
     resumes = 0
     seen: set[str] = set()  # leftovers present after some round, cleared or not by a later one
+    done = 0  # kills that landed, each followed by a rerun
     for i in range(kills):
         stage = stages[i % len(stages)]
         fraction = rng.random()
@@ -354,14 +356,18 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
             if killed.wait_stage(stage):
                 time.sleep(delay)
                 landed = killed.kill()
-            else:
-                killed.finish()
+            rc = killed.finish()
             ran_train = "train" in killed.started
-            if landed is not None:
+            if landed is not None or rc != 0:
                 break
             fraction /= 2  # the pipeline ended before the kill: a completed pipeline, try again sooner
             trained += ran_train
             print(f"round {i}: {stage} ended before the kill at {delay:.2f} s; retrying sooner")
+        if landed is None:
+            print(f"round {i}: `dvc repro --force` failed on its own (rc {rc}) before the kill; stopping")
+            print("  " + killed.output()[-3000:].replace("\n", "\n  "))
+            break
+        done += 1
         landed_in[landed] = landed_in.get(landed, 0) + 1
         log.write(f"=== round {i}: dvc repro\n")
         rerun = Repro(workdir, env, force=False, log=log)
@@ -382,12 +388,14 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
             f"{time.monotonic() - t_round:.0f} s",
             flush=True,
         )
-        if rc != 0:
-            print("  " + rerun.output()[-3000:].replace("\n", "\n  "))
         for d in diffs[:10]:
             print(f"  {d}")
         for o in left:
             print(f"  orphan (so far): {o}")
+        if rc != 0:
+            print("  " + rerun.output()[-3000:].replace("\n", "\n  "))
+            print(f"round {i}: stopping: the project no longer reproduces; later rounds would repeat this")
+            break
 
     left = orphans(workdir)
     for o in left:
@@ -400,9 +408,9 @@ def run(workdir: Path, stages: list[str], kills: int, rng: random.Random) -> boo
         + f"; reruns that resumed training: {resumes}"
         + f"; leftovers seen after some round: {len(seen)}, still there at the end: {len(left)}"
     )
-    good = survived == kills and metrics_equal and not left and versions_ok
+    good = done == kills and survived == kills and metrics_equal and not left and versions_ok
     print(
-        f"kills={kills} survived={survived} metrics_equal={str(metrics_equal).lower()} "
+        f"kills={done} survived={survived} metrics_equal={str(metrics_equal).lower()} "
         f"orphans={len(left)} registry_versions_ok={str(versions_ok).lower()}"
     )
     return good
