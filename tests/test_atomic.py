@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -41,10 +42,38 @@ def test_the_next_write_clears_what_a_kill_9_left(tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["whole.bin"]
 
 
-def test_only_this_outputs_leftovers_are_cleared(tmp_path):
-    for name in (".tokens.abc.tmp", ".tokens.def.old", ".tokenizer.ghi.tmp", ".tokens.keep", "tokens.tmp"):
+def dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def test_only_this_outputs_leftovers_of_dead_writers_are_cleared(tmp_path):
+    gone, alive = dead_pid(), os.getppid()  # the parent of pytest outlives this test
+    names = [f".tokens.{gone}.abc.tmp", f".tokens.{gone}.def.old", f".tokenizer.{gone}.ghi.tmp"]
+    names += [f".tokens.{alive}.jkl.tmp", ".tokens.keep", "tokens.tmp"]
+    for name in names:
         (tmp_path / name).mkdir()
     with atomic.atomic_dir(tmp_path / "tokens"):
         pass
-    assert hidden(tmp_path) == [".tokenizer.ghi.tmp", ".tokens.keep"]
+    assert hidden(tmp_path) == [f".tokenizer.{gone}.ghi.tmp", f".tokens.{alive}.jkl.tmp", ".tokens.keep"]
     assert (tmp_path / "tokens.tmp").is_dir()
+
+
+def test_every_stage_sweeps_the_leftovers_of_dead_writers_as_it_starts(project):
+    from seqlm.cli import main
+
+    paths = project.paths()
+    gone, alive = dead_pid(), os.getppid()
+    planted = {
+        paths.raw_dir.parent / f".raw.{gone}.downloadxyz.tmp": False,
+        paths.raw_dir.parent / f".tokens.{alive}.abc.tmp": True,  # a write still under way
+        paths.models_dir / f".last.ckpt.{gone}.save.tmp": False,
+        paths.eval_reports / f".metrics.json.{gone}.q1.tmp": False,
+    }
+    for path in planted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    assert main(["tokenize"]) != 0  # fails at once (no data/raw), after the sweep
+    assert {path: path.exists() for path in planted} == planted

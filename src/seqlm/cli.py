@@ -56,10 +56,12 @@ def _resolve(target: str) -> Callable:
 
 def run_stage(name: str, **options) -> None:
     from seqlm import config
+    from seqlm.core.atomic import sweep
     from seqlm.core.paths import Paths
 
     paths = Paths.from_env()
     cfg = config.load(paths.params)
+    sweep(*paths.output_folders())  # what killed stages left, though DVC may have restored their outputs
     _resolve(STAGES[name][0])(cfg, paths, **options)
 
 

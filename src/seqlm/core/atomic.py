@@ -1,10 +1,12 @@
 """Atomic writes: a stage's outputs appear whole or not at all.
 
 Files are written beside their destination and renamed into place (rename is atomic on one
-file system); directories are assembled under a temporary name and swapped in at the end. What a
-process killed half-way left behind (``.<name>.*.tmp``, ``.<name>.*.old``) is removed by the next write
-of the same destination. A write that fails for want of disk space raises one line naming the
-destination (docs/architecture.md, decision 11).
+file system); directories are assembled under a temporary name and swapped in at the end. Temporary
+names carry the writer's process id (``.<name>.<pid>.<random>.tmp``, ``.old``), so what a process killed
+half-way left behind is told apart from a write still under way: the next write of the same
+destination, and every stage as it starts (``sweep``), removes the leftovers of processes that are gone.
+A write that fails for want of disk space raises one line naming the destination (docs/architecture.md,
+decision 11).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +24,13 @@ from typing import Any
 
 from seqlm.core.errors import DiskFull, disk_full
 
+LEFTOVER = re.compile(r"^\.(?P<name>.+?)\.(?P<pid>\d+)\.[^.]*\.(tmp|old)$")
+
+
+def temporary_prefix(dest: Path) -> str:
+    """``.<name>.<pid>.``: the start of every temporary name beside ``dest`` (see ``clear_leftovers``)."""
+    return f".{Path(dest).name}.{os.getpid()}."
+
 
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
@@ -28,7 +38,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(dest), suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -61,7 +71,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); outputs get the usual mode
         try:
@@ -76,7 +86,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
             raise
         old = None
         if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=temporary_prefix(dest), suffix=".old", dir=dest.parent))
             old.rmdir()
             os.replace(dest, old)
         os.replace(tmp, dest)
@@ -88,12 +98,41 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 def clear_leftovers(dest: Path) -> None:
-    """Remove the temporary files and folders a killed write of ``dest`` left beside it."""
+    """Remove the temporary files and folders that killed writes of ``dest`` left beside it."""
     dest = Path(dest)
     pattern = os.path.join(glob.escape(str(dest.parent)), f".{glob.escape(dest.name)}.*")
-    for leftover in glob.glob(pattern):
-        if leftover.endswith((".tmp", ".old")):
-            remove(Path(leftover))
+    for leftover in map(Path, glob.glob(pattern)):
+        found = LEFTOVER.match(leftover.name)
+        if found and found["name"] == dest.name and not _alive(int(found["pid"])):
+            remove(leftover)
+
+
+def sweep(*folders: Path) -> list[Path]:
+    """Remove every leftover of a dead writer directly inside ``folders``; what was removed.
+
+    A re-run that DVC restores from its run cache writes nothing, so the next write of a destination
+    may be far off: every stage sweeps the pipeline's folders as it starts.
+    """
+    removed = []
+    for folder in folders:
+        for leftover in Path(folder).glob(".*"):
+            found = LEFTOVER.match(leftover.name)
+            if found and not _alive(int(found["pid"])):
+                remove(leftover)
+                removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it now: a write of the same name clears its own
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _umask() -> int:

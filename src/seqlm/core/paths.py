@@ -129,6 +129,11 @@ class Paths:
         return self.root / "reports" / "register.json"
 
     # MLflow's embedded store (docs/architecture.md, decision 7)
+    def output_folders(self) -> tuple[Path, ...]:
+        """The folders the stages write into: where a killed write's leftovers can be."""
+        reports = self.train_reports.parent
+        return (self.raw_dir.parent, self.models_dir, reports, self.train_reports, self.eval_reports)
+
     @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from seqlm.config import Config
-from seqlm.core.atomic import atomic_dir, remove, write_json
+from seqlm.core.atomic import atomic_dir, remove, temporary_prefix, write_json
 from seqlm.core.paths import SPLITS, Paths
 from seqlm.data import corpus, sources
 
@@ -20,7 +20,7 @@ def run_download(cfg: Config, paths: Paths) -> None:
             atomic_dir(paths.raw_dir) as out,
             # named like atomic_dir's own leftovers, so a killed download's scratch is cleared too
             tempfile.TemporaryDirectory(
-                prefix=f".{paths.raw_dir.name}.download.", suffix=".tmp", dir=out.parent
+                prefix=f"{temporary_prefix(paths.raw_dir)}download", suffix=".tmp", dir=out.parent
             ) as scratch,
         ):
             source = sources.resolve(cfg, paths, Path(scratch))

@@ -200,9 +200,10 @@ class PeriodicCheckpoint(pl.Callback):
         signal.signal(signal.SIGTERM, defer)
 
     def save(self, trainer) -> None:
+        from seqlm.core.atomic import temporary_prefix
         from seqlm.core.errors import disk_full
 
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.path.with_name(f"{temporary_prefix(self.path)}save.tmp")
         try:
             trainer.save_checkpoint(str(tmp), weights_only=False)
         except BaseException as exc:
