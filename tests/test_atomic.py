@@ -77,3 +77,14 @@ def test_every_stage_sweeps_the_leftovers_of_dead_writers_as_it_starts(project):
         path.write_text("half")
     assert main(["tokenize"]) != 0  # fails at once (no data/raw), after the sweep
     assert {path: path.exists() for path in planted} == planted
+
+
+def test_files_get_the_usual_mode_even_when_the_writer_replaces_them(tmp_path):
+    import torch
+
+    from seqlm.models.export import save_weights
+
+    save_weights(torch.nn.Linear(2, 2), tmp_path / "best.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -42,8 +42,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it private (0600); outputs get the usual mode
         yield tmp_path
+        # mkstemp makes it private (0600), and writers that replace the file (safetensors) do too:
+        # outputs get the usual mode
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except BaseException as exc:
         if full := disk_full(exc, dest):
