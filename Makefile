@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup postgresql run study lint test test-all ui lock clean
+.PHONY: setup postgresql chromium run study lint test test-all ui lock clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,13 @@ postgresql:
 	  $(SUDO) apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; }
 
+# Chromium for the MLflow UI test (tests/test_ui.py drives it with Playwright's executable_path): Debian's
+# package, installed only when no chromium is found. Never `playwright install`: it downloads browsers.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
 run: setup
 	$(BIN)/dvc repro
 
@@ -36,10 +43,10 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench pipeline
 	$(BIN)/ruff check src tests bench pipeline
 
-test: setup lint postgresql
+test: setup lint postgresql chromium
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not gpu" -q
 
-test-all: setup postgresql
+test-all: setup postgresql chromium
 	HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 ui: setup

@@ -275,6 +275,42 @@ def test_a_rerun_after_a_failure_reuses_the_version(proj, monkeypatch):
     )  # the logged pyfunc was reused too
 
 
+def test_registered_model_and_versions_carry_descriptions(proj):
+    first = register(proj)
+    client = client_of(proj)
+    model = client.get_registered_model(NAME)
+    assert model.description == registration.MODEL_DESCRIPTION
+    assert "champion" in model.description and "valid bits per byte" in model.description
+    text = client.get_model_version(NAME, "1").description
+    steps = json.loads((proj.paths().model_dir / "config.json").read_text())["training"]["steps"]
+    assert text.startswith("lstm (1 layer × 64 hidden, embedding 64), trained on files:corpus for ")
+    assert f"for {steps} steps" in text
+    assert f"valid {first['challenger']['bits_per_byte']:.4f}" in text
+    assert f"test {first['challenger_test']['bits_per_byte']:.4f}" in text
+
+    # another pipeline run: its own version and description; version 1's stays
+    new_run(proj, bits_per_byte=1.25, test=1.5)
+    assert register(proj)["version"] == 2
+    assert "Bits per byte: valid 1.2500, test 1.5000" in client.get_model_version(NAME, "2").description
+    assert client.get_model_version(NAME, "1").description == text
+
+
+def test_a_reused_version_is_re_described_and_a_secret_in_the_source_is_not(proj, monkeypatch):
+    url = "https://user:pass@example.org/corpus.txt?X-Amz-Signature=secret"
+    manifest = proj.paths().manifest
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"source": url}))
+    register(proj)
+    client = client_of(proj)
+    client.update_model_version(NAME, "1", description="stale")
+    client.update_registered_model(NAME, description="")
+    out = register(proj)
+    assert out["version"] == 1 and out["reused_version"]
+    text = client.get_model_version(NAME, "1").description
+    assert "trained on https://<redacted>@example.org/corpus.txt?<redacted> for " in text
+    assert "secret" not in text and "pass" not in text
+    assert client.get_registered_model(NAME).description == registration.MODEL_DESCRIPTION
+
+
 def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, capsys):
     base = eval_bits(proj)
     register(proj)  # version 1, champion

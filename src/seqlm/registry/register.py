@@ -13,6 +13,7 @@ from pathlib import Path
 
 from seqlm.config import Config
 from seqlm.core.paths import Paths
+from seqlm.core.redact import redact_url
 from seqlm.registry import gate
 from seqlm.registry.gate import Score
 from seqlm.registry.resolve import WEIGHTS_TAG  # the download cache is keyed by it
@@ -171,11 +172,57 @@ def register_version(
         print(f"register: {name} version {version} was already registered from run {run_id}; reusing it")
         for key, value in evaluation_tags(*scores).items():  # the evaluation may have been re-run since
             client.set_model_version_tag(name, str(version), key, value)
+        describe(cfg, paths, client, version, scores)
         return version, True
     model_uri = log_pyfunc(cfg, paths, client, run_id, weights)
     # tags travel with the creation request: a version never exists without its run id and weights hash
     tags = version_tags(cfg, paths, run_id, weights, scores)
-    return int(mlflow.register_model(model_uri, name, tags=tags).version), False
+    version = int(mlflow.register_model(model_uri, name, tags=tags).version)
+    describe(cfg, paths, client, version, scores)
+    return version, False
+
+
+# ------------------------------------------------------------------------------------------ descriptions
+
+MODEL_DESCRIPTION = (
+    "Recurrent language models (LSTM, GRU, RNN and feed-forward baselines) from the seqlm pipeline "
+    "(download, tokenize, train, evaluate, register). Every version starts as alias `challenger`; the "
+    "champion gate makes it `champion` when its valid bits per byte beat the champion's on the same valid "
+    "text. Test bits per byte are reported, never chosen on. Lineage and scores are in each version's tags."
+)
+
+
+def version_description(cfg: Config, paths: Paths, scores: tuple[Score, ...]) -> str:
+    """What was trained on what, and its scores: the registry page reads without opening tags."""
+    from seqlm.models import export
+
+    m = cfg.model
+    layers = f"{m.num_layers} layer{'s' if m.num_layers != 1 else ''}"
+    size = f"{layers} × {m.hidden_size} hidden, embedding {m.embedding_size}"
+    if m.family in ("ffn_window", "bow"):
+        size += f", window {m.window}"
+    try:
+        source = json.loads(paths.manifest.read_text())["source"]  # recorded redacted by download
+    except (OSError, ValueError, KeyError, TypeError):
+        source = cfg.data.source
+    steps = export.read_config(paths.model_dir).get("training", {}).get("steps")
+    trained = f"{steps} steps" if steps is not None else "an unknown number of steps"
+    score = {s.split: s.bits_per_byte for s in scores}
+    numbers = ", ".join(f"{split} {score[split]:.4f}" for split in ("valid", "test") if split in score)
+    return (
+        f"{m.family} ({size}), trained on {redact_url(str(source))} for {trained} "
+        f"({cfg.tokenizer.type} tokenizer, vocabulary {cfg.tokenizer.vocab_size}). "
+        f"Bits per byte: {numbers} (the gate selects on valid)."
+    )
+
+
+def describe(cfg: Config, paths: Paths, client, version: int, scores: tuple[Score, ...]) -> None:
+    """The registered model's description and this version's: set on every registration, a reused
+    version included (its evaluation may have been re-run)."""
+    name = cfg.registry.model_name
+    if client.get_registered_model(name).description != MODEL_DESCRIPTION:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
+    client.update_model_version(name, str(version), description=version_description(cfg, paths, scores))
 
 
 def apply_gate(cfg: Config, paths: Paths, client, version: int, challenger: Score) -> gate.Decision:
