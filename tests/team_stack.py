@@ -264,3 +264,15 @@ def team_stack(workdir: Path, bucket: str = "seqlm-mlflow", prefix: str = "mlart
     with postgres() as database, moto_s3(bucket) as endpoint:
         with mlflow_server(database, f"s3://{bucket}/{prefix}", server_env(endpoint), log) as url:
             yield TeamStack(url, database, endpoint, bucket, prefix, log)
+
+
+def as_client(mp: pytest.MonkeyPatch, stack: TeamStack, root: Path) -> None:
+    """This process as a user of the shared server: MLFLOW_TRACKING_URI only, no S3 keys or endpoint."""
+    env = client_env(stack.tracking_uri)
+    for key in set(os.environ) - set(env):
+        mp.delenv(key)
+    for key in ("MLFLOW_TRACKING_URI", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        mp.setenv(key, env[key])
+    mp.setenv("SEQLM_ROOT", str(root))
+    mp.setenv("XDG_CACHE_HOME", str(root / "cache"))  # the registry's download cache
+    mp.chdir(root)

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, Project, make_tokens
 from team_stack import (
+    as_client,
     client_env,
     free_port,
     query,
@@ -44,18 +45,6 @@ SEEDS = {"team-a": 11, "team-b": 12}
 def stack(tmp_path_factory):
     with team_stack(tmp_path_factory.mktemp("team-stack")) as running:
         yield running
-
-
-def as_client(mp: pytest.MonkeyPatch, stack, root: Path) -> None:
-    """This process as a user of the shared server: MLFLOW_TRACKING_URI only, no S3 keys or endpoint."""
-    env = client_env(stack.tracking_uri)
-    for key in set(os.environ) - set(env):
-        mp.delenv(key)
-    for key in ("MLFLOW_TRACKING_URI", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
-        mp.setenv(key, env[key])
-    mp.setenv("SEQLM_ROOT", str(root))
-    mp.setenv("XDG_CACHE_HOME", str(root / "cache"))  # the registry's download cache
-    mp.chdir(root)
 
 
 def copy_project(source: Path, dest: Path) -> Project:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, Project, make_tokens
-from team_stack import client_env, team_stack
+from team_stack import as_client, team_stack
 
 from seqlm.registry import register as registration
 
@@ -47,14 +47,7 @@ def pipeline_on_stack(tmp_path_factory):
     with team_stack(tmp_path_factory.mktemp("ui-stack")) as stack:
         root = tmp_path_factory.mktemp("ui-project")
         with pytest.MonkeyPatch.context() as mp:
-            env = client_env(stack.tracking_uri)
-            for key in set(os.environ) - set(env):
-                mp.delenv(key)
-            for key in ("MLFLOW_TRACKING_URI", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
-                mp.setenv(key, env[key])
-            mp.setenv("SEQLM_ROOT", str(root))
-            mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-            mp.chdir(root)
+            as_client(mp, stack, root)
             project = Project(root)
             make_tokens(project, lines=1500)
             project.set(**PIPELINE)
