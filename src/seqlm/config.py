@@ -86,6 +86,10 @@ class ModelConfig(_Frozen):
     hidden_size: int = Field(256, ge=1)
     num_layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    input_dropout: float = Field(0.1, ge=0, lt=1)
+    embedding_dropout: float = Field(0.0, ge=0, lt=1)
+    weight_drop: float = Field(0.0, ge=0, lt=1)
+    locked_dropout: bool = False
     tie_weights: bool = True
     nonlinearity: Literal["tanh", "relu"] = "tanh"
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"
@@ -104,6 +108,9 @@ class TrainConfig(_Frozen):
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     grad_clip: float = Field(0.5, ge=0, description="0 disables clipping")
+    activation_reg: float = Field(0.0, ge=0, description="0 disables it")
+    temporal_activation_reg: float = Field(0.0, ge=0, description="0 disables it")
+    loss_chunk_mb: float = Field(16.0, ge=0, description="0 computes the whole step's logits at once")
     max_epochs: int = Field(20, ge=1)
     max_steps: int = Field(2500, ge=0, description="0 means no limit")
     max_minutes: float = Field(6.0, ge=0, description="0 means no limit")

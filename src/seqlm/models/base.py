@@ -5,9 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, shared by every time step of ``x`` [B, T, D].
+
+    Variational dropout (Gal & Ghahramani, 2016, arXiv:1512.05287) as AWD-LSTM uses it (Merity et al.,
+    2017, arXiv:1708.02182): a unit dropped at one step is dropped at all of them, so the noise cannot
+    average out over time. ``locked=False`` is ordinary dropout, a fresh mask per element.
+    """
+
+    def __init__(self, p: float, locked: bool = True):
+        super().__init__()
+        self.p, self.locked = p, locked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if not self.locked or x.dim() != 3:
+            return F.dropout(x, self.p, training=True)
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * mask
 
 
 class LanguageModel(nn.Module):
@@ -16,6 +38,10 @@ class LanguageModel(nn.Module):
     With ``tie_weights`` the decoder reuses the embedding matrix (Press & Wolf, 2017, arXiv:1608.05859;
     Inan et al., 2017, arXiv:1611.01462). When the encoder's width differs from the embedding's, a linear
     projection hidden -> embedding sits in front of the tied decoder so tying still applies.
+
+    Regularisation, all off in eval mode: ``embedding_dropout`` drops whole rows of the embedding matrix
+    (word types) per batch, ``input_dropout`` drops the embeddings entering the encoder, ``dropout`` the
+    encoder's outputs before the decoder; with ``locked_dropout`` the last two keep one mask per sequence.
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -23,7 +49,9 @@ class LanguageModel(nn.Module):
         self.config = config
         vocab, emb, hidden = config["vocab_size"], config["embedding_size"], config["hidden_size"]
         self.embedding = nn.Embedding(vocab, emb)
-        self.drop = nn.Dropout(config["dropout"])
+        locked = config.get("locked_dropout", False)
+        self.drop = LockedDropout(config["dropout"], locked)
+        self.input_drop = LockedDropout(config.get("input_dropout", config["dropout"]), locked)
         tie = config["tie_weights"]
         self.projection = nn.Linear(hidden, emb, bias=False) if tie and hidden != emb else None
         self.decoder = nn.Linear(emb if tie else hidden, vocab)
@@ -43,6 +71,10 @@ class LanguageModel(nn.Module):
         """Rows where ``mask`` [B] is True go back to ``init_state`` (no context); the rest are kept."""
         raise NotImplementedError
 
+    def encode(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """``hidden`` [B, T, H], the top layer per step (before output dropout), and the new state."""
+        raise NotImplementedError
+
     def forward_with_hidden(
         self, tokens: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
@@ -50,18 +82,32 @@ class LanguageModel(nn.Module):
 
         ``torch.autograd.grad(loss_t, hidden)[:, t - k]`` is d loss_t / d h_{t-k}.
         """
-        raise NotImplementedError
+        hidden, state = self.encode(tokens, state)
+        return self.decode(hidden), state, hidden
 
     # -- shared
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        logits, state, _ = self.forward_with_hidden(tokens, state)
-        return logits, state
+        hidden, state = self.encode(tokens, state)
+        return self.decode(hidden), state
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embeddings after embedding dropout (whole rows, one mask per batch) and input dropout."""
+        weight = self.embedding.weight
+        p = self.config.get("embedding_dropout", 0.0)
+        if self.training and p > 0:
+            keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p).div_(1 - p)
+            weight = weight * keep
+        return self.input_drop(F.embedding(tokens, weight))
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the decoder's matrix multiplies: output dropout, then the tying projection if any."""
+        return self.project(self.drop(hidden))
+
+    def project(self, dropped: torch.Tensor) -> torch.Tensor:
+        return dropped if self.projection is None else self.projection(dropped)
 
     def decode(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.drop(hidden)
-        if self.projection is not None:
-            out = self.projection(out)
-        return self.decoder(out)
+        return self.decoder(self.features(hidden))
 
     def detach_state(self, state: State) -> State:
         if isinstance(state, tuple):

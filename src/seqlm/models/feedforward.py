@@ -37,7 +37,7 @@ class WindowLM(LanguageModel):
     def reset_state(self, state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return state.masked_fill(mask.view(-1, 1), self.pad_id)
 
-    def forward_with_hidden(self, tokens: torch.Tensor, state: torch.Tensor | None = None):
+    def encode(self, tokens: torch.Tensor, state: torch.Tensor | None = None):
         batch, steps = tokens.shape
         if state is None:
             state = self.init_state(batch, tokens.device)
@@ -45,8 +45,7 @@ class WindowLM(LanguageModel):
         # "No token" embeds to zero. A mask rather than an extra embedding row keeps the embedding
         # [V, E], so the decoder can share it.
         present = (context != self.pad_id).unsqueeze(-1)
-        emb = self.embedding(context.clamp(max=self.pad_id - 1)) * present
-        emb = self.drop(emb)
+        emb = self.embed(context.clamp(max=self.pad_id - 1)) * present
         windows = emb.unfold(1, self.window, 1)  # [B, T, E, window], oldest token first
         if self.bag:
             features = windows.sum(-1)
@@ -54,4 +53,4 @@ class WindowLM(LanguageModel):
             features = windows.transpose(2, 3).reshape(batch, steps, -1)
         hidden = self.activation(self.hidden(features))
         # clone: a view would keep (and checkpoint) the whole chunk alive.
-        return self.decode(hidden), context[:, steps:].clone(), hidden
+        return hidden, context[:, steps:].clone()

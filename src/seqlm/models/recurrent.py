@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from seqlm.models.base import LanguageModel, State
 
@@ -106,21 +108,16 @@ class RecurrentLM(LanguageModel):
             return tuple(s.to(dtype) for s in state)
         return state.to(dtype)
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        output, state = self._fused(tokens, state)
-        return self.decode(output), state
-
     def forward_with_hidden(self, tokens: torch.Tensor, state: State | None = None):
         if torch.is_grad_enabled():
             return self._stepwise(tokens, state)
         # Without autograd only the values matter, and the fused call's outputs are those values.
-        output, state = self._fused(tokens, state)
-        return self.decode(output), state, output
+        return super().forward_with_hidden(tokens, state)
 
-    def _fused(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+    def encode(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.init_state(tokens.size(0), tokens.device)
-        output, state = self._cell(self.drop(self.embedding(tokens)), state)
+        output, state = self._cell(self.embed(tokens), state)
         return output, self._as_param_dtype(state)
 
     def _cell(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -128,8 +125,20 @@ class RecurrentLM(LanguageModel):
             # That CPU has no native bf16 either (precision auto picks 32-true there), so the LSTM loses
             # nothing by computing in fp32; the rest of the model stays under the requested autocast.
             with torch.autocast("cpu", enabled=False):
-                return self.rnn(x.float(), tuple(s.float() for s in state))
-        return self.rnn(x, state)
+                return self._run(x.float(), tuple(s.float() for s in state))
+        return self._run(x, state)
+
+    def _run(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        p = self.config.get("weight_drop", 0.0)
+        if not (self.training and p > 0):
+            return self.rnn(x, state)
+        # DropConnect on the hidden-to-hidden matrices (Wan et al., 2013; AWD-LSTM's weight drop): one
+        # mask per batch, the same at every time step, so the fused kernel still runs the whole window.
+        dropped = {
+            f"weight_hh_l{layer}": F.dropout(getattr(self.rnn, f"weight_hh_l{layer}"), p)
+            for layer in range(self.config["num_layers"])
+        }
+        return functional_call(self.rnn, dropped, (x, state))
 
     def _stepwise(self, tokens: torch.Tensor, state: State | None):
         """One fused call per step, for the gradient-flow diagnostic (slow; never used in training).
@@ -143,7 +152,7 @@ class RecurrentLM(LanguageModel):
         batch, steps = tokens.shape
         if state is None:
             state = self.init_state(batch, tokens.device)
-        emb = self.drop(self.embedding(tokens))
+        emb = self.embed(tokens)
         probe = emb.new_zeros(batch, steps, self.config["hidden_size"], requires_grad=True)
         outputs = []
         for t in range(steps):

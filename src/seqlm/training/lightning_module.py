@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from seqlm.config import TrainConfig
 from seqlm.core.errors import SeqlmError
 from seqlm.evaluation.metrics import bits_per_byte
+from seqlm.training.loss import decoder_cross_entropy
 
 
 def _to_device(state, device):
@@ -106,8 +107,8 @@ class LitLanguageModel(pl.LightningModule):
             if self.train_state is None
             else self.model.detach_state(self.train_state)
         )
-        logits, state = self.model(x, state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        hidden, state = self.model.encode(x, state)
+        ce, loss = self._loss(hidden, y)
         if not torch.isfinite(loss):
             raise Diverged(
                 f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
@@ -116,9 +117,29 @@ class LitLanguageModel(pl.LightningModule):
             )
         self.train_state = state
         self.column = int(end)
-        self.last_loss = loss.detach()
+        self.last_loss = ce.detach()  # the cross-entropy alone, comparable with val_loss
         self.log("loss", self.last_loss, prog_bar=True, logger=False)
         return loss
+
+    def _loss(self, hidden: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy through the decoder in chunks of ``train.loss_chunk_mb`` of logits (models.loss),
+        plus AWD-LSTM's activation regularisation: AR, alpha × mean(dropped output²), and temporal AR,
+        beta × mean((h_t - h_{t-1})²) on the undropped output (Merity et al., 2017, §4.6)."""
+        dropped = self.model.drop(hidden)
+        features = self.model.project(dropped)
+        decoder = self.model.decoder
+        chunk = 0  # fp32 logits rows per chunk; 0: all at once
+        if self.cfg.loss_chunk_mb > 0:
+            chunk = max(1, int(self.cfg.loss_chunk_mb * 2**20 / (4 * decoder.weight.shape[0])))
+        features = features.reshape(-1, features.shape[-1])
+        ce = decoder_cross_entropy(features, decoder.weight, decoder.bias, y.reshape(-1), chunk)
+        loss = ce
+        if self.cfg.activation_reg:
+            loss = loss + self.cfg.activation_reg * dropped.float().pow(2).mean()
+        if self.cfg.temporal_activation_reg and hidden.shape[1] > 1:
+            step = (hidden[:, 1:] - hidden[:, :-1]).float()
+            loss = loss + self.cfg.temporal_activation_reg * step.pow(2).mean()
+        return ce, loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # Always measure the norm (it is the exploding-gradient diagnostic); clip only when enabled.
