@@ -22,6 +22,8 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         vocab, emb, hidden = config["vocab_size"], config["embedding_size"], config["hidden_size"]
+        if config.get("bidirectional"):
+            hidden *= 2  # the decoder reads both directions' top states side by side
         self.embedding = nn.Embedding(vocab, emb)
         self.drop = nn.Dropout(config["dropout"])
         tie = config["tie_weights"]
