@@ -123,6 +123,20 @@ def test_the_bidirectional_model_reads_the_right_context_and_the_left_to_right_o
     assert state[0].shape == (2, 5, 32)  # both directions' states
 
 
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_every_recurrent_family_runs_bidirectionally_tied_or_not(family, tie):
+    cfg = ModelConfig(
+        family=family, embedding_size=8, hidden_size=8, num_layers=2, tie_weights=tie, bidirectional=True
+    )
+    model = build_model(cfg, V, "cloze")
+    logits, _ = model(torch.full((2, 5), V))  # all blanks: the blank id is an input
+    assert logits.shape == (2, 5, V)  # never a logit for the blank itself
+    assert model.decoder.in_features == (8 if tie else 16)
+    assert (model.projection is not None) == tie  # 2 × hidden projected to the tied embedding width
+    assert len(model.recurrent_weights()) == 4  # two layers × two directions
+
+
 def test_export_carries_the_objective_and_the_direction(tmp_path):
     model = lstm(True)
     rebuilt = build_model_from_config(json.loads(json.dumps(model.config)))

@@ -113,20 +113,17 @@ class LitLanguageModel(pl.LightningModule):
         )
         logits, state = self.model(x, state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-        self._check_finite(loss)
-        self.train_state = state
-        self.column = int(end)
-        self.last_loss = loss.detach()
-        self.log("loss", self.last_loss, prog_bar=True, logger=False)
-        return loss
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise Diverged(
                 f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
                 f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
                 f"(now {self.cfg.grad_clip:g})"
             )
+        self.train_state = state
+        self.column = int(end)
+        self.last_loss = loss.detach()
+        self.log("loss", self.last_loss, prog_bar=True, logger=False)
+        return loss
 
     def _cloze_training_step(self, batch):
         """Fresh blanks every step, keyed on (seed, rank, step) so a resumed run draws the same ones;
@@ -138,7 +135,12 @@ class LitLanguageModel(pl.LightningModule):
         key = [self.seed, TRAIN_KEY, self.global_rank, self.global_step]
         nll, count = cloze_nll(self.model, x, self.cfg.cloze_rate, key)
         loss = nll / count
-        self._check_finite(loss)
+        if not torch.isfinite(loss):
+            raise Diverged(
+                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
+                f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
+                f"(now {self.cfg.grad_clip:g})"
+            )
         self.column = int(end)
         self.last_loss = loss.detach()
         self.log("loss", self.last_loss, prog_bar=True, logger=False)
