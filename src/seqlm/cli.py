@@ -123,11 +123,12 @@ def _add_tools(sub) -> None:
     fill = sub.add_parser(
         "fill",
         help="rank words for the blank ___ in a sentence, from a cloze model (train.objective: cloze)",
-        description="Fill one blank with a cloze model, reading the words on both sides. Candidates are "
-        "the tokenizer's whole-word pieces, all scored in one forward pass as log P(word | left, right), "
-        "plus any --candidates words, which may be several pieces and are scored by their "
-        "pseudo-log-likelihood (each piece blanked in turn; Salazar et al. 2020). Takes well under a "
-        "second on a CPU for the models seqlm trains.",
+        description="Fill one blank with a cloze model, reading the words on both sides. The model "
+        "proposes words (1 to 4 blanks in a row filled left to right by a beam search); they and any "
+        "--candidates are ranked by pseudo-log-likelihood, each piece of the word blanked in turn with "
+        "the others in place (Salazar et al. 2020). Prints rank, word, log-prob (nats) and probability; "
+        "named candidates are listed with their rank even below --top. Scoring takes about a quarter "
+        "of a second for a 128-wide BiLSTM on one CPU thread, after loading.",
     )
     fill.add_argument("text", help='the sentence with one blank, e.g. "I can converse in ___ fluently"')
     fill.add_argument("--top", type=int, default=10, help="how many words to list (default 10)")

@@ -11,7 +11,7 @@ pseudo-log-likelihood (PLL, Salazar et al., 2020, arXiv:1910.14659), the same fo
 ``Σ_i log P(piece_i | left, the word's other pieces, right)``, one pass per piece with that piece alone
 blanked, on the word's own segmentation. A one-piece word's PLL is its log probability at the blank;
 PLL flatters words of several pieces a little, since each piece sees the others. A few dozen small
-forward passes: well under a second on a CPU for the models seqlm trains.
+batched forward passes: 0.25 s for a 128-wide BiLSTM on one CPU thread (bench/cloze_context.py's model).
 """
 
 from __future__ import annotations
