@@ -340,3 +340,43 @@ def test_fill_refuses_a_next_token_model_and_generate_a_cloze_one(cloze_project,
     code = cli.main(["generate", "--prompt", "the", "--model", str(project.paths().model_dir)])
     err = capsys.readouterr().err
     assert code == 2 and "cloze model" in err and "seqlm fill" in err
+
+
+def test_a_killed_cloze_run_resumes_to_the_uninterrupted_result(project, one_thread, capsys):
+    """Blanks keyed on the step, not drawn from a consumed RNG: a resumed run blanks what an unbroken one
+    would, so kill -9 and a re-run end at the same validation loss (as tests/test_training.py's kill test)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from seqlm.stages.train import run_train
+
+    make_tokens(project, lines=1500)
+    cloze = {"train.objective": "cloze", "model.bidirectional": True, "model.dropout": 0.1}
+    project.set(**(TINY_TRAIN | cloze | {"train.max_steps": 300, "train.val_every_steps": 150}))
+    reference = run_train(project.config(), project.paths())["val_loss"]
+    paths = project.paths()
+    project.set(**{"train.checkpoint_every_minutes": 0.002})
+    (paths.models_dir / "last.ckpt").unlink()
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqlm.cli", "train", "--fresh"],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt, deadline = paths.models_dir / "last.ckpt", time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the training subprocess never wrote a checkpoint"
+    saved_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < saved_step < 300
+    capsys.readouterr()
+    resumed = run_train(project.config(), project.paths())
+    assert "resuming from models/last.ckpt" in capsys.readouterr().out and resumed["steps"] == 300
+    assert resumed["val_loss"] == pytest.approx(reference, rel=1e-5)
