@@ -311,6 +311,17 @@ def test_fill_scores_words_of_several_pieces_by_pseudo_log_likelihood(cloze_proj
     assert math.isclose(ranked["kingriver"], expected, rel_tol=1e-5)
 
 
+def test_the_text_around_the_blank_is_encoded_as_the_tokenize_stage_encodes_lines(cloze_project):
+    from seqlm.inference.fill import Filler, split_blank
+
+    project, *_ = cloze_project
+    sp = Filler.from_dir(project.paths().model_dir).sp
+    for text in ("the old ___ looks at the river.", "my ___.", "a cat\n___ walks"):
+        left, right = split_blank(sp, text)
+        whole = sp.encode(text.replace("___", "man").split("\n"), add_eos=True)
+        assert left + sp.encode("man") + right == [i for line in whole for i in line], text
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

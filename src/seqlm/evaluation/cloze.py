@@ -21,26 +21,26 @@ from seqlm.evaluation.metrics import LN2, StreamTotals
 
 def cloze_totals(
     model, tokens: np.ndarray, batch_size: int, bptt: int, rate: float, key: list[int], device="cpu"
-) -> tuple[StreamTotals, int]:
-    """(totals over the blanked positions, the window count); ``key`` + [window index] keys the blanks."""
+) -> StreamTotals:
+    """Totals over the blanked positions; ``key`` + [window index] keys each window's blanks."""
     import torch
     import torch.nn.functional as F
 
-    from seqlm.data.cloze import blank_batch
+    from seqlm.data.cloze import IGNORE, blank_batch
     from seqlm.data.tokens import StreamWindows
 
     stream = StreamWindows(tokens, batch_size, bptt)
     blank_id = model.config["vocab_size"]
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, top1, top5
-    count = windows = 0
+    count = 0
     start = time.perf_counter()
     with torch.inference_mode():
-        for windows, window in enumerate(stream.windows(), 1):
+        for i, window in enumerate(stream.windows()):
             x, _ = stream.read(window)
-            inputs, targets = blank_batch(x.to(device), rate, [*key, windows - 1], blank_id)
+            inputs, targets = blank_batch(x.to(device), rate, [*key, i], blank_id)
             logits, _ = model(inputs, None)
-            blanked = targets != -100
+            blanked = targets != IGNORE
             logits, y = logits[blanked].float(), targets[blanked]
             nll = F.cross_entropy(logits, y, reduction="sum")
             # ties count against the target, as in metrics.stream_totals
@@ -49,7 +49,7 @@ def cloze_totals(
             sums += torch.cat([nll.double().view(1), hits.sum(0).double()])
             count += y.numel()
         nll, top1, top5 = sums.tolist()
-    return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start), windows
+    return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start)
 
 
 def unigram_bits_per_blank(

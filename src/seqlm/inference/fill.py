@@ -60,7 +60,10 @@ def split_blank(sp, text: str) -> tuple[list[int], list[int]]:
     if right[:1] not in (" ", "\n") and first and sp.id_to_piece(first[0]).startswith(SPACE):
         # punctuation right after the word ("___."): sentencepiece's dummy prefix must not add a space
         rest = sp.id_to_piece(first[0])[len(SPACE) :]
-        lines[0] = ([sp.piece_to_id(rest)] if rest else []) + first[1:]
+        if not rest:
+            lines[0] = first[1:]
+        elif not sp.IsUnknown(sp.piece_to_id(rest)):
+            lines[0] = [sp.piece_to_id(rest)] + first[1:]
     right_ids = [i for line in lines for i in line]
     if right_ids == [EOS_ID] and not left_ids:
         raise SeqlmError("the text is only a blank; give the words around ___")

@@ -87,7 +87,7 @@ def evaluate_cloze(cfg: Config, paths: Paths, model, rate: float, meta: dict, sp
     metrics = {}
     for name, tokens, split_key in (("test", splits[0], TEST_KEY), ("valid", splits[1], VALID_KEY)):
         key = [cfg.base.seed, split_key]
-        totals, _ = cloze_totals(model, tokens, ev.batch_size, ev.bptt, rate, key, device)
+        totals = cloze_totals(model, tokens, ev.batch_size, ev.bptt, rate, key, device)
         floor = unigram_bits_per_blank(unigram, tokens, ev.batch_size, ev.bptt, rate, key)
         metrics[name] = cloze_split_metrics(totals, meta["splits"][name], protocol, floor)
     return metrics["test"] | {"valid": metrics["valid"]}
