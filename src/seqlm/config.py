@@ -99,6 +99,8 @@ class ModelConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
+    objective: Literal["next", "cloze"] = "next"
+    cloze_rate: float = Field(0.15, gt=0, lt=1)
     batch_size: int = Field(32, ge=1)
     bptt: int = Field(64, ge=2)
     variable_bptt: bool = False
@@ -264,10 +266,16 @@ def _cross_checks(cfg: Config, where: str) -> None:
                 f"{where}: data.sha256 is required with data.source url: (64 hex digits of the file's "
                 'SHA-256, e.g. from `sha256sum`), got ""'
             )
-    if cfg.model.bidirectional:
+    if cfg.model.bidirectional and cfg.train.objective != "cloze":
         raise SeqlmError(
             f"{where}: model.bidirectional must be false: a bidirectional RNN reads the tokens it is "
-            "asked to predict, so it cannot be trained as a next-token language model"
+            "asked to predict, so it cannot be trained as a next-token language model "
+            "(it can with train.objective: cloze)"
+        )
+    if cfg.train.objective == "cloze" and cfg.model.family in ("ffn_window", "bow"):
+        raise SeqlmError(
+            f"{where}: train.objective: cloze needs a recurrent model.family (lstm | gru | rnn), got "
+            f"{_fmt(cfg.model.family)}: the window baselines see only tokens to the left of a blank"
         )
     if cfg.model.recurrent_init != "default" and cfg.model.family in ("ffn_window", "bow"):
         raise SeqlmError(

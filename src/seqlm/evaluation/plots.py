@@ -39,3 +39,14 @@ def plot_gradient_flow(data: dict, path: Path) -> None:
         note = f"{zeros} of {len(data['rows'])} values are 0, not drawn on the log scale"
         ax.text(0.98, 0.95, note, transform=ax.transAxes, ha="right", va="top", size=8)
     figures.save(fig, path)
+
+
+def plot_not_applicable(title: str, reason: str, path: Path) -> None:
+    """A figure that says why a diagnostic was not run, so that the output DVC expects tells the truth."""
+    import textwrap
+
+    fig, ax = figures.figure(SIZE)
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, textwrap.fill(reason, 70), transform=ax.transAxes, ha="center", va="center", size=9)
+    figures.save(fig, path)

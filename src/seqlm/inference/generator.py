@@ -22,6 +22,29 @@ from seqlm.inference.text import Detokenizer, Prompt, encode_prompt
 PROMPT_CHUNK_TOKENS = 2048  # one forward per chunk: bounds activation memory for long prompts
 
 
+def load_exported(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple:
+    """(model, sentencepiece processor, config.json) of an exported folder; weights by safetensors."""
+    import sentencepiece as spm
+
+    from seqlm.models import export
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise SeqlmError(f"{model_dir}: no model folder there; run the train stage first or pass --model")
+    config = export.read_config(model_dir)
+    spm_path = model_dir / export.TOKENIZER
+    if not spm_path.is_file():
+        raise SeqlmError(f"{spm_path}: missing from the exported model; re-export with the train stage")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    except (OSError, RuntimeError) as exc:
+        raise SeqlmError(f"{spm_path}: not a sentencepiece model ({str(exc).splitlines()[0]})") from None
+    # checked before the weights load, whose shape errors would not say what is wrong
+    check_vocab(sp.GetPieceSize(), config["model"].get("vocab_size"), model_dir)
+    model, config = export.load(model_dir, device)
+    return model, sp, config
+
+
 class Generator:
     """An exported model with its tokenizer: ``generate``, ``stream`` and ``next_words``."""
 
@@ -40,24 +63,12 @@ class Generator:
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu") -> Generator:
         """Load weights (safetensors, no pickle), config.json and spm.model from an exported folder."""
-        import sentencepiece as spm
-
-        from seqlm.models import export
-
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise SeqlmError(f"{model_dir}: no model folder there; run the train stage first or pass --model")
-        config = export.read_config(model_dir)
-        spm_path = model_dir / export.TOKENIZER
-        if not spm_path.is_file():
-            raise SeqlmError(f"{spm_path}: missing from the exported model; re-export with the train stage")
-        try:
-            sp = spm.SentencePieceProcessor(model_file=str(spm_path))
-        except (OSError, RuntimeError) as exc:
-            raise SeqlmError(f"{spm_path}: not a sentencepiece model ({str(exc).splitlines()[0]})") from None
-        # checked before the weights load, whose shape errors would not say what is wrong
-        check_vocab(sp.GetPieceSize(), config["model"].get("vocab_size"), model_dir)
-        model, config = export.load(model_dir, device)
+        model, sp, config = load_exported(model_dir, device)
+        if model.config.get("objective", "next") != "next":
+            raise SeqlmError(
+                f"{model_dir} holds a cloze model (train.objective: cloze): it fills blanks and cannot "
+                'continue text; use `seqlm fill "… ___ …"`, or train with train.objective: next'
+            )
         return cls(model, sp, config, device)
 
     # -- model

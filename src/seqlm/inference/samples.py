@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from seqlm.inference.generator import Generator
@@ -35,3 +36,22 @@ def samples_markdown(generator: Generator, ev: EvaluateConfig, seed: int) -> str
 
 def _cell(text: str) -> str:
     return "`" + text.replace("|", "\\|").replace("`", "'") + "`" if text.strip() else "(line end)"
+
+
+def fill_markdown(filler, ev: EvaluateConfig) -> str:
+    """A cloze model's samples: the top-5 words for a blank after each of ``ev.cloze_prompts``."""
+    lines = [
+        "# Samples",
+        "",
+        "A cloze model (train.objective: cloze) fills blanks and does not continue text, so there is no",
+        "generated text; these are its best words for a blank that ends each of `evaluate.cloze_prompts`",
+        "(`seqlm fill`).",
+        "",
+        "## Blank predictions",
+    ]
+    for prompt in ev.cloze_prompts:
+        text = f"{prompt.rstrip()} ___"
+        lines += ["", f"### {text}", "", "| rank | word | PLL probability |", "| ---: | --- | ---: |"]
+        for rank, word, log_prob in filler.fill(text, top=5):
+            lines.append(f"| {rank} | {_cell(word)} | {math.exp(log_prob):.4f} |")
+    return "\n".join(lines) + "\n"

@@ -48,6 +48,8 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         vocab, emb, hidden = config["vocab_size"], config["embedding_size"], config["hidden_size"]
+        if config.get("bidirectional"):
+            hidden *= 2  # the decoder reads both directions' top states side by side
         self.embedding = nn.Embedding(vocab, emb)
         locked = config.get("locked_dropout", False)
         self.drop = LockedDropout(config["dropout"], locked)

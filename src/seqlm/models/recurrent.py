@@ -3,7 +3,12 @@ word_language_model: the fused ``nn.RNN / nn.LSTM / nn.GRU`` runs the whole chun
 GPU), so there is no Python loop over time steps in training.
 
 State: ``h`` [num_layers, B, H] for rnn and gru, ``(h, c)`` for lstm, in PyTorch's own layout (not batch
-first) and in the parameters' dtype.
+first) and in the parameters' dtype; [2·num_layers, B, H] when bidirectional.
+
+A cloze model (``objective: cloze``) reads one input id more than it predicts: ``vocab_size`` is the
+blank, embedded by a learned vector of its own (``blank``), so the embedding stays [V, E] and the tied
+decoder never offers the blank as an answer. Only a cloze model may be bidirectional (decision 20 in
+docs/architecture.md): it predicts a blanked token, which neither direction reads.
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ class RecurrentLM(LanguageModel):
         if init == "identity" and family != "rnn":
             raise ValueError(f"recurrent_init identity applies to family rnn, got {family!r}")
         extra = {"nonlinearity": config["nonlinearity"]} if family == "rnn" else {}
+        self.bidirectional = bool(config.get("bidirectional", False))
+        if self.bidirectional:
+            extra["bidirectional"] = True
+        self.blank_id = config["vocab_size"]
+        self.blank = None
+        if config.get("objective") == "cloze":
+            self.blank = nn.Parameter(torch.empty(config["embedding_size"]).uniform_(-0.1, 0.1))
         self.rnn = CELLS[family](
             config["embedding_size"],
             config["hidden_size"],
@@ -69,10 +81,10 @@ class RecurrentLM(LanguageModel):
         # IRNN (Le, Jaitly & Hinton, 2015, arXiv:1504.00941): with ReLU, identity W_hh and zero biases,
         # h_t = relu(h_{t-1} + W_ih x_t): the state persists and gradients pass back undamped at the start.
         with torch.no_grad():
-            for layer in range(self.config["num_layers"]):
-                getattr(self.rnn, f"weight_hh_l{layer}").copy_(torch.eye(self.config["hidden_size"]))
-                getattr(self.rnn, f"bias_hh_l{layer}").zero_()
-                getattr(self.rnn, f"bias_ih_l{layer}").zero_()
+            for layer in self._layer_names():
+                getattr(self.rnn, f"weight_hh_{layer}").copy_(torch.eye(self.config["hidden_size"]))
+                getattr(self.rnn, f"bias_hh_{layer}").zero_()
+                getattr(self.rnn, f"bias_ih_{layer}").zero_()
 
     def _init_forget_bias(self, value: float) -> None:
         # A forget gate that starts near sigmoid(0) = 0.5 halves the cell every step, so at first the
@@ -81,15 +93,21 @@ class RecurrentLM(LanguageModel):
         # gate order is input, forget, cell, output; the two biases add, so one carries the value.
         hidden = self.config["hidden_size"]
         with torch.no_grad():
-            for layer in range(self.config["num_layers"]):
-                getattr(self.rnn, f"bias_ih_l{layer}")[hidden : 2 * hidden].fill_(value)
-                getattr(self.rnn, f"bias_hh_l{layer}")[hidden : 2 * hidden].zero_()
+            for layer in self._layer_names():
+                getattr(self.rnn, f"bias_ih_{layer}")[hidden : 2 * hidden].fill_(value)
+                getattr(self.rnn, f"bias_hh_{layer}")[hidden : 2 * hidden].zero_()
+
+    def _layer_names(self) -> list[str]:
+        """PyTorch's parameter suffixes: l0, l1, … and, when bidirectional, l0_reverse, … too."""
+        directions = ("", "_reverse") if self.bidirectional else ("",)
+        return [f"l{layer}{d}" for layer in range(self.config["num_layers"]) for d in directions]
 
     def recurrent_weights(self) -> list[torch.Tensor]:
-        return [getattr(self.rnn, f"weight_hh_l{layer}") for layer in range(self.config["num_layers"])]
+        return [getattr(self.rnn, f"weight_hh_{layer}") for layer in self._layer_names()]
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        shape = (self.config["num_layers"], batch_size, self.config["hidden_size"])
+        layers = self.config["num_layers"] * (2 if self.bidirectional else 1)
+        shape = (layers, batch_size, self.config["hidden_size"])
         dtype = self.embedding.weight.dtype
         h = torch.zeros(shape, device=device, dtype=dtype)
         return (h, torch.zeros_like(h)) if self.is_lstm else h
@@ -120,6 +138,14 @@ class RecurrentLM(LanguageModel):
         output, state = self._cell(self.embed(tokens), state)
         return output, self._as_param_dtype(state)
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.blank is None:
+            return super().embed(tokens)
+        # The blank's own vector, never dropped: it is the one input that says where to predict.
+        blank = (tokens == self.blank_id).unsqueeze(-1)
+        emb = super().embed(tokens.masked_fill(blank.squeeze(-1), 0))
+        return torch.where(blank, self.blank.to(emb.dtype), emb)
+
     def _cell(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         if self.is_lstm and _cpu_bf16_lstm_unsupported(x):
             # That CPU has no native bf16 either (precision auto picks 32-true there), so the LSTM loses
@@ -149,6 +175,8 @@ class RecurrentLM(LanguageModel):
         decoder and the next step; the gradient reaching ``probe[:, t]`` is then exactly d loss / d h_t.
         The probe, a leaf, is returned holding the values of h (filled in afterwards, outside autograd).
         """
+        if self.bidirectional:
+            raise ValueError("the step-by-step pass (gradient flow) reads left to right; not bidirectional")
         batch, steps = tokens.shape
         if state is None:
             state = self.init_state(batch, tokens.device)

@@ -49,6 +49,19 @@ def cli_predict(args) -> None:
         print(f"{word}\t{prob:.4f}")
 
 
+def cli_fill(args) -> None:
+    import math
+
+    from seqlm.inference.fill import Filler
+    from seqlm.registry.resolve import resolve_model_dir
+
+    candidates = tuple(w for w in args.candidates.split(",") if w.strip())
+    ranked = Filler.from_dir(resolve_model_dir(args.model)).fill(args.text, args.top, candidates)
+    rows = [("rank", "word", "log-prob", "probability")]
+    rows += [(str(n), word, f"{lp:.3f}", f"{math.exp(lp):.4f}") for n, word, lp in ranked]
+    print(_table(rows))
+
+
 # ------------------------------------------------------------------------------------------ registry
 
 

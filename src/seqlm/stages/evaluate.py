@@ -34,13 +34,20 @@ def run_evaluate(cfg: Config, paths: Paths) -> dict:
     from seqlm.models import export
 
     atomic.remove(paths.eval_reports)  # stale reports must not outlive a failed evaluation
-    run, _, meta = check_inputs(paths)
+    run, model_config, meta = check_inputs(paths)
     ev = cfg.evaluate
     test = open_split(paths, meta, "test", ev.batch_size)
     valid = open_split(paths, meta, "valid", ev.batch_size)
     client = open_run(paths, run["run_id"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = export.load(paths.model_dir, device)
+    if model_config["model"].get("objective") == "cloze":
+        metrics = evaluate_cloze(cfg, paths, model, model_config["cloze_rate"], meta, (test, valid), device)
+        with atomic.atomic_dir(paths.eval_reports) as tmp:
+            write_cloze_reports(tmp, metrics, model, cfg, paths, device)
+            log_to_mlflow(client, run["run_id"], metrics, tmp)
+        _print_cloze_summary(metrics)
+        return metrics
 
     protocol = {"batch_size": ev.batch_size, "bptt": ev.bptt, "carry_state": True}
     baselines = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"])
@@ -57,6 +64,56 @@ def run_evaluate(cfg: Config, paths: Paths) -> dict:
         log_to_mlflow(client, run["run_id"], metrics, tmp)
     _print_summary(metrics)
     return metrics
+
+
+# ------------------------------------------------------------------------------------------ cloze
+
+
+def evaluate_cloze(cfg: Config, paths: Paths, model, rate: float, meta: dict, splits: tuple, device) -> dict:
+    """Bits per blank and top-1/top-5 at the blanks of test and valid (decision 20), seeded blanks."""
+    from seqlm.data.cloze import TEST_KEY, VALID_KEY
+    from seqlm.evaluation.cloze import cloze_split_metrics, cloze_totals, unigram_bits_per_blank
+
+    ev = cfg.evaluate
+    protocol = {
+        "objective": "cloze",
+        "batch_size": ev.batch_size,
+        "bptt": ev.bptt,
+        "carry_state": False,
+        "cloze_rate": rate,
+        "seed": cfg.base.seed,
+    }
+    unigram = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"]).unigram_logp
+    metrics = {}
+    for name, tokens, split_key in (("test", splits[0], TEST_KEY), ("valid", splits[1], VALID_KEY)):
+        key = [cfg.base.seed, split_key]
+        totals = cloze_totals(model, tokens, ev.batch_size, ev.bptt, rate, key, device)
+        floor = unigram_bits_per_blank(unigram, tokens, ev.batch_size, ev.bptt, rate, key)
+        metrics[name] = cloze_split_metrics(totals, meta["splits"][name], protocol, floor)
+    return metrics["test"] | {"valid": metrics["valid"]}
+
+
+def write_cloze_reports(out: Path, metrics: dict, model, cfg: Config, paths: Paths, device) -> None:
+    """metrics.json, the diagnostics that do not apply (saying why) and samples.md of blank fillings."""
+    import sentencepiece as spm
+
+    from seqlm.evaluation.cloze import write_not_applicable
+    from seqlm.inference.fill import Filler
+    from seqlm.inference.samples import fill_markdown
+    from seqlm.models import export
+
+    atomic.write_json(out / paths.eval_metrics.name, metrics)
+    write_not_applicable(out)
+    sp = spm.SentencePieceProcessor(model_file=str(paths.model_dir / export.TOKENIZER))
+    atomic.write_text(out / paths.eval_samples.name, fill_markdown(Filler(model, sp, device), cfg.evaluate))
+
+
+def _print_cloze_summary(m: dict) -> None:
+    print(
+        f"evaluate: cloze, test {m['bits_per_blank']:.4f} bits per blanked token (unigram "
+        f"{m['unigram_bits_per_blank']:.4f}), top-1 {m['top1_accuracy']:.3f}, top-5 {m['top5_accuracy']:.3f} "
+        f"over {m['blanks']:,} blanks; valid {m['valid']['bits_per_blank']:.4f} bits per blank"
+    )
 
 
 # ------------------------------------------------------------------------------------------ inputs

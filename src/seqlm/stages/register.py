@@ -37,7 +37,8 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     uri = tracking_uri(paths)
     check_reachable(uri)
     run_id = read_run_json(paths)["run_id"]
-    export.read_config(paths.model_dir)
+    if export.read_config(paths.model_dir)["model"].get("objective") == "cloze":
+        return not_registered(cfg, paths, run_id)
     valid, test = challenger_scores(paths)
     weights = file_sha256(paths.model_dir / export.WEIGHTS)
     name = cfg.registry.model_name
@@ -82,6 +83,29 @@ def run_register(cfg: Config, paths: Paths) -> dict:
         f"test {test.bits_per_byte:.4f}): "
         f"{decision.action}; {decision.reason}"
     )
+    return report
+
+
+CLOZE_REASON = (
+    "a cloze model (train.objective: cloze) is not registered: the registry's champion gate ranks "
+    "next-token models by valid bits per byte and `seqlm serve` generates text, and a cloze model does "
+    "neither; use it from its folder: seqlm fill --model models/model"
+)
+
+
+def not_registered(cfg: Config, paths: Paths, run_id: str) -> dict:
+    """A cloze model's record: registered nowhere, so it never meets a next-token champion (decision 20)."""
+    report = {
+        "format": REPORT_FORMAT,
+        "model_name": cfg.registry.model_name,
+        "version": None,
+        "run_id": run_id,
+        "objective": "cloze",
+        "decision": "not_registered",
+        "reason": CLOZE_REASON,
+    }
+    atomic.write_json(paths.register_json, report)
+    print(f"register: {NOTHING}; {CLOZE_REASON}")
     return report
 
 

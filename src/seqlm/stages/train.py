@@ -65,13 +65,13 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     if device.kind == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(cfg.model, meta["vocab_size"])
+    model = build_model(cfg.model, meta["vocab_size"], cfg.train.objective)
     datamodule = TokenDataModule(
         paths, cfg.train.batch_size, cfg.train.bptt, cfg.train.variable_bptt, cfg.base.seed
     )
     windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
     total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
-    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps)
+    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps, cfg.base.seed)
 
     mlflow_client = run_id = None
     if rank0:
@@ -94,14 +94,19 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         if not rank0:
             return {}
         metrics = _metrics(cfg, trainer, lm, progress, precision)
-        _export(paths, lm, best, meta, metrics, device, run_id)
+        _export(paths, lm, best, meta, metrics, device, run_id, cfg)
         _write_reports(paths, metrics, progress, lm)
         _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
         write_run_json(paths, run_id, cfg.base.experiment, uri)
         resume.record(paths, fingerprint, run_id, complete=True)
+    score = (
+        f"val bits/blank {metrics['val_bits_per_blank']:.4f}"
+        if cfg.train.objective == "cloze"
+        else f"val bits/byte {metrics['val_bits_per_byte']:.4f}"
+    )
     print(
         f"train: {metrics['steps']} steps, val loss {metrics['val_loss']:.4f}, "
-        f"val bits/byte {metrics['val_bits_per_byte']:.4f}, {metrics['tokens_per_s']:.0f} tokens/s "
+        f"{score}, {metrics['tokens_per_s']:.0f} tokens/s "
         f"({precision}, {device.name}); stopped by {metrics['stopped_by']}"
     )
     return metrics
@@ -139,10 +144,11 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
     if not lm.val_history or not math.isfinite(lm.best_val_loss):
         raise SeqlmError("training ended before any validation; raise train.max_minutes or train.max_steps")
     summary = progress.summary()
+    # a cloze model's val_loss is nats per blanked token: bits per blank, not per byte (decision 20)
     return {
+        "objective": cfg.train.objective,
         "train_loss": summary["train_loss"],
-        "val_loss": lm.best_val_loss,
-        "val_bits_per_byte": lm.val_bits_per_byte(lm.best_val_loss),
+        **lm.val_metrics(lm.best_val_loss),
         "val_token_perplexity": math.exp(lm.best_val_loss),
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
@@ -156,14 +162,17 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
     }
 
 
-def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str) -> None:
+def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str, cfg: Config) -> None:
     from seqlm.models import export
 
-    training = {k: metrics[k] for k in ("val_loss", "val_bits_per_byte", "steps", "precision")}
+    score = "val_bits_per_blank" if cfg.train.objective == "cloze" else "val_bits_per_byte"
+    training = {k: metrics[k] for k in ("val_loss", score, "steps", "precision")}
     info = {
         "tokenizer": {k: meta[k] for k in ("vocab_size", "dtype") if k in meta} | {"meta": meta},
         "training": training | {"device": device.name, "run_id": run_id},
     }
+    if cfg.train.objective == "cloze":
+        info["cloze_rate"] = cfg.train.cloze_rate  # evaluate blanks at the rate trained with (decision 20)
     weights = best.path if best.path.is_file() else None
     export.export(lm.model.cpu(), weights, paths.model_dir, paths.spm_model, info)
 

@@ -111,11 +111,13 @@ class TrainProgress(pl.Callback):
         if trainer.global_rank != 0 or not pl_module.val_history or trainer.sanity_checking:
             return
         step, val_loss = pl_module.val_history[-1]
-        bpb = pl_module.val_bits_per_byte(val_loss)
-        self.buffer.add(step, {"val_loss": val_loss, "val_bits_per_byte": bpb})
+        metrics = pl_module.val_metrics(val_loss)
+        self.buffer.add(step, metrics)
         self.buffer.flush()
         if not sys.stderr.isatty():
-            print(f"train: step {step}  val loss {val_loss:.4f}  val bits/byte {bpb:.4f}", flush=True)
+            key, bits = next((k, v) for k, v in metrics.items() if k != "val_loss")
+            unit = "bits/" + key.removeprefix("val_bits_per_")  # bits/byte, or bits/blank for cloze
+            print(f"train: step {step}  val loss {val_loss:.4f}  val {unit} {bits:.4f}", flush=True)
 
     def summary(self) -> dict:
         last = self.rows[-1]["train_loss"] if self.rows else float("nan")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from seqlm.config import TrainConfig
 from seqlm.core.errors import SeqlmError
-from seqlm.evaluation.metrics import bits_per_byte
+from seqlm.evaluation.metrics import LN2, bits_per_byte
 from seqlm.training.loss import decoder_cross_entropy
 
 
@@ -45,12 +45,15 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, progress: float, plat
 
 
 class LitLanguageModel(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, train: TrainConfig, valid_split: dict, total_steps: int):
+    def __init__(
+        self, model: torch.nn.Module, train: TrainConfig, valid_split: dict, total_steps: int, seed: int = 0
+    ):
         super().__init__()
         self.model = model
         self.cfg = train
         self.valid_split = valid_split  # meta.json's entry for valid: its tokens and bytes
         self.total_steps = total_steps
+        self.seed = seed  # keys the cloze objective's blanks
         self.max_seconds = train.max_minutes * 60.0
         # Carried between windows and saved in checkpoints so a resumed run continues the same streams.
         self.train_state = None
@@ -101,6 +104,8 @@ class LitLanguageModel(pl.LightningModule):
             group["lr"] = self.last_lr
 
     def training_step(self, batch, batch_idx):
+        if self.cfg.objective == "cloze":
+            return self._cloze_training_step(batch)
         x, y, end = batch
         state = (
             self.model.init_state(x.shape[0], x.device)
@@ -141,6 +146,27 @@ class LitLanguageModel(pl.LightningModule):
             loss = loss + self.cfg.temporal_activation_reg * step.pow(2).mean()
         return ce, loss
 
+    def _cloze_training_step(self, batch):
+        """Fresh blanks every step, keyed on (seed, rank, step) so a resumed run draws the same ones;
+        no state carried between windows (training.cloze)."""
+        from seqlm.data.cloze import TRAIN_KEY
+        from seqlm.training.cloze import cloze_nll
+
+        x, _, end = batch
+        key = [self.seed, TRAIN_KEY, self.global_rank, self.global_step]
+        nll, count = cloze_nll(self.model, x, self.cfg.cloze_rate, key)
+        loss = nll / count
+        if not torch.isfinite(loss):
+            raise Diverged(
+                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
+                f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
+                f"(now {self.cfg.grad_clip:g})"
+            )
+        self.column = int(end)
+        self.last_loss = loss.detach()
+        self.log("loss", self.last_loss, prog_bar=True, logger=False)
+        return loss
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # Always measure the norm (it is the exploding-gradient diagnostic); clip only when enabled.
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
@@ -166,6 +192,15 @@ class LitLanguageModel(pl.LightningModule):
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
+        if self.cfg.objective == "cloze":
+            from seqlm.data.cloze import VALID_KEY
+            from seqlm.training.cloze import cloze_nll
+
+            key = [self.seed, VALID_KEY, self.global_rank, batch_idx]  # the same blanks at every validation
+            nll, count = cloze_nll(self.model, batch[0], self.cfg.cloze_rate, key)
+            self._val_nll += nll.double()
+            self._val_count += count
+            return
         x, y, _ = batch
         state = self.model.init_state(x.shape[0], x.device) if self._val_state is None else self._val_state
         logits, self._val_state = self.model(x, state)
@@ -185,10 +220,19 @@ class LitLanguageModel(pl.LightningModule):
             self.plateau_scale /= 4.0  # the word_language_model rule: lr /= 4 when validation stalls
         self.val_history.append((self.global_step, val_loss))
         self.log("val_loss", val_loss, prog_bar=True, logger=False)
-        self.log("val_bpb", self.val_bits_per_byte(val_loss), prog_bar=True, logger=False)
+        for key, value in self.val_metrics(val_loss).items():
+            if key != "val_loss":
+                self.log(key, value, prog_bar=True, logger=False)
 
     def val_bits_per_byte(self, val_loss: float) -> float:
         return bits_per_byte(val_loss, self.valid_split["tokens"], self.valid_split["bytes"])
+
+    def val_metrics(self, val_loss: float) -> dict:
+        """What a validation reports: bits per byte for next-token models; for cloze models bits per
+        blanked token, which is not on the same scale (the registry never compares the two)."""
+        if self.cfg.objective == "cloze":
+            return {"val_loss": val_loss, "val_bits_per_blank": val_loss / LN2}
+        return {"val_loss": val_loss, "val_bits_per_byte": self.val_bits_per_byte(val_loss)}
 
     # --------------------------------------------------------------------------------- checkpoints
 
