@@ -112,7 +112,10 @@ class TrainProgress(pl.Callback):
             return
         step, val_loss = pl_module.val_history[-1]
         bpb = pl_module.val_bits_per_byte(val_loss)
-        self.buffer.add(step, {"val_loss": val_loss, "val_bits_per_byte": bpb})
+        scores = {"val_loss": val_loss, "val_bits_per_byte": bpb}
+        if pl_module.val_recall is not None:  # train.episodic
+            scores |= {f"val_recall_{k}": v for k, v in pl_module.val_recall.items()}
+        self.buffer.add(step, scores)
         self.buffer.flush()
         if not sys.stderr.isatty():
             print(f"train: step {step}  val loss {val_loss:.4f}  val bits/byte {bpb:.4f}", flush=True)

@@ -1,0 +1,282 @@
+"""train.episodic (decision 20): whole lines as independent episodes, never mixed, never cut, every one
+from a fresh state; recall scored per episode; a step budget; resume; and an LSTM that learns the
+episodic copy probe at a short delay (the positive control)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from seqlm_testing import Project
+
+from seqlm.core.errors import SeqlmError
+from seqlm.data.episodes import IGNORE, EpisodeBatches, episode_bounds, recall_mask
+
+EOS = 2
+
+
+def lines_to_tokens(lines: list[list[int]]) -> np.ndarray:
+    return np.array([t for line in lines for t in [*line, EOS]], dtype=np.uint16)
+
+
+def ragged(n: int = 23, seed: int = 0) -> list[list[int]]:
+    """Lines whose tokens name their line (100 + line index), of lengths 0..6."""
+    rng = np.random.default_rng(seed)
+    return [[100 + i] * int(rng.integers(0, 7)) for i in range(n)]
+
+
+def test_every_row_is_one_whole_episode_and_every_token_a_target_once():
+    lines = ragged()
+    tokens = lines_to_tokens(lines)
+    seen = []
+    for x, y, _ in EpisodeBatches(tokens, EOS, 4, 8, ("valid", "train.bptt")):
+        assert (x[:, 0] == EOS).all()  # every episode starts from the line-start token
+        for row_x, row_y in zip(x.tolist(), y.tolist()):
+            targets = [t for t in row_y if t != IGNORE]
+            assert targets[-1] == EOS and EOS not in targets[:-1]  # exactly one line, ending at its eos
+            assert len({t for t in targets[:-1]}) <= 1  # never two lines' tokens in a row
+            assert row_x[1 : len(targets)] == targets[:-1]  # the input is the target shifted by one
+            assert row_y[len(targets) :] == [IGNORE] * (len(row_y) - len(targets))
+            seen.append(targets)
+    assert seen == [[*line, EOS] for line in lines]  # in order, each once
+    assert sum(map(len, seen)) == len(tokens)
+
+
+def test_recall_mask_marks_the_last_token_before_each_eos():
+    x, y, _ = next(iter(EpisodeBatches(lines_to_tokens([[5, 6, 7], [8], [], [9, 4]]), EOS, 4, 8, ("t", "k"))))
+    assert y[recall_mask(y)].tolist() == [7, 8, 4]  # the blank line has no recall position
+
+
+def test_training_order_is_shuffled_by_seed_and_epoch_and_ranks_read_disjoint_batches():
+    tokens = lines_to_tokens(ragged(40))
+
+    def firsts(seed=0, epoch=0, rank=0, world=1):
+        data = EpisodeBatches(
+            tokens, EOS, 4, 8, ("train", "train.bptt"), rank, world, shuffle=True, seed=seed
+        )
+        data.epoch = epoch
+        return [tuple(x[:, 0:2].reshape(-1).tolist()) + tuple(y[:, 0].tolist()) for x, y, _ in data]
+
+    assert firsts() == firsts()
+    assert firsts() != firsts(seed=1) and firsts() != firsts(epoch=1)
+    assert len(firsts()) == 10  # 40 episodes / 4, full batches only
+    rank0, rank1 = firsts(rank=0, world=2), firsts(rank=1, world=2)
+    assert len(rank0) == len(rank1) == 5 and not set(rank0) & set(rank1)
+
+
+def test_resume_start_continues_the_same_epoch_order():
+    data = EpisodeBatches(
+        lines_to_tokens(ragged(40)), EOS, 4, 8, ("train", "train.bptt"), shuffle=True, seed=3
+    )
+    data.epoch = 2
+    full = list(data)
+    data.start = full[3][2]
+    resumed = list(data)
+    assert len(resumed) == len(full) - 4 and torch.equal(resumed[0][1], full[4][1])
+    assert len(list(data)) == len(full)  # the offset applies to one pass only
+
+
+def test_an_episode_longer_than_the_window_is_refused_never_cut():
+    tokens = lines_to_tokens([[5] * 3, [6] * 9, [7]])
+    with pytest.raises(
+        SeqlmError,
+        match=r"line 2 of the train split is an episode of 10 tokens .* more than "
+        r"train.bptt 8; raise train.bptt to at least 10 so that no episode is cut",
+    ):
+        EpisodeBatches(tokens, EOS, 2, 8, ("train", "train.bptt"))
+    assert episode_bounds(tokens, EOS)[1].tolist() == [4, 10, 2]
+    EpisodeBatches(tokens, EOS, 2, 10, ("train", "train.bptt"))  # exactly the longest fits
+
+
+def test_too_few_episodes_for_one_training_batch_is_one_line():
+    with pytest.raises(
+        SeqlmError, match="holds 3 episodes, fewer than one batch of 4.*lower train.batch_size"
+    ):
+        EpisodeBatches(lines_to_tokens([[5]] * 3), EOS, 4, 8, ("train", "train.bptt"), shuffle=True)
+
+
+def test_episodic_with_variable_bptt_is_refused():
+    from seqlm import config
+
+    with pytest.raises(SeqlmError, match="train.variable_bptt must be false with train.episodic: true"):
+        config.parse({"train": {"episodic": True, "variable_bptt": True}})
+
+
+# ------------------------------------------------------------------------ the copy probe, end to end
+
+
+@pytest.fixture(scope="module")
+def copy3(tmp_path_factory):
+    """download + tokenize of synthetic:copy at delay 3 (char tokens), episodic training params."""
+    from seqlm.stages.download import run_download
+    from seqlm.stages.tokenize import run_tokenize
+
+    root = tmp_path_factory.mktemp("episodes")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEQLM_ROOT", str(root))
+        project = Project(root)
+        project.set(
+            **{
+                "data.source": "synthetic:copy",
+                "data.delay": 3,
+                "data.synthetic_symbols": 30_000,
+                "tokenizer.type": "char",
+                "tokenizer.byte_fallback": False,
+                "tokenizer.vocab_size": 32,
+                "model.embedding_size": 32,
+                "model.hidden_size": 64,
+                "model.dropout": 0.0,
+                "train.episodic": True,
+                "train.batch_size": 32,
+                "train.bptt": 8,  # the episode: </s> ▁ K . . . ? K → 8 targets
+                "train.lr": 0.01,
+                "train.warmup_steps": 20,
+                "train.schedule": "constant",
+                "train.max_steps": 500,
+                "train.max_minutes": 0,
+                "train.val_every_steps": 250,
+                "train.early_stopping_patience": 0,
+                "train.precision": "32-true",
+                "evaluate.batch_size": 64,
+                "evaluate.bptt": 8,
+                "evaluate.context_resets": [4],
+                "evaluate.gradient_flow_steps": 4,
+                "evaluate.sample_tokens": 4,
+                "evaluate.prompts": ["C"],
+                "evaluate.cloze_prompts": ["C...?"],
+            }
+        )
+        run_download(project.config(), project.paths())
+        run_tokenize(project.config(), project.paths())
+    return project
+
+
+@pytest.fixture
+def in_copy3(copy3, monkeypatch):
+    monkeypatch.setenv("SEQLM_ROOT", str(copy3.root))
+    monkeypatch.chdir(copy3.root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield copy3
+    torch.set_num_threads(threads)
+
+
+def test_an_lstm_learns_the_episodic_copy_with_a_step_budget(in_copy3):
+    """The positive control: at delay 3 an LSTM recalls the key far above chance in 500 updates."""
+    import mlflow
+
+    from seqlm.stages.evaluate import run_evaluate
+    from seqlm.stages.train import run_train
+
+    paths = in_copy3.paths()
+    metrics = run_train(in_copy3.config(), paths, fresh=True)
+    assert metrics["stopped_by"] == "max_steps" and metrics["steps"] == 500
+    assert metrics["wall_seconds"] > 0  # minutes are recorded under a step budget
+    assert metrics["val_recall_accuracy"] > 0.9
+    run_id = json.loads(paths.run_json.read_text())["run_id"]
+    run = mlflow.MlflowClient(f"sqlite:///{paths.mlflow_db}").get_run(run_id)
+    assert run.data.metrics["final_wall_seconds"] == metrics["wall_seconds"]
+    assert run.data.metrics["val_recall_accuracy"] == metrics["val_recall_accuracy"]
+
+    scores = run_evaluate(in_copy3.config(), paths)
+    assert scores["protocol"] == {"batch_size": 64, "bptt": 8, "carry_state": False, "episodic": True}
+    assert scores["recall_accuracy"] > 0.9 and scores["recall_chance"] == 1 / 8
+    lines = paths.raw_split("test").read_text().count("\n")
+    assert scores["recall_positions"] == lines  # every episode scored, none skipped
+    assert scores["evaluated_tokens"] == scores["tokens"]  # every token a target once
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a model and records whether any forward call received a carried (non-None) state."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.carried = model, []
+
+    def forward(self, x, state=None):
+        self.carried.append(state is not None)
+        return self.inner(x, state)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+def test_no_state_crosses_an_episode_in_training_validation_or_checkpoints(in_copy3, tmp_path):
+    import lightning.pytorch as pl
+
+    from seqlm.data.tokens import read_meta
+    from seqlm.models import build_model
+    from seqlm.training.datamodule import TokenDataModule
+    from seqlm.training.lightning_module import LitLanguageModel
+
+    cfg, paths = in_copy3.config(), in_copy3.paths()
+    meta = read_meta(paths)
+    model = Recorder(build_model(cfg.model, meta["vocab_size"]))
+    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], 12)
+    data = TokenDataModule(paths, 32, 8, seed=0, episodic=True)
+    trainer = pl.Trainer(
+        max_steps=12,
+        val_check_interval=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(lm, datamodule=data)
+    assert len(model.carried) > 12 and not any(model.carried)
+    assert lm.train_state is None and lm.val_recall is not None
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["seqlm"]
+    assert saved["ranks"][0]["train_state"] is None
+
+
+class Oracle(torch.nn.Module):
+    """Remembers the last key it read (the state) and predicts it: perfect recall if the key is in reach."""
+
+    def __init__(self, vocab: int, keys):
+        super().__init__()
+        self.vocab, self.keys = vocab, torch.as_tensor(keys)
+
+    def init_state(self, batch_size, device=None):
+        return torch.full((batch_size,), -1, dtype=torch.long)
+
+    def forward(self, x, state=None):
+        state = self.init_state(x.shape[0]) if state is None else state
+        logits = torch.zeros(*x.shape, self.vocab)
+        for t in range(x.shape[1]):
+            state = torch.where(torch.isin(x[:, t], self.keys), x[:, t], state)
+            rows = (state >= 0).nonzero().squeeze(1)
+            logits[rows, t, state[rows]] = 10.0
+        return logits, state
+
+    def eval(self):
+        return self
+
+
+def test_episodic_recall_cannot_use_the_previous_line(in_copy3):
+    """Every other line shows no key: recall there needs the line before. Carried state gets it, a
+    reset per episode must not, so the oracle scores 1 in streams and ½ + ½ × chance in episodes."""
+    import sentencepiece as spm
+
+    from seqlm.evaluation.probes import episodic_recall_metrics, recall_metrics, recall_targets
+
+    sp = spm.SentencePieceProcessor(model_file=str(in_copy3.paths().spm_model))
+    keys = np.array([sp.piece_to_id(k) for k in "ABCDEFGH"])
+    rng = np.random.default_rng(0)
+    lines = []
+    for k in rng.integers(8, size=200):
+        lines += [f"{'ABCDEFGH'[k]}...?{'ABCDEFGH'[k]}", f"....?{'ABCDEFGH'[k]}"]
+    tokens = np.array([t for line in lines for t in [*sp.encode(line), EOS]], dtype=np.uint16)
+    oracle = Oracle(sp.get_piece_size(), keys)
+    streams = recall_metrics(oracle, tokens, recall_targets(tokens, EOS, keys), keys, 12, 4, 16)
+    assert streams["recall_accuracy"] == 1.0
+    episodes = episodic_recall_metrics(oracle, tokens, EOS, keys, 1 / 8, 50, 8)
+    assert episodes["recall_positions"] == 400
+    assert episodes["recall_accuracy"] == pytest.approx(0.5 + 0.5 / 8, abs=0.05)
