@@ -280,3 +280,58 @@ def test_episodic_recall_cannot_use_the_previous_line(in_copy3):
     episodes = episodic_recall_metrics(oracle, tokens, EOS, keys, 1 / 8, 50, 8)
     assert episodes["recall_positions"] == 400
     assert episodes["recall_accuracy"] == pytest.approx(0.5 + 0.5 / 8, abs=0.05)
+
+
+def test_kill_9_then_rerun_resumes_an_episodic_run_exactly(in_copy3, capsys):
+    """The resume state holds no carried state (None) but the epoch's episode order and batch index: a
+    run killed mid-epoch and resumed ends where the uninterrupted one does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from seqlm.stages.train import run_train
+
+    in_copy3.set(**{"train.max_steps": 200, "train.val_every_steps": 100, "model.dropout": 0.1})
+    paths = in_copy3.paths()
+    reference = run_train(in_copy3.config(), paths, fresh=True)["val_loss"]
+    paths.last_ckpt.unlink()
+    in_copy3.set(**{"train.checkpoint_every_minutes": 0.002})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqlm.cli", "train", "--fresh"],
+        cwd=in_copy3.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not paths.last_ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(paths.last_ckpt, map_location="cpu", weights_only=False)
+    assert 0 < saved["global_step"] < 200 and saved["seqlm"]["ranks"][0]["train_state"] is None
+    capsys.readouterr()
+    resumed = run_train(in_copy3.config(), paths)
+    assert "resuming from models/last.ckpt" in capsys.readouterr().out
+    assert resumed["steps"] == 200
+    assert resumed["val_loss"] == pytest.approx(reference, rel=1e-5)
+
+
+@pytest.mark.parametrize("task", ["copy", "adding"])
+def test_the_study_helper_gives_valid_params_whose_window_is_the_episode(project, task):
+    from seqlm.data import synthetic
+    from seqlm.data.episodes import episode_bounds
+    from seqlm.stages.download import run_download
+    from seqlm.stages.tokenize import run_tokenize
+
+    keys = synthetic.episodic_probe_params(task, 7, steps=300)
+    project.set(**keys, **{"data.synthetic_symbols": 3000})
+    cfg = project.config()  # every key validates
+    assert cfg.train.episodic and cfg.train.max_steps == 300 and cfg.train.max_minutes == 0
+    run_download(cfg, project.paths())
+    run_tokenize(cfg, project.paths())
+    meta = json.loads(project.paths().tokens_meta.read_text())
+    assert meta["vocab_size"] == 4 + len(synthetic.alphabet(task))  # <unk> <s> </s> ▁ + the symbols
+    tokens = np.fromfile(project.paths().tokens("train"), dtype=meta["dtype"])
+    assert set(episode_bounds(tokens, meta["eos_id"])[1].tolist()) == {keys["train.bptt"]}

@@ -155,3 +155,31 @@ def _body(rng: np.random.Generator, length: int) -> str:
             out.append(LETTERS[int(rng.integers(len(LETTERS)))])
             left -= 1
     return "".join(out)
+
+
+def episode_tokens(task: str, delay: int) -> int:
+    """Tokens of one episode under ``tokenizer.type: char``: the word-start piece ▁, the symbols, eos."""
+    return line_length(task, delay) + 2
+
+
+def episodic_probe_params(task: str, delay: int, steps: int) -> dict:
+    """Dotted ``params.yaml`` keys for an episodic probe run with a step budget (decision 20), for the
+    study to put beside its model and family keys: the task's corpus and char tokens, every line an
+    episode whose length is the window (``train.bptt`` and ``evaluate.bptt``), ``steps`` updates and no
+    other budget; minutes are still recorded (``wall_seconds``), so both are reported.
+    """
+    length = episode_tokens(task, delay)
+    return {
+        "data.source": f"synthetic:{task}",
+        "data.delay": delay,
+        "tokenizer.type": "char",
+        "tokenizer.byte_fallback": False,
+        "tokenizer.vocab_size": 32,  # the least allowed; char keeps the 4 + len(alphabet) pieces it sees
+        "train.episodic": True,
+        "train.bptt": length,
+        "evaluate.bptt": length,
+        "train.max_steps": steps,
+        "train.max_minutes": 0,
+        "train.max_epochs": 100_000,  # the steps are the budget
+        "train.early_stopping_patience": 0,
+    }
