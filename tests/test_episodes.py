@@ -164,15 +164,30 @@ def in_copy3(copy3, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def test_an_lstm_learns_the_episodic_copy_with_a_step_budget(in_copy3):
-    """The positive control: at delay 3 an LSTM recalls the key far above chance in 500 updates."""
-    import mlflow
-
+@pytest.fixture(scope="module")
+def trained(copy3):
+    """The train (500 updates, no minutes budget) and evaluate stages on the delay-3 copy probe."""
     from seqlm.stages.evaluate import run_evaluate
     from seqlm.stages.train import run_train
 
-    paths = in_copy3.paths()
-    metrics = run_train(in_copy3.config(), paths, fresh=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEQLM_ROOT", str(copy3.root))
+        mp.chdir(copy3.root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        metrics = run_train(copy3.config(), copy3.paths(), fresh=True)
+        scores = run_evaluate(copy3.config(), copy3.paths())
+    torch.set_num_threads(threads)
+    return metrics, scores
+
+
+def test_an_lstm_learns_the_episodic_copy_with_a_step_budget(trained, copy3):
+    """The positive control: at delay 3 an LSTM recalls the key far above chance in 500 updates."""
+    import mlflow
+
+    metrics, scores = trained
+    paths = copy3.paths()
     assert metrics["stopped_by"] == "max_steps" and metrics["steps"] == 500
     assert metrics["wall_seconds"] > 0  # minutes are recorded under a step budget
     assert metrics["val_recall_accuracy"] > 0.9
@@ -181,12 +196,23 @@ def test_an_lstm_learns_the_episodic_copy_with_a_step_budget(in_copy3):
     assert run.data.metrics["final_wall_seconds"] == metrics["wall_seconds"]
     assert run.data.metrics["val_recall_accuracy"] == metrics["val_recall_accuracy"]
 
-    scores = run_evaluate(in_copy3.config(), paths)
     assert scores["protocol"] == {"batch_size": 64, "bptt": 8, "carry_state": False, "episodic": True}
     assert scores["recall_accuracy"] > 0.9 and scores["recall_chance"] == 1 / 8
     lines = paths.raw_split("test").read_text().count("\n")
     assert scores["recall_positions"] == lines  # every episode scored, none skipped
     assert scores["evaluated_tokens"] == scores["tokens"]  # every token a target once
+
+
+def test_the_gates_re_scoring_honours_the_episodic_protocol(trained, in_copy3):
+    """A champion re-scored on valid text under the episodic protocol gets what evaluate computed."""
+    from seqlm.registry import rescoring
+    from seqlm.stages.register import run_register
+
+    _, scores = trained
+    paths = in_copy3.paths()
+    version = run_register(in_copy3.config(), paths)["version"]
+    again = rescoring.rescore("seqlm", version, scores["protocol"], paths)
+    assert again["bits_per_byte"] == pytest.approx(scores["valid"]["bits_per_byte"], rel=1e-6)
 
 
 class Recorder(torch.nn.Module):
@@ -285,6 +311,15 @@ def test_episodic_recall_cannot_use_the_previous_line(in_copy3):
 def test_kill_9_then_rerun_resumes_an_episodic_run_exactly(in_copy3, capsys):
     """The resume state holds no carried state (None) but the epoch's episode order and batch index: a
     run killed mid-epoch and resumed ends where the uninterrupted one does."""
+    paths = in_copy3.paths()
+    before = paths.params.read_text()
+    try:
+        kill_and_resume(in_copy3, paths, capsys)
+    finally:
+        paths.params.write_text(before)  # the module's other tests share the project
+
+
+def kill_and_resume(in_copy3, paths, capsys):
     import os
     import signal
     import subprocess
@@ -294,7 +329,6 @@ def test_kill_9_then_rerun_resumes_an_episodic_run_exactly(in_copy3, capsys):
     from seqlm.stages.train import run_train
 
     in_copy3.set(**{"train.max_steps": 200, "train.val_every_steps": 100, "model.dropout": 0.1})
-    paths = in_copy3.paths()
     reference = run_train(in_copy3.config(), paths, fresh=True)["val_loss"]
     paths.last_ckpt.unlink()
     in_copy3.set(**{"train.checkpoint_every_minutes": 0.002})
