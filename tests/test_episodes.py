@@ -90,6 +90,18 @@ def test_an_episode_longer_than_the_window_is_refused_never_cut():
     EpisodeBatches(tokens, EOS, 2, 10, ("train", "train.bptt"))  # exactly the longest fits
 
 
+def test_evaluation_refuses_a_line_longer_than_evaluate_bptt():
+    from seqlm.evaluation.metrics import episode_totals
+    from seqlm.evaluation.probes import episodic_recall_metrics
+
+    tokens = lines_to_tokens([[5, 6], [7, 8, 9, 4]])
+    model = torch.nn.Module()  # never called: the refusal comes first
+    with pytest.raises(SeqlmError, match="line 2 of the valid split .* more than evaluate.bptt 4; raise"):
+        episode_totals(model, tokens, EOS, 2, 4, split="valid")
+    with pytest.raises(SeqlmError, match="line 2 of the test split .* more than evaluate.bptt 3; raise"):
+        episodic_recall_metrics(model, tokens, EOS, np.array([4]), 0.5, 2, 3)
+
+
 def test_too_few_episodes_for_one_training_batch_is_one_line():
     with pytest.raises(
         SeqlmError, match="holds 3 episodes, fewer than one batch of 4.*lower train.batch_size"
