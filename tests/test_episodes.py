@@ -381,3 +381,53 @@ def test_the_study_helper_gives_valid_params_whose_window_is_the_episode(project
     assert meta["vocab_size"] == 4 + len(synthetic.alphabet(task))  # <unk> <s> </s> ▁ + the symbols
     tokens = np.fromfile(project.paths().tokens("train"), dtype=meta["dtype"])
     assert set(episode_bounds(tokens, meta["eos_id"])[1].tolist()) == {keys["train.bptt"]}
+
+
+def test_each_epoch_reads_its_own_order_and_a_mid_epoch_resume_continues_it(in_copy3, tmp_path):
+    """Recorded batches of a real fit over several epochs: epoch e reads the order keyed on (seed, e),
+    and a run resumed from a checkpoint taken inside epoch 2 reads exactly what the whole run read."""
+    import lightning.pytorch as pl
+
+    from seqlm.data.tokens import read_meta
+    from seqlm.models import build_model
+    from seqlm.training.datamodule import TokenDataModule
+    from seqlm.training.lightning_module import LitLanguageModel
+
+    cfg, paths = in_copy3.config(), in_copy3.paths()
+    meta = read_meta(paths)
+
+    class SaveAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 20:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    def fit(steps, callbacks=(), ckpt=None):
+        torch.manual_seed(0)
+        model = Recorder(build_model(cfg.model, meta["vocab_size"]))
+        seen = []
+        model.forward = lambda x, state=None, inner=model.inner: seen.append(x.clone()) or inner(x, state)
+        lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], steps)
+        data = TokenDataModule(paths, 512, 8, seed=5, episodic=True)
+        trainer = pl.Trainer(
+            max_steps=steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(lm, datamodule=data, ckpt_path=ckpt)
+        return seen, data
+
+    whole, data = fit(30, [SaveAt()])
+    per_epoch = data.split_windows("train")  # 8 batches of 512 episodes
+    assert per_epoch < 20 // 2  # the checkpoint lies past the first epoch
+    reference = data.split("train", 0, 1)
+    for epoch in range(3):
+        reference.epoch = epoch
+        for i, (x, _, _) in enumerate(reference):
+            assert torch.equal(whole[epoch * per_epoch + i], x)
+    resumed, _ = fit(30, ckpt=str(tmp_path / "mid.ckpt"))
+    assert len(resumed) == 10 and all(torch.equal(a, b) for a, b in zip(resumed, whole[20:]))

@@ -57,8 +57,10 @@ class TokenDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         self._train = self.split("train", trainer.global_rank, trainer.world_size, self.variable_bptt)
-        # A resumed run restores the module's stream column first; the first pass continues from it.
+        # A resumed run restores the module's stream column first; the first pass continues from it. Its
+        # epoch too: Lightning skips on_train_epoch_start (set_epoch) when it resumes mid-epoch.
         self._train.start = getattr(trainer.lightning_module, "column", 0)
+        self._train.epoch = trainer.current_epoch
         # batch_size=None: the dataset yields whole [B, T] batches, in order (streams must not shuffle).
         return DataLoader(self._train, batch_size=None, num_workers=0, generator=self._generator())
 
