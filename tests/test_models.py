@@ -285,5 +285,7 @@ def test_recurrent_gain_sets_the_spectral_radius_of_an_orthogonal_w_hh():
     for w in model.recurrent_weights():
         radius = torch.linalg.eigvals(w.detach()).abs().max().item()
         assert radius == pytest.approx(1.5, rel=1e-4)
-    torch.testing.assert_close(make("lstm", recurrent_gain=2.0).rnn.weight_hh_l0, 2 * make("lstm").rnn.weight_hh_l0)
+    torch.testing.assert_close(
+        make("lstm", recurrent_gain=2.0).rnn.weight_hh_l0, 2 * make("lstm").rnn.weight_hh_l0
+    )
     torch.testing.assert_close(make("gru", recurrent_gain=1.0).rnn.weight_hh_l0, make("gru").rnn.weight_hh_l0)

@@ -4,8 +4,6 @@ results (no training here; `make study` is the real run)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import yaml
 from seqlm_testing import REPO
@@ -361,7 +359,8 @@ def verdicts(text: str) -> dict[str, str]:
 
 CLAIMS = {
     "window": "Fixed-window feed-forward models cannot hold long history",
-    "big": "A bigger window needs parameters that are not shared, and does not buy what an RNN's shared weights buy",
+    "big": "A bigger window needs parameters that are not shared, and does not buy what an RNN's shared "
+    "weights buy",
     "bow": "A bag of words loses order",
     "vanish": "Plain (tanh) RNN gradients vanish over long spans",
     "clip": "Gradients can explode, and clipping tames the explosion",
@@ -410,7 +409,7 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     lstm = next(e for e in plan if e.cell == "text-lstm")
     assert f"| lstm | {lstm.parameters:,} | 1.350 ± 0.010 | 0.100 ± 0.000 |" in text
     assert "| bilstm |" in text and "| 5.700 ± 0.010 |" in text
-    assert "rnn 1,200 steps" in text  # equal updates, with the minutes beside them
+    assert "rnn 1,200 steps in 7.5 min" in text  # equal updates, with the minutes beside them
     for figure in ("gradient_flow", "context_ablation", "copy_recall", "explosion"):
         assert f"](study/{figure}.png)" in text
         assert (tmp_path / "study" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"

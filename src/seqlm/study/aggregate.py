@@ -28,7 +28,7 @@ class Stat:
 
     def text(self, digits: int = 3) -> str:
         if self.n == 1:
-            return f"{self.mean:.{digits}f}"
+            return f"{self.mean:.{digits}f}"  # one seed (or one left): no spread to show
         return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
 
 
@@ -115,7 +115,8 @@ def by_label(results, group: str) -> dict[str, Cell]:
 
 
 def probe_grid(results) -> dict[str, dict[int, Cell]]:
-    """Row label -> delay -> the copy probe's cell (the IRNN's learning-rate variants are rows of their own)."""
+    """Row label -> delay -> the copy probe's cell (the IRNN's learning-rate variants are rows of their "
+    "own)."""
     grid: dict[str, dict[int, Cell]] = {}
     for c in cells(results, "probe").values():
         grid.setdefault(c.label, {})[c.experiment.delay] = c

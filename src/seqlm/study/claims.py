@@ -74,7 +74,10 @@ def _uses_context(cell: Cell) -> tuple[bool, str]:
 
 def _window(text: dict[str, Cell]) -> Claim:
     claim = "Fixed-window feed-forward models cannot hold long history"
-    test = "test bits/byte and the cost of resetting every 64 tokens: ffn_window (8 tokens) against the best recurrent model"
+    test = (
+        "test bits/byte and the cost of resetting every 64 tokens: ffn_window (8 tokens) against the best "
+        "recurrent model"
+    )
     ffn, best = text.get("ffn_window"), _best_recurrent(text)
     if ffn is None or best is None or ffn.stat(bpb) is None:
         return not_tested(claim, test, "the ffn_window or every recurrent text cell is missing or failed")
@@ -82,7 +85,8 @@ def _window(text: dict[str, Cell]) -> Claim:
     gain_ffn, gain_rnn = ffn.stat(context_gain("64")), best.stat(context_gain("64"))
     evidence = (
         f"test bits/byte: ffn_window {fmt(ffn.stat(bpb))} vs {best.label} {fmt(best.stat(bpb))}; "
-        f"resetting every 64 tokens costs ffn_window {fmt(gain_ffn)} and {best.label} {fmt(gain_rnn)} bits/byte"
+        f"resetting every 64 tokens costs ffn_window {fmt(gain_ffn)} and {best.label} {fmt(gain_rnn)} "
+        "bits/byte"
     )
     if not seen:
         return Claim(claim, "control failed", test, control, evidence)
@@ -100,8 +104,14 @@ def _params(cell: Cell) -> int:
 
 
 def _big_window(text: dict[str, Cell]) -> Claim:
-    claim = "A bigger window needs parameters that are not shared, and does not buy what an RNN's shared weights buy"
-    test = "parameters and test bits/byte: ffn_window at 8 and at its wide window against the best recurrent model"
+    claim = (
+        "A bigger window needs parameters that are not shared, and does not buy what an RNN's shared "
+        "weights buy"
+    )
+    test = (
+        "parameters and test bits/byte: ffn_window at 8 and at its wide window against the best "
+        "recurrent model"
+    )
     narrow, wide, best = text.get("ffn_window"), text.get("ffn_window-wide"), _best_recurrent(text)
     if None in (narrow, wide, best) or wide.stat(bpb) is None or narrow.stat(bpb) is None:
         return not_tested(
@@ -115,7 +125,8 @@ def _big_window(text: dict[str, Cell]) -> Claim:
         f"bits/byte ({'passed' if seen else 'failed'})"
     )
     evidence = (
-        f"ffn_window (8): {_params(narrow):,} parameters, {fmt(narrow.stat(bpb))} bits/byte; ffn_window ({window}): "
+        f"ffn_window (8): {_params(narrow):,} parameters, {fmt(narrow.stat(bpb))} bits/byte; ffn_window "
+        f"({window}): "
         f"{_params(wide):,} parameters, {fmt(wide.stat(bpb))}; {best.label}: {_params(best):,} parameters, "
         f"{fmt(best.stat(bpb))}"
     )
@@ -157,7 +168,10 @@ def _vanish(text: dict[str, Cell]) -> Claim:
             claim, "gradient flow", "the tanh rnn text cell is missing, failed or has no gradient-flow report"
         )
     k = len(rnn.results[0].gradient["rows"]) - 1 if rnn.results[0].gradient else "K"
-    test = f"log10 ‖∂ℓ_t/∂h_(t−{k})‖ / ‖∂ℓ_t/∂h_t‖ after training on text; vanished means below {VANISHED_LOG10:g}"
+    test = (
+        f"log10 ‖∂ℓ_t/∂h_(t−{k})‖ / ‖∂ℓ_t/∂h_t‖ after training on text; vanished means below "
+        f"{VANISHED_LOG10:g}"
+    )
     ratio = rnn.stat(log10_gradient_ratio)
     others = {f: text[f].stat(log10_gradient_ratio) for f in ("irnn", "lstm", "gru") if f in text}
     others = {f: s for f, s in others.items() if s is not None}
@@ -182,7 +196,8 @@ def _clipping(explode: dict[str, Cell], reference: Cell | None) -> Claim:
     e = unclipped.experiment.overrides
     test = (
         f"tanh rnn provoked to explode (W_hh orthogonal × {e.get('model.recurrent_gain')}, SGD at lr "
-        f"{e.get('train.lr')}), trained with and without clipping at {clipped.experiment.overrides.get('train.grad_clip')}"
+        f"{e.get('train.lr')}), trained with and without clipping at "
+        f"{clipped.experiment.overrides.get('train.grad_clip')}"
     )
     peak = unclipped.stat(log10_max_grad_norm)
     base = reference.stat(log10_max_grad_norm) if reference is not None else None
@@ -193,13 +208,16 @@ def _clipping(explode: dict[str, Cell], reference: Cell | None) -> Claim:
         and peak.mean - base.mean >= EXPLODED_LOG10
     )
     control = (
-        f"the provocation explodes without clipping: peak gradient norm 10^{fmt(peak, 1)} vs 10^{fmt(base, 1)} for "
-        f"the unprovoked tanh rnn, {unclipped.diverged}/{unclipped.seeds} diverged ({'passed' if exploded else 'failed'})"
+        f"the provocation explodes without clipping: peak gradient norm 10^{fmt(peak, 1)} vs "
+        f"10^{fmt(base, 1)} for "
+        f"the unprovoked tanh rnn, {unclipped.diverged}/{unclipped.seeds} diverged "
+        f"({'passed' if exploded else 'failed'})"
     )
     rows = []
     for cell in (clipped, unclipped):
         rows.append(
-            f"{cell.label}: {cell.diverged}/{cell.seeds} diverged, {fmt(cell.stat(loss_spikes), 1)} loss spikes, "
+            f"{cell.label}: {cell.diverged}/{cell.seeds} diverged, {fmt(cell.stat(loss_spikes), 1)} loss "
+            "spikes, "
             f"test bits/byte {fmt(cell.stat(bpb))}"
         )
     evidence = "; ".join(rows)
@@ -229,7 +247,8 @@ def _bidirectional(cloze: dict[str, Cell]) -> Claim:
     unigram = lstm.stat(unigram_bits_per_blank)
     seen = below(lstm.stat(bits_per_blank), unigram)
     control = (
-        f"the left-to-right LSTM beats the unigram ({fmt(lstm.stat(bits_per_blank))} vs {fmt(unigram)} bits per "
+        f"the left-to-right LSTM beats the unigram ({fmt(lstm.stat(bits_per_blank))} vs {fmt(unigram)} "
+        "bits per "
         f"blank): the test sees context ({'passed' if seen else 'failed'})"
     )
     evidence = (
@@ -238,6 +257,6 @@ def _bidirectional(cloze: dict[str, Cell]) -> Claim:
     )
     if not seen:
         return Claim(claim, "control failed", test, control, evidence)
-    b, l = bi.stat(bits_per_blank), lstm.stat(bits_per_blank)
-    verdict = "supported" if below(b, l) else ("not supported" if above(b, l) else "tie")
+    b, left = bi.stat(bits_per_blank), lstm.stat(bits_per_blank)
+    verdict = "supported" if below(b, left) else ("not supported" if above(b, left) else "tie")
     return Claim(claim, verdict, test, control, evidence)

@@ -153,7 +153,8 @@ GPU_PRESET = {"gpu": True, "probe_steps": 5000, "delays": (5, 10, 25, 50, 100, 2
 
 
 def preset(name: str, **overrides) -> Options:
-    """``full`` (make study), ``quick`` (a first look: one seed, a short ladder) or ``gpu``, then overrides."""
+    """``full`` (make study), ``quick`` (a first look: one seed, a short ladder) or ``gpu``, then "
+    "overrides."""
     base = {"full": {}, "quick": QUICK, "gpu": GPU_PRESET}[name]
     return replace(Options(), **{**base, **overrides})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from seqlm.study.aggregate import Cell, above, fmt, probe_grid
 from seqlm.study.claims import Claim, not_tested
-from seqlm.study.results import recall, train_value
+from seqlm.study.results import minutes, recall, train_value
 
 REMEMBERS = 0.5  # "remembers delay d": mean recall at least halfway from chance to perfect
 
@@ -97,8 +97,8 @@ def _family(family: str, probes: dict[int, Cell], rnn: dict[int, Cell]) -> tuple
         d = anywhere[-1]
         return (
             "tie",
-            line
-            + f"; above the rnn at delay {d} ({fmt(probes[d].stat(recall), 2)} vs {fmt(rnn[d].stat(recall), 2)}) but neither or both remember it",
+            line + f"; above the rnn at delay {d} ({fmt(probes[d].stat(recall), 2)} vs "
+            f"{fmt(rnn[d].stat(recall), 2)}) but neither or both remember it",
         )
     return "not supported", line + "; its recall is above the tanh rnn's at no delay"
 
@@ -107,11 +107,11 @@ def updates_line(grid: dict[str, dict[int, Cell]]) -> str:
     """The step budget and the minutes it took each family: equal updates, unequal time."""
     parts = []
     for family, probes in grid.items():
-        minutes = [
-            c.stat(lambda r: (train_value("wall_seconds")(r) or 0) / 60 or None) for c in probes.values()
-        ]
-        total = sum(m.mean for m in minutes if m is not None)
-        steps = {c.stat(train_value("steps")).mean for c in probes.values() if c.stat(train_value("steps"))}
-        shown = ", ".join(f"{s:,.0f}" for s in sorted(steps)) or "—"
-        parts.append(f"{family} {shown} steps, {total:.1f} min over the ladder (mean of the seeds)")
-    return "Equal updates, unequal minutes: " + "; ".join(parts) + "."
+        spent = [c.stat(minutes) for c in probes.values()]
+        total = sum(m.mean for m in spent if m is not None)
+        steps = {round(s.mean) for c in probes.values() if (s := c.stat(train_value("steps")))}
+        shown = "/".join(f"{n:,}" for n in sorted(steps)) or "—"
+        parts.append(f"{family} {shown} steps in {total:.1f} min")
+    return (
+        "Equal updates, unequal minutes (per seed, summed over the delays it ran): " + "; ".join(parts) + "."
+    )

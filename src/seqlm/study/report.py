@@ -36,10 +36,13 @@ from seqlm.study.results import (
 
 FIGURES = "study"  # docs/study/*.png
 CAPTIONS = {
-    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training (window models: 0 for every k > 0).",
+    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training (window "
+    "models: 0 for every k > 0).",
     "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state.",
-    "copy_recall": "Recall at the key's second appearance, mean ± sd over seeds; every family got the same number of updates.",
-    "explosion": "Every seed's gradient norm (measured before clipping) and training loss, clipped against unclipped.",
+    "copy_recall": "Recall at the key's second appearance, mean ± sd over seeds; every family got the "
+    "same number of updates.",
+    "explosion": "Every seed's gradient norm (measured before clipping, so the clipped runs show what "
+    "clipping caught) and training loss, clipped against unclipped; x marks a divergence.",
 }
 
 
@@ -60,7 +63,8 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
     lines = [
         "# The sequence-model study",
         "",
-        "Written by `seqlm study` (`make study`) from the experiments' own reports; do not edit by hand, rerun it.",
+        "Written by `seqlm study` (`make study`) from the experiments' own reports; do not edit by hand, "
+        "rerun it.",
         "",
         _provenance(results, machine, options),
         "",
@@ -68,7 +72,8 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
         "",
         f"**Verdict rule:** {RULE}. Each claim is judged only when its *positive control* shows the test can "
         "see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
-        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the split, "
+        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the "
+        "split, "
         "the tokenizer's sampling, the initialisation and the batch order)."
         + (" **One seed: no spread, so every verdict is provisional.**" if seeds < 2 else ""),
         "",
@@ -91,14 +96,18 @@ def _provenance(results, machine: dict, options) -> str:
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU"
     experiments = [r.experiment for r in results]
     return (
-        f"**Machine:** {machine['cpu']}, {machine['cores']} cores{gpu}, {machine.get('memory') or '? GiB'} RAM; "
+        f"**Machine:** {machine['cpu']}, {machine['cores']} cores{gpu}, "
+        f"{machine.get('memory') or '? GiB'} RAM; "
         f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}.  \n"
         f"**Commit:** `{machine['commit'][:12]}`{dirty}. "
         f"**Date:** {machine['started']} to {machine['finished']} (UTC).  \n"
-        f"**Budget:** preset `{options.preset}`, estimated before queueing at {budget.summary(experiments, options)}; "
-        f"spent {machine['wall_minutes']:.1f} minutes for {len(results)} experiments ({failed} failed or diverged), "
+        f"**Budget:** preset `{options.preset}`, estimated before queueing at "
+        f"{budget.summary(experiments, options)}; "
+        f"spent {machine['wall_minutes']:.1f} minutes for {len(results)} experiments ({failed} failed or "
+        "diverged), "
         f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_minutes:g} min of "
-        f"training, probe {options.probe_steps:,} updates (no minute limit), explosion {options.explode_minutes:g} "
+        f"training, probe {options.probe_steps:,} updates (no minute limit), explosion "
+        f"{options.explode_minutes:g} "
         f"min, cloze {options.cloze_minutes:g} min; no early stopping.{_load(machine, options)}  \n"
         f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}`, "
         f"`seqlm.study.stamp={options.stamp}`, `seqlm.study.cell` and `seqlm.study.seed`; DVC experiments "
@@ -115,7 +124,10 @@ def _load(machine: dict, options) -> str:
         if mean > options.jobs + 0.5
         else "the study had the cores to itself"
     )
-    return f" Load average while the experiments ran: mean {mean:.1f}, peak {peak:.1f}, against {options.jobs} for the study's own experiments: {busy}."
+    return (
+        f" Load average while the experiments ran: mean {mean:.1f}, peak {peak:.1f}, against {options.jobs} "
+        f"for the study's own experiments: {busy}."
+    )
 
 
 def _figure(figures: dict, name: str, alt: str) -> list[str]:
@@ -129,19 +141,24 @@ def _text_section(results, figures) -> list[str]:
     lines = [
         "## Text: one corpus, equal minutes, matched sizes (the wide window excepted)",
         "",
-        "Each family trained for the same minutes on the same corpus and tokenizer, with a hidden size that puts "
-        "its parameters within 15% of the LSTM's; the wide ffn_window keeps the narrow one's hidden size, so its "
-        "extra parameters are the price of its window. Test metrics use the evaluate stage's carried-state protocol.",
+        "Each family trained for the same minutes on the same corpus and tokenizer, with a hidden size "
+        "that puts "
+        "its parameters within 15% of the LSTM's; the wide ffn_window keeps the narrow one's hidden "
+        "size, so its "
+        "extra parameters are the price of its window. Test metrics use the evaluate stage's "
+        "carried-state protocol.",
         "",
-        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | steps | minutes | failed |",
+        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | steps | "
+        "minutes | failed |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, c in text.items():
         window = c.experiment.overrides.get("model.window")
         name = f"{label} (window {window})" if label.startswith("ffn_window") and window else label
         lines.append(
-            f"| {name} | {c.experiment.parameters:,} | {fmt(c.stat(bpb))} | {fmt(c.stat(context_gain('64')))} | "
-            f"{fmt(c.stat(log10_gradient_ratio), 1)} | {fmt(c.stat(train_value('steps')), 0)} | "
+            f"| {name} | {c.experiment.parameters:,} | {fmt(c.stat(bpb))} | "
+            f"{fmt(c.stat(context_gain('64')))} | "
+            f"{_ratio(c)} | {fmt(c.stat(train_value('steps')), 0)} | "
             f"{fmt(c.stat(minutes), 1)} | {c.failed}/{c.seeds} |"
         )
     return lines + [
@@ -149,6 +166,12 @@ def _text_section(results, figures) -> list[str]:
         *_figure(figures, "gradient_flow", "Gradient flow per family"),
         *_figure(figures, "context_ablation", "Context ablation per family"),
     ]
+
+
+def _ratio(c) -> str:
+    """log10 of the gradient ratio; a window model has no path back past its window, so none."""
+    window = c.experiment.overrides.get("model.family") in ("ffn_window", "bow")
+    return "n/a (no recurrence)" if window else fmt(c.stat(log10_gradient_ratio), 1)
 
 
 def _probe_section(results, figures) -> list[str]:
@@ -163,14 +186,20 @@ def _probe_section(results, figures) -> list[str]:
     lines = [
         "## Episodic copy probe: how far back does each family remember?",
         "",
-        "`data.source: synthetic:copy` with `train.episodic: true`: every line (a key, `data.delay` filler dots, "
-        "the cue `?`, the key again) is an independent episode from a fresh state, B whole episodes per batch, "
-        "the loss on every target; recall is scored at each test episode's recall position. Every family gets "
-        "the same number of updates (a step budget); the minutes they took are reported. A family *remembers* a "
-        "delay when its mean recall is at least halfway from chance to perfect; the positive control is that it "
+        "`data.source: synthetic:copy` with `train.episodic: true`: every line (a key, `data.delay` "
+        "filler dots, "
+        "the cue `?`, the key again) is an independent episode from a fresh state, B whole episodes per "
+        "batch, "
+        "the loss on every target; recall is scored at each test episode's recall position. Every family "
+        "gets "
+        "the same number of updates (a step budget); the minutes they took are reported. A family "
+        "*remembers* a "
+        "delay when its mean recall is at least halfway from chance to perfect; the positive control is "
+        "that it "
         "remembers the shortest delay. The IRNN runs under its own protocol (Le et al. 2015): "
         f"`train.optimizer: {irnn.get('train.optimizer', 'sgd')}`, gradients clipped at "
-        f"{irnn.get('train.grad_clip', '—')}, learning rate {irnn.get('train.lr', '—')} on the ladder and the "
+        f"{irnn.get('train.grad_clip', '—')}, learning rate {irnn.get('train.lr', '—')} on the ladder and "
+        "the "
         "rest of its range at the shortest delay.",
         "",
         "| family | "
@@ -212,19 +241,26 @@ def _explode_section(results, figures) -> list[str]:
     lines = [
         "## The provoked explosion: clipping where there is something to clip",
         "",
-        f"A tanh RNN on the text with W_hh orthogonal × {o.get('model.recurrent_gain')} (`model.recurrent_gain`: "
-        f"spectral radius {o.get('model.recurrent_gain')}) and plain SGD at lr {o.get('train.lr')}, so a gradient's "
-        "size is its step's size (Pascanu, Mikolov & Bengio 2013). A *loss spike* is a logged training loss more "
-        "than 0.5 nats above the lowest before it; *diverged* is a non-finite loss, which stops the run (recorded, "
+        f"A tanh RNN on the text with W_hh orthogonal × {o.get('model.recurrent_gain')} "
+        "(`model.recurrent_gain`: "
+        f"spectral radius {o.get('model.recurrent_gain')}) and plain SGD at lr {o.get('train.lr')}, so a "
+        "gradient's "
+        "size is its step's size (Pascanu, Mikolov & Bengio 2013). A *loss spike* is a logged training "
+        "loss more "
+        "than 0.5 nats above the lowest before it; *diverged* is a non-finite loss, which stops the run "
+        "(recorded, "
         "not a crash of the study).",
         "",
-        "| run | diverged | loss spikes | peak gradient norm (log10) | last training loss | test bits/byte | fraction of steps clipped |",
+        "| run | diverged | loss spikes | peak gradient norm (log10) | last training loss | test "
+        "bits/byte | fraction of steps clipped |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, c in explode.items():
         lines.append(
-            f"| {label} | {c.diverged}/{c.seeds} | {fmt(c.stat(loss_spikes), 1)} | {fmt(c.stat(log10_max_grad_norm), 1)} | "
-            f"{fmt(c.stat(final_loss), 2)} | {fmt(c.stat(bpb))} | {fmt(c.stat(train_value('fraction_clipped')), 2)} |"
+            f"| {label} | {c.diverged}/{c.seeds} | {fmt(c.stat(loss_spikes), 1)} | "
+            f"{fmt(c.stat(log10_max_grad_norm), 1)} | "
+            f"{fmt(c.stat(final_loss), 2)} | {fmt(c.stat(bpb))} | "
+            f"{fmt(c.stat(train_value('fraction_clipped')), 2)} |"
         )
     return lines + ["", *_figure(figures, "explosion", "Gradient norm and loss, clipped against unclipped")]
 
@@ -237,15 +273,18 @@ def _cloze_section(results, figures) -> list[str]:
         "## The bidirectional RNN where it belongs: filling a blank",
         "",
         "`train.objective: cloze`: 15% of each window's tokens blanked, the model predicts them; the only "
-        "difference between the rows is `model.bidirectional`. Evaluation blanks the same test tokens for both.",
+        "difference between the rows is `model.bidirectional`. Evaluation blanks the same test tokens "
+        "for both.",
         "",
         "| model | parameters | bits per blank | top-1 | top-5 | unigram bits per blank | steps |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, c in cloze.items():
         lines.append(
-            f"| {label} | {c.experiment.parameters:,} | {fmt(c.stat(bits_per_blank))} | {fmt(c.stat(top1))} | "
-            f"{fmt(c.stat(top5))} | {fmt(c.stat(unigram_bits_per_blank))} | {fmt(c.stat(train_value('steps')), 0)} |"
+            f"| {label} | {c.experiment.parameters:,} | {fmt(c.stat(bits_per_blank))} | "
+            f"{fmt(c.stat(top1))} | "
+            f"{fmt(c.stat(top5))} | {fmt(c.stat(unigram_bits_per_blank))} | "
+            f"{fmt(c.stat(train_value('steps')), 0)} |"
         )
     return lines
 
@@ -284,6 +323,7 @@ def _footer(options, machine: dict) -> list[str]:
         "",
         "Each experiment is `dvc exp run --queue -S …` up to the evaluate stage (study models are never "
         f"registered), run {options.jobs} at a time (`OMP_NUM_THREADS=1`). Add a family to `FAMILIES` in "
-        "`src/seqlm/study/plan.py`; change seeds, budgets and delays with `seqlm study --seeds … --text-minutes … "
+        "`src/seqlm/study/plan.py`; change seeds, budgets and delays with `seqlm study --seeds … "
+        "--text-minutes … "
         "--probe-steps … --delays …`.",
     ]
