@@ -38,7 +38,10 @@ def estimate_minutes(experiments, jobs: int) -> float:
 
 def summary(experiments, options) -> str:
     """One line for the terminal and the report: the estimate and the limit it is held to."""
+    head = f"{len(experiments)} experiments, {options.seeds} seed(s) each"
+    if options.gpu:
+        return head + "; not estimated on the GPU path (the constants are a 2-core CPU's)"
     minutes = estimate_minutes(experiments, options.jobs)
     limit = LIMIT_MINUTES.get(options.preset)
-    held = f" (limit {limit:g} min on 2 cores)" if limit else " (GPU path: no limit)"
-    return f"{len(experiments)} experiments, {options.seeds} seed(s) each, about {minutes:.0f} min{held}"
+    held = f" (limit {limit:g} min on 2 cores)" if limit else ""
+    return f"{head}, about {minutes:.0f} min{held}"
