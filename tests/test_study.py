@@ -431,7 +431,7 @@ def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tm
     text = report.write(tmp_path, rows, MACHINE, OPTIONS).read_text()
     assert verdicts(text)[CLAIMS["clip"]] == "supported"
     assert "2/3 diverged (passed)" in text  # the control: the provocation exploded
-    assert "| unclipped | 2/3 |" in text
+    assert "| unclipped | 2/3 |" in text and "| 4.20 (n=1 of 3) | 1.910 (n=1 of 3) |" in text
     assert "(2 failed or diverged)" in text
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()

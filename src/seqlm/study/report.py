@@ -156,10 +156,10 @@ def _text_section(results, figures) -> list[str]:
         window = c.experiment.overrides.get("model.window")
         name = f"{label} (window {window})" if label.startswith("ffn_window") and window else label
         lines.append(
-            f"| {name} | {c.experiment.parameters:,} | {fmt(c.stat(bpb))} | "
-            f"{fmt(c.stat(context_gain('64')))} | "
-            f"{_ratio(c)} | {fmt(c.stat(train_value('steps')), 0)} | "
-            f"{fmt(c.stat(minutes), 1)} | {c.failed}/{c.seeds} |"
+            f"| {name} | {c.experiment.parameters:,} | {_cell(c, bpb)} | "
+            f"{_cell(c, context_gain('64'))} | "
+            f"{_ratio(c)} | {_cell(c, train_value('steps'), 0)} | "
+            f"{_cell(c, minutes, 1)} | {c.failed}/{c.seeds} |"
         )
     return lines + [
         "",
@@ -168,10 +168,17 @@ def _text_section(results, figures) -> list[str]:
     ]
 
 
+def _cell(c, metric, digits: int = 3) -> str:
+    """A table cell: mean ± sd over the seeds, and how many seeds it rests on when some failed."""
+    s = c.stat(metric)
+    text = fmt(s, digits)
+    return text if s is None or s.n == c.seeds else f"{text} (n={s.n} of {c.seeds})"
+
+
 def _ratio(c) -> str:
     """log10 of the gradient ratio; a window model has no path back past its window, so none."""
     window = c.experiment.overrides.get("model.family") in ("ffn_window", "bow")
-    return "n/a (no recurrence)" if window else fmt(c.stat(log10_gradient_ratio), 1)
+    return "n/a (no recurrence)" if window else _cell(c, log10_gradient_ratio, 1)
 
 
 def _probe_section(results, figures) -> list[str]:
@@ -257,10 +264,10 @@ def _explode_section(results, figures) -> list[str]:
     ]
     for label, c in explode.items():
         lines.append(
-            f"| {label} | {c.diverged}/{c.seeds} | {fmt(c.stat(loss_spikes), 1)} | "
-            f"{fmt(c.stat(log10_max_grad_norm), 1)} | "
-            f"{fmt(c.stat(final_loss), 2)} | {fmt(c.stat(bpb))} | "
-            f"{fmt(c.stat(train_value('fraction_clipped')), 2)} |"
+            f"| {label} | {c.diverged}/{c.seeds} | {_cell(c, loss_spikes, 1)} | "
+            f"{_cell(c, log10_max_grad_norm, 1)} | "
+            f"{_cell(c, final_loss, 2)} | {_cell(c, bpb)} | "
+            f"{_cell(c, train_value('fraction_clipped'), 2)} |"
         )
     return lines + ["", *_figure(figures, "explosion", "Gradient norm and loss, clipped against unclipped")]
 
@@ -281,10 +288,10 @@ def _cloze_section(results, figures) -> list[str]:
     ]
     for label, c in cloze.items():
         lines.append(
-            f"| {label} | {c.experiment.parameters:,} | {fmt(c.stat(bits_per_blank))} | "
-            f"{fmt(c.stat(top1))} | "
-            f"{fmt(c.stat(top5))} | {fmt(c.stat(unigram_bits_per_blank))} | "
-            f"{fmt(c.stat(train_value('steps')), 0)} |"
+            f"| {label} | {c.experiment.parameters:,} | {_cell(c, bits_per_blank)} | "
+            f"{_cell(c, top1)} | "
+            f"{_cell(c, top5)} | {_cell(c, unigram_bits_per_blank)} | "
+            f"{_cell(c, train_value('steps'), 0)} |"
         )
     return lines
 
@@ -314,7 +321,7 @@ def _footer(options, machine: dict) -> list[str]:
         "## Reproduce and extend",
         "",
         "```bash",
-        "make study                  # seqlm study: every cell over 3 seeds, about 85 min on 2 cores",
+        "make study                  # seqlm study: every cell over 3 seeds, under 90 min on 2 cores",
         "seqlm study --quick         # a first look: one seed, a short ladder, short budgets (under 20 min)",
         "seqlm study --gpu           # bigger models, longer delays and more updates, on a GPU",
         "seqlm study --dry-run       # the plan, its time estimate and the dvc commands; runs nothing",
