@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -55,3 +57,29 @@ def test_variable_bptt_is_deterministic_and_bounded():
 def test_too_few_tokens_for_the_streams_is_a_clear_error():
     with pytest.raises(SeqlmError, match="lower train.batch_size"):
         StreamWindows(np.arange(10, dtype=np.uint16), batch_size=32, bptt=8)
+
+
+def episodic_project(project, lines: list[str]):
+    """Token files and meta.json for ``lines`` (one token per character, eos 2), as tokenize writes them."""
+    paths = project.paths()
+    paths.tokens_dir.mkdir(parents=True)
+    ids = np.array([t for line in lines for t in [*(3 + ord(c) - ord("a") for c in line), 2]], dtype="<u2")
+    for split in ("train", "valid", "test"):
+        ids.tofile(paths.tokens(split))
+    paths.tokens_meta.write_text(json.dumps({"dtype": "uint16", "eos_id": 2, "vocab_size": 40}))
+    return paths
+
+
+def test_the_episodic_data_module_reads_whole_lines_and_names_train_bptt(project):
+    from seqlm.data.episodes import EpisodeBatches
+    from seqlm.training.datamodule import TokenDataModule
+
+    paths = episodic_project(project, ["abc", "de", "f"] * 20)
+    data = TokenDataModule(paths, batch_size=4, bptt=4, seed=1, episodic=True)
+    train = data.split("train", rank=0, world_size=1)
+    assert isinstance(train, EpisodeBatches) and train.shuffle and not data.split("valid", 0, 1).shuffle
+    assert data.split_windows("train") == 60 // 4  # the schedule's horizon counts episode batches
+    x, y, end = next(iter(train))
+    assert x.shape == (4, y.shape[1]) and y.shape[1] <= 4 and end == 1
+    with pytest.raises(SeqlmError, match="more than train.bptt 3; raise train.bptt to at least 4"):
+        TokenDataModule(paths, batch_size=4, bptt=3, episodic=True).split("train", 0, 1)

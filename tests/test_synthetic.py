@@ -53,6 +53,34 @@ def test_bracket_lines_close_the_opener_seen_delay_symbols_ago(delay):
         assert not stack
 
 
+@pytest.mark.parametrize("delay", [2, 10, 200])
+def test_adding_lines_sum_the_two_marked_values(delay):
+    got = lines("adding", delay, n=2000)
+    for line in got:
+        assert len(line) == synthetic.line_length("adding", delay) == delay + 2
+        body, equals, answer = line[:-2], line[-2], line[-1]
+        assert equals == synthetic.EQUALS and set(body) <= set(synthetic.VALUES + synthetic.MARKED)
+        marked = [i for i, c in enumerate(body) if c in synthetic.MARKED]
+        assert len(marked) == 2
+        assert marked[0] < max(1, delay // 10) and delay // 2 <= marked[1] < delay  # first tenth, second half
+        assert int(answer) == sum(synthetic.MARKED.index(body[i]) for i in marked)
+    # the sum of two uniform values 0..4: 4 is the commonest (5/25), the chance the convention reports
+    answers = np.bincount([int(line[-1]) for line in got], minlength=9) / len(got)
+    assert answers.argmax() == 4 and abs(answers[4] - 0.2) < 0.03
+    convention = synthetic.recall_convention("adding", delay)
+    assert convention["symbols"] == synthetic.SUMS and convention["chance"] == 0.2
+    assert convention["span"] == delay + 1
+    assert set(synthetic.alphabet("adding")) == set("".join(got).replace("\n", "")) | set(synthetic.SUMS)
+
+
+def test_adding_needs_two_values(project):
+    from seqlm.stages.download import run_download
+
+    project.set(**{"data.source": "synthetic:adding", "data.delay": 1})
+    with pytest.raises(SeqlmError, match=r"data.delay must be ≥ 2 for synthetic:adding"):
+        run_download(project.config(), project.paths())
+
+
 def test_download_stage_writes_splits_and_the_recall_convention(project):
     from seqlm.stages.download import run_download
 
@@ -79,7 +107,7 @@ def test_unknown_task_is_named(project):
     with pytest.raises(
         SeqlmError,
         match=r"data.source synthetic:parity: no synthetic task named 'parity'; tasks: "
-        r"synthetic:copy, synthetic:brackets",
+        r"synthetic:copy, synthetic:brackets, synthetic:adding$",
     ):
         run_download(project.config(), project.paths())
 

@@ -59,7 +59,7 @@ class DataConfig(_Frozen):
         "builtin:kjv",
         pattern=r"^(builtin|hf|files|url|synthetic):(?s:.+)$",
         description="one of builtin:<name> | hf:<dataset>[:<config>] | files:<path or glob> | "
-        "url:<https URL> | synthetic:copy | synthetic:brackets",
+        "url:<https URL> | synthetic:copy | synthetic:brackets | synthetic:adding",
     )
     sha256: str = Field("", pattern=r"^([0-9a-fA-F]{64})?$", description="empty or 64 hex digits")
     split: Annotated[tuple[Fraction, Fraction, Fraction], _FromList] = (0.9, 0.05, 0.05)
@@ -105,8 +105,9 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(32, ge=1)
     bptt: int = Field(64, ge=2)
     variable_bptt: bool = False
+    episodic: bool = False
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
@@ -267,6 +268,16 @@ def _cross_checks(cfg: Config, where: str) -> None:
                 f"{where}: data.sha256 is required with data.source url: (64 hex digits of the file's "
                 'SHA-256, e.g. from `sha256sum`), got ""'
             )
+    if cfg.train.episodic and cfg.train.variable_bptt:
+        raise SeqlmError(
+            f"{where}: train.variable_bptt must be false with train.episodic: true (an episode is one "
+            "whole window, train.bptt only bounds its length), got true"
+        )
+    if cfg.train.episodic and cfg.train.objective == "cloze":
+        raise SeqlmError(
+            f"{where}: train.episodic must be false with train.objective: cloze (cloze already reads every "
+            "window on its own, from a fresh state), got true"
+        )
     if cfg.model.bidirectional and cfg.train.objective != "cloze":
         raise SeqlmError(
             f"{where}: model.bidirectional must be false: a bidirectional RNN reads the tokens it is "

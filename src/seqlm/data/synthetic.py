@@ -1,4 +1,4 @@
-"""Synthetic long-range probes, ``data.source: synthetic:copy`` and ``synthetic:brackets``.
+"""Synthetic long-range probes: ``data.source: synthetic:copy``, ``…:brackets`` and ``…:adding``.
 
 The seed's "I grew up in India … I can converse in ___" as a measurable task: every line holds one
 symbol that must be recalled ``data.delay`` symbols later, at the line's last position (the recall
@@ -11,6 +11,13 @@ recall alphabet, and what lies between is made of other symbols.
 - brackets: an opener + a body of exactly ``delay`` symbols + the matching closer, e.g. ``[ab(c)d{a}b]``.
   The body holds letters and short balanced pairs of the same bracket kinds, so the last opener
   seen is usually not the one to close: the model must keep the unmatched one.
+- adding: the adding problem (Hochreiter & Schmidhuber, 1997, §5.4; Le, Jaitly & Hinton, 2015) made
+  of tokens: ``delay`` values, each a digit 0–4, two of them marked (written as the letters ``a``–``e``
+  for 0–4), the first in the first tenth of the line, the second in its second half; then ``=`` and
+  the sum of the two marked values as one digit 0–8, e.g. ``3c14021a13=2``. The real-valued task is
+  discretised into five levels so that the sum is one token; the model must learn a 5 × 5 addition
+  table besides the memory, and the sum is not uniform: always answering 4 scores 1/5 without any
+  memory, and knowing only one of the two values scores no better, so accuracy above 1/5 needs both.
 
 Lines use no spaces and every symbol is a single character, so with ``tokenizer.type: char`` each
 symbol is one token; evaluation then scores the recall position (see ``evaluation.recall_metrics``).
@@ -35,7 +42,10 @@ CUE = "?"  # copy: "recall now"
 LETTERS = "abcd"  # brackets: body letters, uniform
 OPENERS, CLOSERS = "([{<", ")]}>"  # brackets: remember the opener, close it (chance 1/4)
 INNER_PAIR = 0.15  # brackets: chance that a body position starts a short inner pair
-TASKS = ("copy", "brackets")
+VALUES, MARKED = "01234", "abcde"  # adding: a value, and the same value marked (chance 1/5, see above)
+EQUALS = "="  # adding: "the sum now"
+SUMS = "012345678"
+TASKS = ("copy", "brackets", "adding")
 LINES_PER_CHUNK = 2000
 
 
@@ -44,6 +54,10 @@ def corpus(task: str, delay: int, total_symbols: int, fractions, seed: int, wher
     if task not in TASKS:
         raise SeqlmError(
             f"{where}: no synthetic task named {task!r}; tasks: {', '.join('synthetic:' + t for t in TASKS)}"
+        )
+    if task == "adding" and delay < 2:
+        raise SeqlmError(
+            f"{where}: data.delay must be ≥ 2 for synthetic:adding (two marked values), got {delay}"
         )
     length = line_length(task, delay)
     lines = {split: max(1, round(f * total_symbols / length)) for split, f in zip(SPLITS, fractions)}
@@ -62,6 +76,8 @@ def corpus(task: str, delay: int, total_symbols: int, fractions, seed: int, wher
 
 def alphabet(task: str) -> str:
     """Every symbol a line of ``task`` may hold."""
+    if task == "adding":
+        return SUMS + MARKED + EQUALS
     return KEYS + COPY_FILLER + CUE if task == "copy" else OPENERS + CLOSERS + LETTERS
 
 
@@ -73,13 +89,15 @@ def line_length(task: str, delay: int) -> int:
 def recall_convention(task: str, delay: int) -> dict:
     """What evaluation needs: where the recall position is, what may stand there, how far back it looks.
 
-    ``span``: symbols from the one to remember to the recall position (the gap the state must bridge).
+    ``span``: symbols from the one to remember to the recall position (the gap the state must bridge;
+    for adding, the longest: the first marked value may come a little after the line's start).
+    ``chance``: the best accuracy without memory (the commonest sum for adding, 1/N for the others).
     """
-    symbols = KEYS if task == "copy" else CLOSERS
+    symbols = {"copy": KEYS, "brackets": CLOSERS, "adding": SUMS}[task]
     return {
         "position": "last symbol of every line",
         "symbols": symbols,
-        "chance": 1 / len(symbols),
+        "chance": 1 / 5 if task == "adding" else 1 / len(symbols),
         "span": delay + 2 if task == "copy" else delay + 1,
     }
 
@@ -94,7 +112,7 @@ def _units(task: str, delay: int, n_lines: int, seed: int, split: str):
 def generate(task: str, delay: int, n_lines: int, seed: int, split: str) -> Iterator[str]:
     """``n_lines`` lines of ``task`` in chunks of whole lines ending in ``\\n``; same arguments, same text."""
     rng = np.random.default_rng([seed, TASKS.index(task), delay, SPLITS.index(split)])
-    make = copy_lines if task == "copy" else bracket_lines
+    make = {"copy": copy_lines, "brackets": bracket_lines, "adding": adding_lines}[task]
     for start in range(0, n_lines, LINES_PER_CHUNK):
         yield "".join(line + "\n" for line in make(rng, delay, min(LINES_PER_CHUNK, n_lines - start)))
 
@@ -103,6 +121,18 @@ def copy_lines(rng: np.random.Generator, delay: int, n: int) -> list[str]:
     keys = np.array(list(KEYS))[rng.integers(len(KEYS), size=n)]
     gap = COPY_FILLER * delay
     return [f"{k}{gap}{CUE}{k}" for k in keys]
+
+
+def adding_lines(rng: np.random.Generator, delay: int, n: int) -> list[str]:
+    values = rng.integers(len(VALUES), size=(n, delay))
+    first = rng.integers(0, max(1, delay // 10), size=n)  # the first tenth (Hochreiter & Schmidhuber)
+    second = rng.integers(delay // 2, delay, size=n)  # the second half
+    rows = np.arange(n)
+    sums = values[rows, first] + values[rows, second]
+    text = np.array(list(VALUES))[values]
+    text[rows, first] = np.array(list(MARKED))[values[rows, first]]
+    text[rows, second] = np.array(list(MARKED))[values[rows, second]]
+    return ["".join(row) + EQUALS + SUMS[s] for row, s in zip(text, sums)]
 
 
 def bracket_lines(rng: np.random.Generator, delay: int, n: int) -> list[str]:
@@ -125,3 +155,31 @@ def _body(rng: np.random.Generator, length: int) -> str:
             out.append(LETTERS[int(rng.integers(len(LETTERS)))])
             left -= 1
     return "".join(out)
+
+
+def episode_tokens(task: str, delay: int) -> int:
+    """Tokens of one episode under ``tokenizer.type: char``: the word-start piece ▁, the symbols, eos."""
+    return line_length(task, delay) + 2
+
+
+def episodic_probe_params(task: str, delay: int, steps: int) -> dict:
+    """Dotted ``params.yaml`` keys for an episodic probe run with a step budget (decision 22), for the
+    study to put beside its model and family keys: the task's corpus and char tokens, every line an
+    episode whose length is the window (``train.bptt`` and ``evaluate.bptt``), ``steps`` updates and no
+    other budget; minutes are still recorded (``wall_seconds``), so both are reported.
+    """
+    length = episode_tokens(task, delay)
+    return {
+        "data.source": f"synthetic:{task}",
+        "data.delay": delay,
+        "tokenizer.type": "char",
+        "tokenizer.byte_fallback": False,
+        "tokenizer.vocab_size": 32,  # the least allowed; char keeps the 4 + len(alphabet) pieces it sees
+        "train.episodic": True,
+        "train.bptt": length,
+        "evaluate.bptt": length,
+        "train.max_steps": steps,
+        "train.max_minutes": 0,
+        "train.max_epochs": 100_000,  # the steps are the budget
+        "train.early_stopping_patience": 0,
+    }

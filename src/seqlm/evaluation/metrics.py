@@ -98,6 +98,37 @@ def stream_totals(
     return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start)
 
 
+def episode_totals(
+    model, tokens: np.ndarray, eos_id: int, batch_size: int, max_len: int, device="cpu", split: str = "test"
+) -> StreamTotals:
+    """``stream_totals`` under the episodic protocol (``train.episodic``, decision 22): every line an
+    episode from a fresh state, ``batch_size`` episodes at a time. Every token of the split is a target.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from seqlm.data.episodes import IGNORE, EpisodeBatches
+
+    batches = EpisodeBatches(tokens, eos_id, batch_size, max_len, (split, "evaluate.bptt"))
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, top1, top5
+    count = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, y, _ in batches:
+            logits, _ = model(x.to(device), None)
+            y = y.to(device).reshape(-1)
+            keep = y != IGNORE
+            logits, y = logits.reshape(-1, logits.shape[-1])[keep].float(), y[keep]
+            nll = F.cross_entropy(logits, y, reduction="sum")
+            best = F.pad(logits.topk(min(6, logits.shape[1]), dim=1).values, (0, 6), value=-math.inf)
+            hits = best[:, [1, 5]] < logits.gather(1, y[:, None])  # as in stream_totals
+            sums += torch.cat([nll.double().view(1), hits.sum(0).double()])
+            count += y.numel()
+        nll, top1, top5 = sums.tolist()
+    return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start)
+
+
 def split_metrics(totals: StreamTotals, split: dict, protocol: dict, baselines: dict | None = None) -> dict:
     """The metrics of one split; ``split`` is its meta.json entry (tokens, bytes, words).
 

@@ -2,7 +2,8 @@
 
 A ``data.source: synthetic:…`` corpus ends every line in one symbol of a small recall alphabet, and
 the download manifest records that convention. Accuracy is measured at those positions under the
-evaluation's stream layout with the state carried (docs/architecture.md, decisions 3 and 12).
+evaluation's stream layout with the state carried (docs/architecture.md, decisions 3 and 12), or, for
+a model trained with ``train.episodic``, with every line an episode from a fresh state (decision 22).
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import numpy as np
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.evaluation.metrics import LN2, stream_windows
+
+NOT_ONE_TOKEN = (
+    "recall accuracy needs every line of the probe to end in one token of its recall alphabet; "
+    "set tokenizer.type: char (one token per symbol) for synthetic: sources"
+)
 
 
 def probe_convention(paths: Paths) -> dict | None:
@@ -29,10 +35,7 @@ def recall_targets(tokens: np.ndarray, eos_id: int, symbol_ids: np.ndarray) -> n
     tokens = np.asarray(tokens)
     at = np.flatnonzero((tokens[1:] == eos_id) & (tokens[:-1] != eos_id))
     if len(at) == 0 or not np.isin(tokens[at], symbol_ids).all():
-        raise SeqlmError(
-            "recall accuracy needs every line of the probe to end in one token of its recall alphabet; "
-            "set tokenizer.type: char (one token per symbol) for synthetic: sources"
-        )
+        raise SeqlmError(NOT_ONE_TOKEN)
     return at
 
 
@@ -93,8 +96,60 @@ def recall_metrics(
     }
 
 
+def episodic_recall_metrics(
+    model,
+    tokens: np.ndarray,
+    eos_id: int,
+    symbol_ids: np.ndarray,
+    chance: float,
+    batch_size: int,
+    max_len: int,
+    device="cpu",
+) -> dict:
+    """Accuracy at the recall position of every episode (line), each from a fresh state, ``batch_size``
+    episodes at a time: nothing is remembered from another line, and every line is scored.
+
+    As in ``recall_metrics``, a prediction counts when the target is the most likely of the recall
+    alphabet; ``recall_chance`` is the best a model without memory can score (the task's convention).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from seqlm.data.episodes import EpisodeBatches, recall_mask
+
+    batches = EpisodeBatches(tokens, eos_id, batch_size, max_len, ("test", "evaluate.bptt"))
+    ids = torch.as_tensor(symbol_ids, dtype=torch.long, device=device)
+    correct = count = 0
+    nll = 0.0
+    model.eval()
+    with torch.inference_mode():
+        for x, y, _ in batches:
+            logits, _ = model(x.to(device), None)
+            y = y.to(device)
+            at = recall_mask(y)
+            picked, target = logits[at].float(), y[at]
+            if not torch.isin(target, ids).all():
+                raise SeqlmError(NOT_ONE_TOKEN)
+            correct += int((ids[picked[:, ids].argmax(1)] == target).sum())
+            nll += float(F.cross_entropy(picked, target, reduction="sum"))
+            count += int(target.numel())
+    return {
+        "recall_accuracy": correct / count,
+        "recall_chance": chance,
+        "recall_bits": nll / count / LN2,
+        "recall_positions": count,
+    }
+
+
 def probe_metrics(
-    paths: Paths, model, tokens: np.ndarray, meta: dict, batch_size: int, bptt: int, device
+    paths: Paths,
+    model,
+    tokens: np.ndarray,
+    meta: dict,
+    batch_size: int,
+    bptt: int,
+    device,
+    episodic: bool = False,
 ) -> dict:
     """``recall_*`` metrics for a synthetic probe corpus; {} for text corpora."""
     import sentencepiece as spm
@@ -111,5 +166,11 @@ def probe_metrics(
             "the tokenizer has no single piece for some of the probe's recall symbols "
             f"{recall['symbols']!r}; set tokenizer.type: char for synthetic: sources"
         )
+    if episodic:
+        scores = episodic_recall_metrics(
+            model, tokens, meta["eos_id"], symbol_ids, recall["chance"], batch_size, bptt, device
+        )
+        return scores | {"recall_span": recall["span"]}
     targets = recall_targets(tokens, meta["eos_id"], symbol_ids)
-    return recall_metrics(model, tokens, targets, symbol_ids, recall["span"], batch_size, bptt, device)
+    scores = recall_metrics(model, tokens, targets, symbol_ids, recall["span"], batch_size, bptt, device)
+    return scores | {"recall_chance": recall["chance"]}

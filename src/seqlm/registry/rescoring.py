@@ -12,7 +12,7 @@ from seqlm.core.paths import Paths
 
 def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = "valid") -> dict:
     """The metrics (``split_metrics``, without n-gram yardsticks) of ``name`` ``version`` on
-    data/raw/<split>.txt under ``protocol`` (batch_size, bptt)."""
+    data/raw/<split>.txt under ``protocol`` (batch_size, bptt, and episodic when it is set)."""
     import tempfile
     from pathlib import Path
 
@@ -21,7 +21,7 @@ def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = 
 
     from seqlm.data.tokenizer import encode_file, token_dtype
     from seqlm.data.tokens import open_tokens
-    from seqlm.evaluation.metrics import split_metrics, stream_totals
+    from seqlm.evaluation.metrics import episode_totals, split_metrics, stream_totals
     from seqlm.models import export
     from seqlm.registry.resolve import resolve_model_dir
 
@@ -38,7 +38,13 @@ def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = 
             raise SeqlmError(
                 f"{text}: too short to re-score version {version} with batch size {protocol['batch_size']}"
             )
-        totals = stream_totals(model, tokens, protocol["batch_size"], protocol["bptt"], device)
+        if protocol.get("episodic"):  # decision 22: every line an episode from a fresh state
+            eos = sp.eos_id()
+            totals = episode_totals(
+                model, tokens, eos, protocol["batch_size"], protocol["bptt"], device, split
+            )
+        else:
+            totals = stream_totals(model, tokens, protocol["batch_size"], protocol["bptt"], device)
         del tokens  # the memmap must be closed before its folder goes
     split = {"tokens": stats.tokens, "bytes": stats.bytes, "words": stats.words}
     return split_metrics(totals, split, protocol)

@@ -20,7 +20,7 @@ from seqlm.core import atomic
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.evaluation import diagnostics
-from seqlm.evaluation.metrics import split_metrics, stream_totals
+from seqlm.evaluation.metrics import episode_totals, split_metrics, stream_totals
 from seqlm.evaluation.ngram import NgramBaselines
 from seqlm.evaluation.probes import probe_metrics
 from seqlm.tracking.run_record import read_run_json
@@ -49,13 +49,18 @@ def run_evaluate(cfg: Config, paths: Paths) -> dict:
         _print_cloze_summary(metrics)
         return metrics
 
-    protocol = {"batch_size": ev.batch_size, "bptt": ev.bptt, "carry_state": True}
+    episodic = cfg.train.episodic  # decision 22: score as trained, every line an episode
+    protocol = {"batch_size": ev.batch_size, "bptt": ev.bptt, "carry_state": not episodic}
+    protocol |= {"episodic": True} if episodic else {}  # streaming protocols stay as they were
     baselines = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"])
     metrics = {}
     for name, tokens in (("test", test), ("valid", valid)):
-        totals = stream_totals(model, tokens, ev.batch_size, ev.bptt, device)
+        if episodic:
+            totals = episode_totals(model, tokens, meta["eos_id"], ev.batch_size, ev.bptt, device, name)
+        else:
+            totals = stream_totals(model, tokens, ev.batch_size, ev.bptt, device)
         metrics[name] = split_metrics(totals, meta["splits"][name], protocol, baselines.bits(tokens))
-    recall = probe_metrics(paths, model, test, meta, ev.batch_size, ev.bptt, device)
+    recall = probe_metrics(paths, model, test, meta, ev.batch_size, ev.bptt, device, episodic)
     metrics = metrics["test"] | recall | {"valid": metrics["valid"]}
 
     with atomic.atomic_dir(paths.eval_reports) as tmp:
@@ -246,4 +251,5 @@ def _print_summary(m: dict) -> None:
         print(
             f"evaluate: recall accuracy {m['recall_accuracy']:.3f} (chance {m['recall_chance']:.3f}) over "
             f"{m['recall_positions']:,} recall positions {m['recall_span']} tokens after what they recall"
+            + (" (every line an episode)" if m["protocol"].get("episodic") else "")
         )

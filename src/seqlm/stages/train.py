@@ -67,7 +67,12 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     model = build_model(cfg.model, meta["vocab_size"], cfg.train.objective)
     datamodule = TokenDataModule(
-        paths, cfg.train.batch_size, cfg.train.bptt, cfg.train.variable_bptt, cfg.base.seed
+        paths,
+        cfg.train.batch_size,
+        cfg.train.bptt,
+        cfg.train.variable_bptt,
+        cfg.base.seed,
+        cfg.train.episodic,
     )
     windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
     total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
@@ -159,7 +164,14 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
         "num_parameters": lm.model.num_parameters(),
         "precision": precision,
         "stopped_by": stop_reason(trainer, cfg),
-    }
+    } | _recall_metrics(lm)
+
+
+def _recall_metrics(lm) -> dict:
+    """train.episodic: the last validation's recall position scores (top-1 over the whole vocabulary)."""
+    if lm.val_recall is None:
+        return {}
+    return {"val_recall_accuracy": lm.val_recall["accuracy"], "val_recall_bits": lm.val_recall["bits"]}
 
 
 def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str, cfg: Config) -> None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from seqlm.config import TrainConfig
 from seqlm.core.errors import SeqlmError
+from seqlm.data.episodes import IGNORE, recall_mask
 from seqlm.evaluation.metrics import LN2, bits_per_byte
 from seqlm.training.loss import decoder_cross_entropy
 
@@ -67,6 +68,9 @@ class LitLanguageModel(pl.LightningModule):
         self._val_state = None
         self._val_nll = None
         self._val_count = None
+        self._val_recall = None
+        # train.episodic: the last validation's top-1 accuracy and bits at the recall positions
+        self.val_recall: dict | None = None
 
     # ------------------------------------------------------------------------------------ training
 
@@ -97,8 +101,10 @@ class LitLanguageModel(pl.LightningModule):
         factor = lr_factor(
             self.cfg.schedule, self.global_step, self.cfg.warmup_steps, self.progress(), self.plateau_scale
         )
-        # Variable-length windows see the learning rate scaled by their length (AWD-LSTM, Merity et al. 2017).
-        factor *= batch[0].shape[1] / self.cfg.bptt
+        # Variable-length windows see the learning rate scaled by their length (AWD-LSTM, Merity et al. 2017);
+        # an episode's length is not a window's (train.episodic: bptt only bounds it).
+        if not self.cfg.episodic:
+            factor *= batch[0].shape[1] / self.cfg.bptt
         self.last_lr = self.cfg.lr * factor
         for group in self.optimizers().param_groups:
             group["lr"] = self.last_lr
@@ -106,6 +112,8 @@ class LitLanguageModel(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.cfg.objective == "cloze":
             return self._cloze_training_step(batch)
+        if self.cfg.episodic:
+            return self._episodic_training_step(batch)
         x, y, end = batch
         state = (
             self.model.init_state(x.shape[0], x.device)
@@ -167,6 +175,29 @@ class LitLanguageModel(pl.LightningModule):
         self.log("loss", self.last_loss, prog_bar=True, logger=False)
         return loss
 
+    def _episodic_training_step(self, batch):
+        # Every episode from a fresh state and nothing carried (decision 22): train_state stays None, and
+        # the loss is on every target of the episode, padding excluded. Every position, not only the recall
+        # position: at equal updates it is the one that learns the copy probe (bench/episodic_probes.py).
+        x, y, end = batch
+        logits, _ = self.model(x, None)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE
+        )
+        self._check_finite(loss)
+        self.column = int(end)  # the next batch of this epoch's episode order
+        self.last_loss = loss.detach()
+        self.log("loss", self.last_loss, prog_bar=True, logger=False)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise Diverged(
+                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
+                f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
+                f"(now {self.cfg.grad_clip:g})"
+            )
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # Always measure the norm (it is the exploding-gradient diagnostic); clip only when enabled.
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
@@ -190,6 +221,7 @@ class LitLanguageModel(pl.LightningModule):
         self._val_state = None
         self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_recall = torch.zeros(3, dtype=torch.float64, device=self.device)  # hits, nll, count
 
     def validation_step(self, batch, batch_idx):
         if self.cfg.objective == "cloze":
@@ -201,6 +233,8 @@ class LitLanguageModel(pl.LightningModule):
             self._val_nll += nll.double()
             self._val_count += count
             return
+        if self.cfg.episodic:
+            return self._episodic_validation_step(batch)
         x, y, _ = batch
         state = self.model.init_state(x.shape[0], x.device) if self._val_state is None else self._val_state
         logits, self._val_state = self.model(x, state)
@@ -208,10 +242,32 @@ class LitLanguageModel(pl.LightningModule):
         self._val_nll += nll.double()
         self._val_count += y.numel()
 
+    def _episodic_validation_step(self, batch):
+        """Per-token loss over whole episodes from a fresh state, and top-1 / bits at the recall position."""
+        x, y, _ = batch
+        logits, _ = self.model(x, None)
+        logits = logits.float()
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+        self._val_nll += nll.double()
+        self._val_count += (y != IGNORE).sum()
+        at = recall_mask(y)
+        picked, target = logits[at], y[at]
+        hits = (picked.argmax(1) == target).sum()
+        recall_nll = F.cross_entropy(picked, target, reduction="sum")
+        self._val_recall += torch.stack([hits.double(), recall_nll.double(), at.sum().double()])
+
+    def _reduce_val_recall(self) -> None:
+        hits, nll, count = self.trainer.strategy.reduce(self._val_recall, reduce_op="sum").tolist()
+        self.val_recall = {"accuracy": hits / count, "bits": nll / count / math.log(2)} if count else None
+
     def on_validation_epoch_end(self):
         nll = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         val_loss = float(nll / count)
+        if self.cfg.episodic:
+            self._reduce_val_recall()
         if self.trainer.sanity_checking:
             return
         if val_loss < self.best_val_loss:
