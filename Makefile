@@ -35,7 +35,8 @@ chromium:
 run: setup
 	$(BIN)/dvc repro
 
-# The sequence-model study (docs/study.md): 19 queued DVC experiments, under an hour on 2 CPU cores.
+# The sequence-model study (docs/study.md): 93 queued DVC experiments (31 cells × 3 seeds), under 90 minutes
+# on 2 CPU cores; `seqlm study --quick` is a first look in under 20, `seqlm study --gpu` the GPU path.
 study: setup
 	$(BIN)/seqlm study
 

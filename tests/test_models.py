@@ -277,3 +277,15 @@ def test_hidden_gradient_is_the_gradient_wrt_the_state():
     (expected,) = torch.autograd.grad(F.cross_entropy(logits_rest[:, -1], x[:, 0]), h_j)
     torch.testing.assert_close(grad[:, j], expected[0])
     torch.testing.assert_close(hidden[:, j], h_j[0].detach())
+
+
+def test_recurrent_gain_sets_the_spectral_radius_of_an_orthogonal_w_hh():
+    # the study's provoked explosion: a tanh RNN whose W_hh has spectral radius above 1
+    model = make("rnn", recurrent_init="orthogonal", recurrent_gain=1.5)
+    for w in model.recurrent_weights():
+        radius = torch.linalg.eigvals(w.detach()).abs().max().item()
+        assert radius == pytest.approx(1.5, rel=1e-4)
+    torch.testing.assert_close(
+        make("lstm", recurrent_gain=2.0).rnn.weight_hh_l0, 2 * make("lstm").rnn.weight_hh_l0
+    )
+    torch.testing.assert_close(make("gru", recurrent_gain=1.0).rnn.weight_hh_l0, make("gru").rnn.weight_hh_l0)

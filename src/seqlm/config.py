@@ -94,6 +94,7 @@ class ModelConfig(_Frozen):
     nonlinearity: Literal["tanh", "relu"] = "tanh"
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"
     forget_bias: float = 0.0
+    recurrent_gain: float = Field(1.0, gt=0, description="1 keeps the initialisation's scale")
     window: int = Field(8, ge=1)
     bidirectional: bool = False
 
@@ -292,6 +293,11 @@ def _cross_checks(cfg: Config, where: str) -> None:
         raise SeqlmError(
             f"{where}: model.recurrent_init must be default for model.family {cfg.model.family} "
             f"(it has no recurrent weights), got {_fmt(cfg.model.recurrent_init)}"
+        )
+    if cfg.model.recurrent_gain != 1.0 and cfg.model.family in ("ffn_window", "bow"):
+        raise SeqlmError(
+            f"{where}: model.recurrent_gain must be 1 for model.family {cfg.model.family} "
+            f"(it has no recurrent weights), got {_fmt(cfg.model.recurrent_gain)}"
         )
     if cfg.model.recurrent_init == "identity" and cfg.model.family != "rnn":
         raise SeqlmError(

@@ -66,6 +66,8 @@ class RecurrentLM(LanguageModel):
             self._init_identity()
         if self.is_lstm and config.get("forget_bias", 0.0):
             self._init_forget_bias(config["forget_bias"])
+        if config.get("recurrent_gain", 1.0) != 1.0:
+            self._scale_recurrent(config["recurrent_gain"])
 
     def _init_orthogonal(self) -> None:
         # Orthogonal W_hh keeps every singular value at 1, so the linear part of backprop through time
@@ -96,6 +98,14 @@ class RecurrentLM(LanguageModel):
             for layer in self._layer_names():
                 getattr(self.rnn, f"bias_ih_{layer}")[hidden : 2 * hidden].fill_(value)
                 getattr(self.rnn, f"bias_hh_{layer}")[hidden : 2 * hidden].zero_()
+
+    def _scale_recurrent(self, gain: float) -> None:
+        # W_hh times a gain after its initialisation; with the orthogonal init every singular value, and
+        # so the spectral radius, is the gain. Above 1 a tanh RNN's backward pass can grow exponentially
+        # (Pascanu, Mikolov & Bengio, 2013, arXiv:1211.5063): the study provokes the explosion with it.
+        with torch.no_grad():
+            for w in self.recurrent_weights():
+                w.mul_(gain)
 
     def _layer_names(self) -> list[str]:
         """PyTorch's parameter suffixes: l0, l1, … and, when bidirectional, l0_reverse, … too."""

@@ -1,280 +1,262 @@
-"""The verdicts: each claim of the seed judged from the study's numbers.
+"""The verdicts on the text, window, gradient and cloze claims, each with its positive control.
 
-Every sentence that judges a claim is computed here, so a rerun on another machine or budget can
-reverse a verdict; nothing in the report is written by hand. Owns the thresholds (MARGIN_BPB,
-REMEMBERS, WELL_ABOVE), ``well_above``, ``remembers``, ``reach``, ``claims`` (one row per step of the
-argument) and ``longest_delay_verdict`` (LSTM against tanh RNN at the probe's longest delay, and why).
+Every sentence that judges a claim is computed here (and in ``probe_claims`` for the long-range claims),
+so a rerun on another machine or budget can reverse a verdict; nothing in the report is written by hand.
+A claim is judged only when its positive control shows that the test can see the effect at all;
+otherwise its verdict is "control failed" and the evidence says why. Differences count by
+``aggregate.RULE`` (gap larger than the sum of the two standard deviations).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass
 
-from seqlm.study.results import bpb, by_family, context_gain, gradient_ratio, ok, probe_grid, recall
+from seqlm.study.aggregate import Cell, above, below, by_label, fmt, separated, stat
+from seqlm.study.results import (
+    bits_per_blank,
+    bpb,
+    context_gain,
+    log10_gradient_ratio,
+    log10_max_grad_norm,
+    loss_spikes,
+    top1,
+    unigram_bits_per_blank,
+)
 
-MARGIN_BPB = 0.01  # bits per byte: smaller differences are called ties
-# "Remembers at delay d": recall at least halfway from chance to perfect.
-REMEMBERS = 0.5
-WELL_ABOVE = 0.10  # recall accuracy: "well above" needs this much and two standard errors
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return f"{x:.{digits}f}"
-
-
-def sci(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return "0 (below float precision)" if x == 0 else f"{x:.1e}"
+VANISHED_LOG10 = -2.0  # "vanished": the gradient 128 steps back is below 1% of the one at the loss
+EXPLODED_LOG10 = 1.0  # "exploded": a peak gradient norm at least 10× the unprovoked tanh RNN's
+RECURRENT = ("rnn", "irnn", "lstm", "gru")
 
 
-def _standard_error(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+@dataclass(frozen=True)
+class Claim:
+    claim: str
+    verdict: str  # supported | not supported | tie | control failed | not tested
+    test: str  # what was compared, in a few words
+    control: str  # the positive control and whether it passed
+    evidence: str  # the numbers, mean ± sd over seeds
 
 
-def well_above(a, b) -> tuple[bool, float]:
-    """Is probe result ``a``'s recall well above ``b``'s? (difference ≥ WELL_ABOVE and ≥ 2 standard
-    errors)."""
-    pa, pb = recall(a), recall(b)
-    if pa is None or pb is None:
-        return False, math.nan
-    se = math.hypot(
-        _standard_error(pa, a.eval["recall_positions"]), _standard_error(pb, b.eval["recall_positions"])
-    )
-    diff = pa - pb
-    return diff >= WELL_ABOVE and diff >= 2 * se, diff
+def not_tested(claim: str, test: str, why: str) -> Claim:
+    return Claim(claim, "not tested", test, "—", why)
 
 
-def remembers(r) -> bool:
-    p = recall(r)
-    if p is None:
-        return False
-    chance = r.eval["recall_chance"]
-    return p >= chance + REMEMBERS * (1 - chance)
-
-
-def reach(probes: dict[int, Any]) -> int | None:
-    """The longest delay a family remembers (None: not even the shortest)."""
-    held = [d for d, r in sorted(probes.items()) if remembers(r)]
-    return held[-1] if held else None
-
-
-def claims(results) -> list[tuple[str, str, str]]:
-    """(seed claim, verdict, evidence) for each step of the argument, judged from the numbers."""
-    text = by_family(results, "text")
-    grid = probe_grid(results)
-    irnn = "ReLU with identity initialisation (IRNN) keeps long-term dependencies"
-    gated = "Gated cells (LSTM, GRU) keep long-term dependencies"
-    out = [
-        _claim_window(text),
-        _claim_bow(text),
-        _claim_vanish(text, grid),
-        _claim_clipping(text),
-        _claim_long_term(irnn, ["irnn"], grid, text),
-        _claim_long_term(gated, ["lstm", "gru"], grid, text),
+def text_claims(results) -> list[Claim]:
+    text = by_label(results, "text")
+    return [
+        _window(text),
+        _big_window(text),
+        _bow(text),
+        _vanish(text),
+        _clipping(by_label(results, "explode"), text.get("rnn")),
     ]
-    return [c for c in out if c is not None]
 
 
-def _recurrent_best(text: dict):
-    recurrent = [r for f, r in text.items() if f in ("rnn", "irnn", "lstm", "gru") and bpb(r) is not None]
-    return min(recurrent, key=bpb) if recurrent else None
+def cloze_claims(results) -> list[Claim]:
+    return [_bidirectional(by_label(results, "cloze"))]
 
 
-def _claim_window(text: dict):
+def _best_recurrent(text: dict[str, Cell]) -> Cell | None:
+    ranked = [c for f, c in text.items() if f in RECURRENT and c.stat(bpb) is not None]
+    return min(ranked, key=lambda c: c.stat(bpb).mean) if ranked else None
+
+
+def _uses_context(cell: Cell) -> tuple[bool, str]:
+    """The context ablation's positive control: resetting the state every token costs the model bits."""
+    cost = cell.stat(context_gain("1"))
+    zero = stat([0.0])
+    seen = cost is not None and above(cost, zero)
+    return (
+        seen,
+        f"resetting every token costs {cell.label} {fmt(cost)} bits/byte ({'passed' if seen else 'failed'})",
+    )
+
+
+def _window(text: dict[str, Cell]) -> Claim:
     claim = "Fixed-window feed-forward models cannot hold long history"
-    ffn, best = text.get("ffn_window"), _recurrent_best(text)
-    if bpb(ffn) is None or best is None:
-        return (claim, "not tested", "the ffn_window or every recurrent text experiment is missing or failed")
-    window = ffn.experiment.overrides.get("model.window", 8)
-    gain_ffn, gain_rnn = context_gain(ffn, "64"), context_gain(best, "64")
-    better = bpb(ffn) - bpb(best)
-    uses_more = gain_ffn is not None and gain_rnn is not None and gain_rnn > gain_ffn + MARGIN_BPB
-    verdict = "supported" if better > MARGIN_BPB and uses_more else "not supported"
-    evidence = (
-        f"test bits/byte: ffn_window {fmt(bpb(ffn))} vs the best recurrent model ({best.experiment.family}) "
-        f"{fmt(bpb(best))}; resetting the state every 64 tokens costs ffn_window {fmt(gain_ffn)} bits/byte "
-        f"(it only ever sees {window} tokens; the cost comes from the positions just after a reset) and "
-        f"{best.experiment.family} {fmt(gain_rnn)}"
+    test = (
+        "test bits/byte and the cost of resetting every 64 tokens: ffn_window (8 tokens) against the best "
+        "recurrent model"
     )
-    return (claim, verdict, evidence)
+    ffn, best = text.get("ffn_window"), _best_recurrent(text)
+    if ffn is None or best is None or ffn.stat(bpb) is None:
+        return not_tested(claim, test, "the ffn_window or every recurrent text cell is missing or failed")
+    seen, control = _uses_context(best)
+    gain_ffn, gain_rnn = ffn.stat(context_gain("64")), best.stat(context_gain("64"))
+    evidence = (
+        f"test bits/byte: ffn_window {fmt(ffn.stat(bpb))} vs {best.label} {fmt(best.stat(bpb))}; "
+        f"resetting every 64 tokens costs ffn_window {fmt(gain_ffn)} and {best.label} {fmt(gain_rnn)} "
+        "bits/byte"
+    )
+    if not seen:
+        return Claim(claim, "control failed", test, control, evidence)
+    if below(best.stat(bpb), ffn.stat(bpb)) and above(gain_rnn, gain_ffn):
+        verdict = "supported"
+    elif below(ffn.stat(bpb), best.stat(bpb)) or above(gain_ffn, gain_rnn):
+        verdict = "not supported"  # the window model did better on either count
+    else:
+        verdict = "tie"
+    return Claim(claim, verdict, test, control, evidence)
 
 
-def _claim_bow(text: dict):
+def _params(cell: Cell) -> int:
+    return cell.experiment.parameters
+
+
+def _big_window(text: dict[str, Cell]) -> Claim:
+    claim = (
+        "A bigger window needs parameters that are not shared, and does not buy what an RNN's shared "
+        "weights buy"
+    )
+    test = (
+        "parameters and test bits/byte: ffn_window at 8 and at its wide window against the best "
+        "recurrent model"
+    )
+    narrow, wide, best = text.get("ffn_window"), text.get("ffn_window-wide"), _best_recurrent(text)
+    if None in (narrow, wide, best) or wide.stat(bpb) is None or narrow.stat(bpb) is None:
+        return not_tested(
+            claim, test, "the ffn_window, wide ffn_window or every recurrent text cell is missing or failed"
+        )
+    window = wide.experiment.overrides.get("model.window")
+    cost = wide.stat(context_gain("16"))
+    seen = above(cost, stat([0.0]))
+    control = (
+        f"the wide window is used: resetting every 16 tokens (inside its {window}) costs it {fmt(cost)} "
+        f"bits/byte ({'passed' if seen else 'failed'})"
+    )
+    evidence = (
+        f"ffn_window (8): {_params(narrow):,} parameters, {fmt(narrow.stat(bpb))} bits/byte; ffn_window "
+        f"({window}): "
+        f"{_params(wide):,} parameters, {fmt(wide.stat(bpb))}; {best.label}: {_params(best):,} parameters, "
+        f"{fmt(best.stat(bpb))}"
+    )
+    if not seen:
+        return Claim(claim, "control failed", test, control, evidence)
+    more = _params(wide) > _params(best)
+    if more and below(best.stat(bpb), wide.stat(bpb)):
+        verdict = "supported"
+    elif below(wide.stat(bpb), best.stat(bpb)):
+        verdict = "not supported"
+    else:
+        verdict = "tie"
+    return Claim(claim, verdict, test, control, evidence)
+
+
+def _bow(text: dict[str, Cell]) -> Claim:
     claim = "A bag of words loses order"
+    test = "test bits/byte: bow against ffn_window, the same window and parameter budget"
     ffn, bow = text.get("ffn_window"), text.get("bow")
-    if bpb(ffn) is None or bpb(bow) is None:
-        return (claim, "not tested", "the ffn_window or bow text experiment is missing or failed")
-    gap = bpb(bow) - bpb(ffn)
-    verdict = "supported" if gap > MARGIN_BPB else "not supported"
-    evidence = (
-        f"same window and parameter budget: bow {fmt(bpb(bow))} vs ffn_window (ordered window) "
-        f"{fmt(bpb(ffn))} "
-        f"test bits/byte, {'+' if gap >= 0 else ''}{fmt(gap)} for throwing the order away"
+    if ffn is None or bow is None or ffn.stat(bpb) is None or bow.stat(bpb) is None:
+        return not_tested(claim, test, "the ffn_window or bow text cell is missing or failed")
+    seen, control = _uses_context(bow)
+    evidence = f"bow {fmt(bow.stat(bpb))} vs ffn_window {fmt(ffn.stat(bpb))} test bits/byte"
+    if not seen:
+        return Claim(claim, "control failed", test, control, evidence)
+    verdict = (
+        "supported"
+        if above(bow.stat(bpb), ffn.stat(bpb))
+        else ("not supported" if separated(bow.stat(bpb), ffn.stat(bpb)) else "tie")
     )
-    return (claim, verdict, evidence)
+    return Claim(claim, verdict, test, control, evidence)
 
 
-def _claim_vanish(text: dict, grid: dict):
+def _vanish(text: dict[str, Cell]) -> Claim:
     claim = "Plain (tanh) RNN gradients vanish over long spans"
     rnn = text.get("rnn")
-    ratio = gradient_ratio(rnn)
-    if ratio is None:
-        return (
-            claim,
-            "not tested",
-            "the tanh rnn text experiment is missing, failed or has no gradient-flow report",
+    if rnn is None or rnn.stat(log10_gradient_ratio) is None:
+        return not_tested(
+            claim, "gradient flow", "the tanh rnn text cell is missing, failed or has no gradient-flow report"
         )
-    k = len(rnn.gradient["rows"]) - 1
-    compared = [f for f in ("irnn", "lstm", "gru") if gradient_ratio(text.get(f)) is not None]
-    others = ", ".join(f"{f} {sci(gradient_ratio(text.get(f)))}" for f in compared)
-    verdict = "supported" if ratio < 1e-2 else "not supported"
-    evidence = (
-        f"‖∂ℓ_t/∂h_(t−{k})‖ / ‖∂ℓ_t/∂h_t‖ after training on text: tanh rnn {sci(ratio)}"
-        + (f" (for comparison: {others})" if others else "")
-        + "; supported means it fell below 1e-2"
+    k = len(rnn.results[0].gradient["rows"]) - 1 if rnn.results[0].gradient else "K"
+    test = (
+        f"log10 ‖∂ℓ_t/∂h_(t−{k})‖ / ‖∂ℓ_t/∂h_t‖ after training on text; vanished means below "
+        f"{VANISHED_LOG10:g}"
     )
-    return (claim, verdict, evidence)
+    ratio = rnn.stat(log10_gradient_ratio)
+    others = {f: text[f].stat(log10_gradient_ratio) for f in ("irnn", "lstm", "gru") if f in text}
+    others = {f: s for f, s in others.items() if s is not None}
+    kept = [f for f, s in others.items() if above(s, ratio)]
+    control = "the diagnostic sees a gradient that survives longer: " + (
+        ", ".join(f"{f} {fmt(others[f], 1)}" for f in kept) + " above the tanh rnn (passed)"
+        if kept
+        else "no family above the tanh rnn (failed)"
+    )
+    evidence = f"tanh rnn {fmt(ratio, 1)}" + "".join(f"; {f} {fmt(s, 1)}" for f, s in others.items())
+    if not kept:
+        return Claim(claim, "control failed", test, control, evidence)
+    verdict = "supported" if ratio.mean + ratio.sd < VANISHED_LOG10 else "not supported"
+    return Claim(claim, verdict, test, control, evidence)
 
 
-def _claim_clipping(text: dict):
+def _clipping(explode: dict[str, Cell], reference: Cell | None) -> Claim:
     claim = "Gradients can explode, and clipping tames the explosion"
-    clipped, unclipped = text.get("rnn"), text.get("rnn-noclip")
+    clipped, unclipped = explode.get("clipped"), explode.get("unclipped")
     if clipped is None or unclipped is None:
-        return None
-    if not ok(clipped):
-        return (claim, "not tested", "the clipped tanh rnn experiment failed")
-    fraction = clipped.train.get("fraction_clipped") if clipped.train else None
-    clip = clipped.experiment.overrides.get("train.grad_clip", "train.grad_clip")
-    if unclipped.diverged:
-        evidence = (
-            f"without clipping the tanh rnn diverged ({unclipped.note}); with clipping at {clip} it trained "
-            f"to {fmt(bpb(clipped))} bits/byte, {fmt(fraction)} of its steps clipped"
+        return not_tested(claim, "the provoked explosion", "the explosion cells are missing")
+    e = unclipped.experiment.overrides
+    test = (
+        f"tanh rnn provoked to explode (W_hh orthogonal × {e.get('model.recurrent_gain')}, SGD at lr "
+        f"{e.get('train.lr')}), trained with and without clipping at "
+        f"{clipped.experiment.overrides.get('train.grad_clip')}"
+    )
+    peak = unclipped.stat(log10_max_grad_norm)
+    base = reference.stat(log10_max_grad_norm) if reference is not None else None
+    exploded = unclipped.diverged > 0 or (
+        peak is not None
+        and base is not None
+        and above(peak, base)
+        and peak.mean - base.mean >= EXPLODED_LOG10
+    )
+    control = (
+        f"the provocation explodes without clipping: peak gradient norm 10^{fmt(peak, 1)} vs "
+        f"10^{fmt(base, 1)} for "
+        f"the unprovoked tanh rnn, {unclipped.diverged}/{unclipped.seeds} diverged "
+        f"({'passed' if exploded else 'failed'})"
+    )
+    rows = []
+    for cell in (clipped, unclipped):
+        rows.append(
+            f"{cell.label}: {cell.diverged}/{cell.seeds} diverged, {fmt(cell.stat(loss_spikes), 1)} loss "
+            "spikes, "
+            f"test bits/byte {fmt(cell.stat(bpb))}"
         )
-        return (claim, "supported", evidence)
-    if not ok(unclipped):
-        return (claim, "not tested", f"the unclipped tanh rnn failed for another reason: {unclipped.note}")
-    gap = bpb(unclipped) - bpb(clipped)
-    peaks = [getattr(r, "max_grad_norm", None) for r in (clipped, unclipped)]
-    # A worse unclipped run is evidence of explosion only if its gradients did grow larger: a gap with
-    # smaller unclipped gradients is the two runs' noise (or clipping slowing learning down), not a rescue.
-    exploded = None in peaks or peaks[1] > peaks[0]
-    verdict = "supported" if gap > MARGIN_BPB and exploded else "not supported"
-    norms = (
-        f"; largest logged gradient norm {fmt(peaks[0], 2)} with clipping (measured before clipping), "
-        f"{fmt(peaks[1], 2)} without"
+    evidence = "; ".join(rows)
+    if not exploded:
+        return Claim(claim, "control failed", test, control, evidence)
+    fewer = clipped.diverged < unclipped.diverged
+    lower = (
+        below(clipped.stat(bpb), unclipped.stat(bpb))
+        if unclipped.stat(bpb)
+        else clipped.stat(bpb) is not None
+    )
+    if fewer or lower:
+        verdict = "supported"
+    elif above(clipped.stat(bpb), unclipped.stat(bpb)) or clipped.diverged > unclipped.diverged:
+        verdict = "not supported"
+    else:
+        verdict = "tie"
+    return Claim(claim, verdict, test, control, evidence)
+
+
+def _bidirectional(cloze: dict[str, Cell]) -> Claim:
+    claim = "A bidirectional RNN uses the future context too (where the task allows it: filling a blank)"
+    test = "bits per blank on the same cloze task: BiLSTM against a left-to-right LSTM"
+    lstm, bi = cloze.get("lstm (left to right)"), cloze.get("bilstm")
+    if lstm is None or bi is None or lstm.stat(bits_per_blank) is None or bi.stat(bits_per_blank) is None:
+        return not_tested(claim, test, "a cloze cell is missing or failed")
+    unigram = lstm.stat(unigram_bits_per_blank)
+    seen = below(lstm.stat(bits_per_blank), unigram)
+    control = (
+        f"the left-to-right LSTM beats the unigram ({fmt(lstm.stat(bits_per_blank))} vs {fmt(unigram)} "
+        "bits per "
+        f"blank): the test sees context ({'passed' if seen else 'failed'})"
     )
     evidence = (
-        f"tanh rnn with clipping: {fmt(bpb(clipped))} test bits/byte ({fmt(fraction)} of steps clipped); "
-        f"without: {fmt(bpb(unclipped))}, and it did not diverge"
-        + (norms if None not in peaks else "")
-        + ("" if verdict == "supported" else "; no explosion hurt the unclipped run within this budget")
+        f"bits per blank: bilstm {fmt(bi.stat(bits_per_blank))} vs lstm {fmt(lstm.stat(bits_per_blank))}; "
+        f"top-1 {fmt(bi.stat(top1))} vs {fmt(lstm.stat(top1))}"
     )
-    return (claim, verdict, evidence)
-
-
-def _claim_long_term(claim: str, families: list[str], grid: dict, text: dict):
-    rnn = grid.get("rnn", {})
-    if not rnn or not any(grid.get(f) for f in families):
-        return (claim, "not tested", "the copy probe lacks the tanh rnn or these families")
-    longest = max(rnn)
-    parts, verdicts = [], []
-    for f in families:
-        probes = grid.get(f, {})
-        if longest in probes:
-            verdict, part = _long_term_family(f, probes, rnn, longest)
-            verdicts.append(verdict)
-            parts.append(part)
-    if not verdicts:
-        return (claim, "not tested", f"no result at delay {longest}")
-    verdict = verdicts[0] if len(set(verdicts)) == 1 else "partly supported"
-    on_text = [f"{f} {fmt(bpb(text.get(f)))}" for f in families if bpb(text.get(f)) is not None]
-    if on_text and bpb(text.get("rnn")) is not None:
-        parts.append(
-            f"on text (not a long-range test): {', '.join(on_text)} vs tanh rnn {fmt(bpb(text['rnn']))} "
-            "test bits/byte"
-        )
-    return (claim, verdict, "; ".join(parts))
-
-
-def _long_term_family(family: str, probes: dict, rnn: dict, longest: int) -> tuple[str, str]:
-    """One family's verdict and evidence against the tanh rnn at the probe's longest delay."""
-    family_reach, rnn_reach = reach(probes), reach(rnn)
-    if not ok(probes[longest]):
-        lost = [str(d) for d, r in sorted(probes.items()) if not ok(r)]
-        evidence = (
-            f"{family}: {'diverged' if probes[longest].diverged else 'failed'} at delay"
-            f"{'s' if len(lost) > 1 else ''} {', '.join(lost)}; remembers up to delay "
-            f"{family_reach or 'none'} (tanh rnn: {rnn_reach or 'none'})"
-        )
-        return "not supported", evidence
-    above, _ = well_above(probes[longest], rnn[longest])
-    longer = family_reach is not None and (rnn_reach is None or family_reach > rnn_reach)
-    verdict = "supported" if above else ("partly supported" if longer else "not supported")
-    evidence = (
-        f"{family}: recall {fmt(recall(probes[longest]), 2)} at delay {longest} vs tanh rnn "
-        f"{fmt(recall(rnn[longest]), 2)}; remembers up to delay {family_reach or 'none'} "
-        f"(tanh rnn: {rnn_reach or 'none'})"
-    )
-    return verdict, evidence
-
-
-def longest_delay_verdict(grid: dict) -> str:
-    """The issue's question, answered from the numbers: LSTM against tanh RNN at the longest delay."""
-    lstm, rnn = grid.get("lstm", {}), grid.get("rnn", {})
-    common = sorted(set(lstm) & set(rnn))
-    if not common:
-        return "The probe has no delay with both an LSTM and a tanh RNN result, so they cannot be compared."
-    d = common[-1]
-    a, b = lstm[d], rnn[d]
-    if not (ok(a) and ok(b)):
-        return f"At delay {d} the LSTM or the tanh RNN did not finish ({a.note or b.note}); no comparison."
-    above, diff = well_above(a, b)
-    head = (
-        f"**At the longest delay, {d}, the LSTM recalls {recall(a):.2f} and the tanh RNN {recall(b):.2f} "
-        f"(chance {a.eval['recall_chance']:.3f}; {a.eval['recall_positions']} and "
-        f"{b.eval['recall_positions']} "
-        f"recall positions).**"
-    )
-    if above:
-        return head + f" The LSTM is well above the tanh RNN (+{diff:.2f})."
-    return head + " The LSTM is **not** well above the tanh RNN here. Why, from the same runs: " + _why(a, b)
-
-
-def _why(lstm, rnn) -> str:
-    span = lstm.eval["recall_span"]
-    bptt = lstm.experiment.overrides.get("train.bptt")
-    reasons = [_why_family(name, r, span) for name, r in (("LSTM", lstm), ("tanh RNN", rnn))]
-    if bptt:
-        inside = max(0.0, (bptt - span) / bptt)
-        reasons.append(
-            f"with truncated BPTT windows of {bptt} tokens, {inside:.0%} of the training episodes have the "
-            "key "
-            "and its recall in one window, the only ones whose loss can reach the key at all"
-        )
-    stuck = all(
-        recall(r) is not None and recall(r) < r.eval["recall_chance"] + WELL_ABOVE for r in (lstm, rnn)
-    )
-    tail = (
-        ". Neither learned to hold the key across this gap within this budget, so the probe cannot separate "
-        "them here; whether more updates would is what a longer `--probe-minutes` would tell."
-        if stuck
-        else "."
-    )
-    return "; ".join(reasons) + tail
-
-
-def _why_family(name: str, r, span: int) -> str:
-    ratio = gradient_ratio(r, span)
-    steps = (r.train or {}).get("steps")
-    p = recall(r)
-    at_chance = p is not None and p < r.eval["recall_chance"] + WELL_ABOVE
-    return (
-        f"the {name} trained {steps} steps and {'stayed near chance' if at_chance else f'reached {p:.2f}'}; "
-        f"after training, ‖∂ℓ_t/∂h_(t−{span})‖, the lag the recall's gradient must bridge to reach the key, "
-        "is "
-        f"{sci(ratio)} of ‖∂ℓ_t/∂h_t‖ (mean over the valid split)"
-    )
+    if not seen:
+        return Claim(claim, "control failed", test, control, evidence)
+    b, left = bi.stat(bits_per_blank), lstm.stat(bits_per_blank)
+    verdict = "supported" if below(b, left) else ("not supported" if above(b, left) else "tie")
+    return Claim(claim, verdict, test, control, evidence)

@@ -1,8 +1,9 @@
 """What the study's experiments left behind, gathered into ``Result``s, and the machine they ran on.
 
 Owns reading each experiment's metrics from `dvc exp show` (DVC's JSON is the source of truth),
-matching it to its MLflow run and tagging that run with the study, the diagnostics' curves from the
-run's artifacts, the failure line of a failed experiment, and ``machine_info`` for the report.
+matching it to its MLflow run (a diverged run's too: it is an outcome, not an error) and tagging that run
+with the study, the diagnostics' curves from the run's artifacts, the loss and gradient-norm traces from its
+step metrics, the failure line of a failed experiment, and ``machine_info`` for the report.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from seqlm.study.queue import run_dvc
 from seqlm.study.results import Result
 
 METRICS = {"train": "reports/train/metrics.json", "eval": "reports/eval/metrics.json"}
+TRACES = (
+    "grad_norm",
+    "train_loss",
+)  # MLflow step metrics (training.callbacks), kept for the explosion's figure
 PLOTS = {"ablation": "eval/context_ablation.json", "gradient": "eval/gradient_flow.json"}  # MLflow artifacts
 
 
@@ -64,7 +69,10 @@ def _read_run(result: Result, client, run_id: str, options: Options) -> None:
     tag_run(client, run_id, options, result.experiment)
     for attr, artifact in PLOTS.items():
         setattr(result, attr, _artifact_json(client, run_id, artifact))
-    norms = [m.value for m in client.get_metric_history(run_id, "grad_norm")]
+    for name in TRACES:
+        history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        result.traces[name] = [(m.step, m.value) for m in history]
+    norms = [v for _, v in result.traces["grad_norm"]]
     result.max_grad_norm = max(norms) if norms else None
 
 
@@ -143,6 +151,8 @@ def tag_run(client, run_id: str, options: Options, e: Experiment) -> None:
         "seqlm.study.stamp": options.stamp,
         "seqlm.study.family": e.family,
         "seqlm.study.group": e.group,
+        "seqlm.study.cell": e.cell,
+        "seqlm.study.seed": str(e.seed),
         "dvc.experiment": e.name,
     }
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -19,8 +19,17 @@ from dataclasses import replace
 
 from seqlm.core.git import git
 from seqlm.core.paths import Paths
-from seqlm.study import collect, queue, report
-from seqlm.study.plan import FAMILIES, PROBE_FAMILIES, Experiment, Options, check_comparable, plan
+from seqlm.study import budget, collect, queue, report
+from seqlm.study.plan import (
+    FAMILIES,
+    PROBE_FAMILIES,
+    Experiment,
+    Options,
+    check_comparable,
+    comparable,
+    plan,
+    preset,
+)
 
 
 def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Experiment]:
@@ -33,12 +42,16 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
     if not options.stamp:
         options = replace(options, stamp=dt.datetime.now().strftime("%m%d%H%M"))
     experiments = plan(options, params)
-    check_comparable(experiments)
+    check_comparable(comparable(experiments))
+    print(f"study: {budget.summary(experiments, options)}", flush=True)
     copies = queue.untracked_sources(paths)
     commands = [queue.queue_command(e, copies) for e in experiments] + [queue.start_queue(options.jobs)]
     if dry_run:
         for e in experiments:
-            print(f"# {e.name}: {e.family}, {e.parameters:,} parameters")
+            print(
+                f"# {e.name}: {e.label or e.family}, {e.parameters:,} parameters, about "
+                f"{budget.training_minutes(e):.1f} min of training"
+            )
         print("\n".join(" ".join(shlex.quote(a) for a in c) for c in commands))
         return experiments
     if copies:
@@ -102,63 +115,81 @@ def _write_report(
 
 def cli_study(args) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    options = Options(
-        name=args.name,
-        text_minutes=args.text_minutes,
-        probe_minutes=args.probe_minutes,
-        delays=tuple(args.delays),
-        text_families=tuple(args.text_families),
-        probe_families=tuple(args.probe_families),
-        jobs=args.jobs,
-    )
-    run_study(Paths.from_env(), options, dry_run=args.dry_run)
+    run_study(Paths.from_env(), options_from(args), dry_run=args.dry_run)
+
+
+def options_from(args) -> Options:
+    """The preset (--quick, --gpu or the full study), then every option given on the command line."""
+    name = "quick" if args.quick else ("gpu" if args.gpu else "full")
+    given = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in vars(args).items()
+        if key in Options.__dataclass_fields__ and value is not None
+    }
+    return preset(name, **given)
 
 
 def add_arguments(p) -> None:
-    """The `seqlm study` options on the argparse parser ``p``."""
-    d = Options()
-    p.add_argument("--name", default=d.name, help=f"MLflow experiment and seqlm.study tag (default {d.name})")
+    """The `seqlm study` options on the argparse parser ``p``; unset options take the preset's value."""
+    d, q = Options(), preset("quick")
+    p.add_argument("--name", help=f"MLflow experiment and seqlm.study tag (default {d.name})")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a first look in under 20 minutes: {q.seeds} seed, delays {' '.join(map(str, q.delays))}, "
+        f"{q.probe_steps} probe updates, {q.text_minutes:g} min per text experiment",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="bigger models, longer delays and more updates, on a GPU (train.accelerator gpu)",
+    )
+    p.add_argument("--seeds", type=int, help=f"seeds per cell (default {d.seeds}; --quick {q.seeds})")
     p.add_argument(
         "--text-minutes",
         type=float,
-        default=d.text_minutes,
         help=f"train.max_minutes of each text experiment (default {d.text_minutes:g})",
     )
     p.add_argument(
-        "--probe-minutes",
+        "--probe-steps",
+        type=int,
+        help=f"updates of each copy-probe experiment, every family alike (default {d.probe_steps})",
+    )
+    p.add_argument(
+        "--explode-minutes",
         type=float,
-        default=d.probe_minutes,
-        help=f"train.max_minutes of each copy-probe experiment (default {d.probe_minutes:g})",
+        help=f"train.max_minutes of each explosion experiment (default {d.explode_minutes:g})",
+    )
+    p.add_argument(
+        "--cloze-minutes",
+        type=float,
+        help=f"train.max_minutes of each cloze experiment (default {d.cloze_minutes:g})",
     )
     p.add_argument(
         "--delays",
         type=int,
         nargs="+",
-        default=list(d.delays),
         help="copy-probe delays (default " + " ".join(map(str, d.delays)) + ")",
     )
     p.add_argument(
         "--text-families",
         nargs="*",
-        default=list(d.text_families),
         choices=list(FAMILIES),
         metavar="FAMILY",
-        help="families trained on the text corpus (default: all)",
+        help="families trained on the text corpus (default " + " ".join(d.text_families) + ")",
     )
     p.add_argument(
         "--probe-families",
         nargs="*",
-        default=list(d.probe_families),
         choices=list(FAMILIES),
         metavar="FAMILY",
         help="families trained on the copy probe (default " + " ".join(PROBE_FAMILIES) + ")",
     )
     p.add_argument(
-        "--jobs",
-        type=int,
-        default=d.jobs,
-        help=f"experiments run side by side, one thread each (default {d.jobs})",
+        "--jobs", type=int, help=f"experiments run side by side, one thread each (default {d.jobs})"
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="print the experiments and the dvc commands; run nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the plan, its time estimate and the dvc commands; run nothing",
     )

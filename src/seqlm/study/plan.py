@@ -1,27 +1,39 @@
-"""The study's plan: which experiments it runs, with which params, and at which sizes.
+"""The study's plan: which experiments it runs, with which params, at which sizes, over which seeds.
 
-The source material argues, in order: fixed-window feed-forward models cannot hold long history;
-bag-of-words loses order; RNNs share parameters across time but their gradients vanish or explode;
-clipping tames explosion; ReLU with identity initialisation (IRNN) and gated cells (LSTM, GRU) keep
-long-term dependencies. The study puts each step to the test as DVC experiments on the same data, each
-with the same wall-clock budget (``train.max_minutes``, no step limit) and, within PARAM_TOLERANCE, the
-same number of parameters:
+The source material argues, in order: fixed-window feed-forward models cannot hold long history, and a
+bigger window costs parameters that are not shared; bag-of-words loses order; RNNs share parameters across
+time but their gradients vanish or explode; clipping tames explosion; ReLU with identity initialisation
+(IRNN) and gated cells (LSTM, GRU) keep long-term dependencies; a bidirectional RNN also reads the future,
+where the task allows it. Each step is put to the test as DVC experiments, every cell over ``seeds`` seeds:
 
-- text (the default corpus): ffn_window, bow, rnn (tanh), rnn (tanh) without clipping, IRNN, lstm, gru;
-- probe (``synthetic:copy``): PROBE_FAMILIES × delays, to find where each family stops remembering.
+- text (the default corpus, equal minutes): ffn_window at two windows, bow, rnn (tanh), lstm, gru, with
+  matched parameter counts (the wide window excepted: its extra parameters are the point);
+- probe (``synthetic:copy``, episodic, equal *updates*): PROBE_FAMILIES × a ladder of delays, the IRNN
+  under its own protocol (SGD at the paper's learning rates, clipping), its lower rate at the shortest delay;
+- explode: a tanh RNN provoked to explode (orthogonal W_hh with spectral radius EXPLODE_GAIN, SGD), with
+  and without ``train.grad_clip``;
+- cloze (``train.objective: cloze``): a BiLSTM against a left-to-right LSTM on the same blanks.
 
-Owns FAMILIES, the probe's settings, ``Options`` and ``Experiment``, ``plan`` and the parameter
-matching that keeps a group's sizes comparable (``matched_hidden_size``, ``check_comparable``). To
-extend the study, add a family to FAMILIES or an option to ``seqlm study``.
+Owns the groups' settings, ``Options`` (with the ``quick`` and ``gpu`` presets), ``Experiment`` and ``plan``.
+Sizes (parameter matching) live in ``sizes``, the time estimate in ``budget``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqlm.core.errors import SeqlmError
+from seqlm.study.sizes import (
+    REFERENCE_FAMILY,  # the others get the hidden size that gives them about its parameter count
+    apply,
+    check_comparable,
+    config_value,
+    count_parameters,
+    matched_hidden_size,
+)
+
+__all__ = ["apply", "check_comparable", "config_value", "count_parameters", "matched_hidden_size"]
 
 # Display name -> the model (and train) keys that make the family. The order is the argument's order.
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -30,26 +42,33 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "model.nonlinearity": "tanh",
         "model.recurrent_init": "default",
     },
-    "bow": {"model.family": "bow", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
-    "rnn": {"model.family": "rnn", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
-    "rnn-noclip": {
-        "model.family": "rnn",
+    # The big window: the same MLP reading WIDE_WINDOW tokens; its input layer grows with the window.
+    "ffn_window-wide": {
+        "model.family": "ffn_window",
         "model.nonlinearity": "tanh",
         "model.recurrent_init": "default",
-        "train.grad_clip": 0.0,
+        "model.window": 32,
     },
+    "bow": {"model.family": "bow", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
+    "rnn": {"model.family": "rnn", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
     # IRNN: Le, Jaitly & Hinton (2015), arXiv:1504.00941
     "irnn": {"model.family": "rnn", "model.nonlinearity": "relu", "model.recurrent_init": "identity"},
     "lstm": {"model.family": "lstm", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
     "gru": {"model.family": "gru", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
 }
-TEXT_FAMILIES = tuple(FAMILIES)
+TEXT_FAMILIES = ("ffn_window", "ffn_window-wide", "bow", "rnn", "lstm", "gru")
+UNMATCHED = {"ffn_window-wide": "ffn_window"}  # keeps that family's hidden size, not the parameter count
 PROBE_FAMILIES = ("rnn", "irnn", "lstm", "gru")
-REFERENCE_FAMILY = "lstm"  # the others get the hidden size that gives them about its parameter count
-PARAM_TOLERANCE = 0.15
+SEED = 1337  # params.yaml's base.seed; seed i of a cell is SEED + i
 
-# The probe's model and batching. Small, because the probe's vocabulary is 14 pieces; many small
-# batches, because learning to bridge a long gap takes many updates more than many tokens per update.
+# The IRNN's own protocol (Le et al. 2015, §3): plain SGD, a learning rate from a small grid (they searched
+# 1e-6..1e-2; with a couple of thousand updates only the top of that range moves the weights), gradients
+# clipped. The first rate runs the ladder, the others the shortest delay, so the range is on the page.
+IRNN_PROTOCOL = {"train.optimizer": "sgd", "train.grad_clip": 1.0, "train.weight_decay": 0.0}
+IRNN_LRS = (1e-2, 1e-3)
+
+# The probe's model and batching: small, because the probe's vocabulary is 14 pieces. fp32, not the CPU's
+# bf16-mixed: at these sizes autocast slows the GRU and RNN by ~1.6× (their CPU kernels step through time).
 PROBE_TASK = "copy"
 PROBE_MODEL = {
     "model.embedding_size": 32,
@@ -57,96 +76,175 @@ PROBE_MODEL = {
     "model.dropout": 0.0,
     "model.num_layers": 1,
 }
-PROBE_TOKENIZER = {"tokenizer.type": "char", "tokenizer.byte_fallback": False, "tokenizer.vocab_size": 32}
-PROBE_BATCH_SIZE = 8
-# fp32, not the CPU's bf16-mixed: at the probe's sizes bf16 autocast slows the GRU and RNN by ~1.6× (their
-# CPU kernels step through time; measured 1 thread, batch 8 × 128: GRU 53k tokens/s fp32 vs 35k bf16,
-# RNN 98k vs 61k, LSTM 238k vs 300k), and equal minutes should buy as similar a number of updates as they can.
+PROBE_BATCH_SIZE = 32  # whole episodes per update (bench/episodic_probes.py)
 PROBE_PRECISION = "32-true"
 PROBE_SYMBOLS = 1_000_000
-# Samples and next-word tables need prompts the probe's alphabet can spell.
-PROBE_EVALUATE = {
-    "evaluate.prompts": ["C"],
-    "evaluate.cloze_prompts": ["C....?"],
-    "evaluate.gradient_flow_steps": 256,
+PROBE_EVALUATE = {"evaluate.prompts": ["C"], "evaluate.cloze_prompts": ["C....?"]}
+
+# The provoked explosion: a tanh RNN whose W_hh is orthogonal × EXPLODE_GAIN (spectral radius 3), trained
+# with plain SGD, so the size of a gradient is the size of the step. Measured on kjv characters before the
+# study adopted it: pre-clip gradient norms of 7e6-1e7 against 6 at gain 1; unclipped the loss ended at
+# 3.9-4.0 nats, clipped at 2.3-2.8, at gain 1 at 1.7 (200 SGD steps at lr 1, two seeds).
+EXPLODE_GAIN = 3.0
+EXPLODE = {
+    **FAMILIES["rnn"],
+    "model.recurrent_init": "orthogonal",
+    "model.recurrent_gain": EXPLODE_GAIN,
+    "train.optimizer": "sgd",
+    "train.lr": 1.0,
+    "train.weight_decay": 0.0,
+    "train.log_every_steps": 2,  # the gradient-norm trace, fine-grained
 }
-# The minutes are the budget: no step limit, no early stopping, and an epoch limit no run reaches (the
-# probe corpora are small, so the default of 20 epochs stopped the fast LSTM at delay 200 after about one of
-# its 3 minutes in an earlier study).
-BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
+EXPLODE_CLIPS = {"clipped": 0.5, "unclipped": 0.0}
+
+# The cloze rows: bench/cloze_context.py's task (15% of each 32-token window blanked, 1000-piece BPE).
+CLOZE = {
+    "tokenizer.vocab_size": 1000,
+    "model.family": "lstm",
+    "model.embedding_size": 128,
+    "model.hidden_size": 128,
+    "model.dropout": 0.0,
+    "train.objective": "cloze",
+    "train.cloze_rate": 0.15,
+    "train.bptt": 32,
+    "train.lr": 0.01,
+    "train.warmup_steps": 20,
+    "evaluate.batch_size": 16,
+    "evaluate.bptt": 64,
+}
+CLOZE_ROWS = {"lstm (left to right)": False, "bilstm": True}
+
+# The minutes are the text budget: no step limit, no early stopping, an epoch limit no run reaches.
+TIME_BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
+# --gpu: bigger models and longer delays; the same plan otherwise.
+GPU = {"train.accelerator": "gpu", "train.precision": "auto"}
+GPU_TEXT_SIZE = {"model.embedding_size": 512, "model.hidden_size": 512}
+GPU_PROBE_SIZE = {"model.hidden_size": 256}
 
 
 @dataclass(frozen=True)
 class Options:
     name: str = "seqlm-study"  # MLflow experiment and the seqlm.study tag
-    text_minutes: float = 4.0
-    probe_minutes: float = 3.0
-    delays: tuple[int, ...] = (10, 50, 200)
+    seeds: int = 3
+    # Sized so that `make study` fits 90 minutes on 2 cores (budget.estimate_minutes: about 84).
+    text_minutes: float = 1.5
+    probe_steps: int = 1200
+    delays: tuple[int, ...] = (5, 10, 25, 50, 100)
+    explode_minutes: float = 0.75
+    cloze_minutes: float = 0.75
     text_families: tuple[str, ...] = TEXT_FAMILIES
     probe_families: tuple[str, ...] = PROBE_FAMILIES
     jobs: int = 2  # experiments at a time, one thread each
+    gpu: bool = False
+    preset: str = "full"  # "full" | "quick" | "gpu": which limit the budget is held to
     stamp: str = ""  # suffix that keeps DVC experiment names unique across runs of the study
+
+
+QUICK = {
+    "seeds": 1,
+    "text_minutes": 1.0,
+    "probe_steps": 1000,
+    "delays": (5, 25),
+    "explode_minutes": 0.5,
+    "cloze_minutes": 0.5,
+    "preset": "quick",
+}
+GPU_PRESET = {"gpu": True, "probe_steps": 5000, "delays": (5, 10, 25, 50, 100, 200, 400), "preset": "gpu"}
+
+
+def preset(name: str, **overrides) -> Options:
+    """``full`` (make study), ``quick`` (a first look: one seed, a short ladder) or ``gpu``, then "
+    "overrides."""
+    base = {"full": {}, "quick": QUICK, "gpu": GPU_PRESET}[name]
+    return replace(Options(), **{**base, **overrides})
 
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str  # the DVC experiment name
-    group: str  # "text" | "probe"
-    family: str  # a key of FAMILIES
+    name: str  # the DVC experiment name: the cell, the seed, the stamp
+    group: str  # "text" | "probe" | "explode" | "cloze"
+    family: str  # a key of FAMILIES (the model), or the row's label for explode and cloze
     overrides: dict[str, Any] = field(default_factory=dict)  # params.yaml keys, set with -S
     parameters: int = 0  # model parameters, computed from the config before training
+    cell: str = ""  # the name without seed and stamp: the seeds of one cell share it
+    label: str = ""  # the row's name in the report ("irnn, lr 0.001", "unclipped", …)
 
     @property
     def delay(self) -> int | None:
         return self.overrides.get("data.delay") if self.group == "probe" else None
 
+    @property
+    def seed(self) -> int:
+        return self.overrides.get("base.seed", SEED)
+
 
 def plan(options: Options, params: dict) -> list[Experiment]:
-    """The study's experiments, with hidden sizes that match the reference family's parameter count.
-
-    ``params`` is the parsed params.yaml every experiment starts from.
-    """
+    """The study's experiments, every cell over ``options.seeds`` seeds; ``params`` is the parsed
+    params.yaml every experiment starts from."""
     from seqlm import config
 
     for family in (*options.text_families, *options.probe_families):
         if family not in FAMILIES:
             raise SeqlmError(f"seqlm study: no family {family!r}; families: {', '.join(FAMILIES)}")
-    base = config.parse(params)
-    common = {"base.experiment": options.name, **BUDGET}
-    text_vocab = base.tokenizer.vocab_size  # bpe and unigram vocabularies have exactly this size
-    text = {**common, "train.max_minutes": options.text_minutes}
-    experiments = _matched(params, "text", options.text_families, text, text_vocab, options.stamp)
+    if options.seeds < 1:
+        raise SeqlmError(f"seqlm study: --seeds must be at least 1, got {options.seeds}")
+    text_vocab = config.parse(params).tokenizer.vocab_size  # bpe and unigram vocabularies have exactly this
+    common = {"base.experiment": options.name, **(GPU if options.gpu else {})}
+    cells = _text_cells(params, options, common, text_vocab)
+    rnn_hidden = next((c.overrides["model.hidden_size"] for c in cells if c.family == "rnn"), None)
+    cells += _probe_cells(params, options, common)
+    cells += _explode_cells(params, options, common, text_vocab, rnn_hidden)
+    cells += _cloze_cells(params, options, common)
+    return [_seeded(c, i, options.stamp) for c in cells for i in range(options.seeds)]
+
+
+def _seeded(cell: Experiment, i: int, stamp: str) -> Experiment:
+    name = f"{cell.cell}-s{i}" + (f"-{stamp}" if stamp else "")
+    return replace(cell, name=name, overrides={**cell.overrides, "base.seed": SEED + i})
+
+
+def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> list[Experiment]:
+    text = {**common, **TIME_BUDGET, "train.max_minutes": options.text_minutes}
+    if options.gpu:
+        text |= GPU_TEXT_SIZE
+    return _matched(params, "text", "text", options.text_families, text, vocab)
+
+
+def _probe_cells(params: dict, options: Options, common: dict) -> list[Experiment]:
+    out = []
+    vocab = probe_vocab_size(PROBE_TASK)
     for delay in options.delays:
-        probe = _probe_overrides(common, delay, options.probe_minutes)
-        vocab = probe_vocab_size(PROBE_TASK)
+        probe = _probe_overrides(common, delay, options)
         label = f"{PROBE_TASK}{delay}"
-        experiments += _matched(params, label, options.probe_families, probe, vocab, options.stamp)
-    return experiments
+        families = [f for f in options.probe_families]
+        cells = _matched(params, label, "probe", families, probe, vocab)
+        for c in cells:
+            if c.family == "irnn":
+                c.overrides.update({**IRNN_PROTOCOL, "train.lr": IRNN_LRS[0]})
+        out += cells
+    irnn = [c for c in out if c.family == "irnn" and c.delay == min(options.delays, default=None)]
+    for c, lr in ((c, lr) for c in irnn for lr in IRNN_LRS[1:]):
+        overrides = {**c.overrides, "train.lr": lr}
+        out.append(replace(c, cell=f"{c.cell}-lr{lr:g}", label=f"irnn, lr {lr:g}", overrides=overrides))
+    return out
 
 
-def _probe_overrides(common: dict[str, Any], delay: int, minutes: float) -> dict[str, Any]:
-    return {
-        **common,
-        "data.source": f"synthetic:{PROBE_TASK}",
-        "data.delay": delay,
-        "data.synthetic_symbols": PROBE_SYMBOLS,
-        **PROBE_TOKENIZER,
-        **PROBE_MODEL,
-        "train.batch_size": PROBE_BATCH_SIZE,
-        "train.precision": PROBE_PRECISION,
-        "train.bptt": probe_bptt(PROBE_TASK, delay),
-        "train.max_minutes": minutes,
-        **PROBE_EVALUATE,
-    }
-
-
-def probe_bptt(task: str, delay: int) -> int:
-    """A power of two at least twice the recall span: most episodes then lie inside one truncated-BPTT
-    window, so the gradient from the recall position can reach the symbol it must recall."""
+def _probe_overrides(common: dict, delay: int, options: Options) -> dict[str, Any]:
     from seqlm.data import synthetic
 
-    span = synthetic.recall_convention(task, delay)["span"]
-    return max(64, 1 << math.ceil(math.log2(2 * span)))
+    span = synthetic.recall_convention(PROBE_TASK, delay)["span"]
+    return {
+        **common,
+        **synthetic.episodic_probe_params(PROBE_TASK, delay, options.probe_steps),
+        "data.synthetic_symbols": PROBE_SYMBOLS,
+        **PROBE_MODEL,
+        **(GPU_PROBE_SIZE if options.gpu else {}),
+        "train.batch_size": PROBE_BATCH_SIZE,
+        **({} if options.gpu else {"train.precision": PROBE_PRECISION}),
+        # the gradient-flow curve reaches back past the key
+        "evaluate.gradient_flow_steps": max(32, span + 8),
+        **PROBE_EVALUATE,
+    }
 
 
 def probe_vocab_size(task: str) -> int:
@@ -156,79 +254,53 @@ def probe_vocab_size(task: str) -> int:
     return 4 + len(synthetic.alphabet(task))
 
 
-def _matched(params: dict, label: str, families, overrides: dict, vocab: int, stamp: str) -> list[Experiment]:
+def _explode_cells(params: dict, options: Options, common: dict, vocab: int, hidden) -> list[Experiment]:
+    keys = {**common, **TIME_BUDGET, **EXPLODE, "train.max_minutes": options.explode_minutes}
+    keys["model.hidden_size"] = hidden or config_value(params, "model.hidden_size")
+    out = []
+    for label, clip in EXPLODE_CLIPS.items():
+        o = {**keys, "train.grad_clip": clip}
+        out.append(
+            Experiment("", "explode", label, o, count_parameters(params, o, vocab), f"explode-{label}", label)
+        )
+    return out
+
+
+def _cloze_cells(params: dict, options: Options, common: dict) -> list[Experiment]:
+    keys = {**common, **TIME_BUDGET, **CLOZE, "train.max_minutes": options.cloze_minutes}
+    out = []
+    for label, bidirectional in CLOZE_ROWS.items():
+        o = {**keys, "model.bidirectional": bidirectional}
+        count = count_parameters(params, o, CLOZE["tokenizer.vocab_size"])
+        name = "cloze-bilstm" if bidirectional else "cloze-lstm"
+        out.append(Experiment("", "cloze", label, o, count, name, label))
+    return out
+
+
+def _matched(params: dict, label: str, group: str, families, overrides: dict, vocab: int) -> list[Experiment]:
     reference = {**overrides, **FAMILIES[REFERENCE_FAMILY]}
     reference.setdefault("model.hidden_size", config_value(params, "model.hidden_size"))
     target = count_parameters(params, reference, vocab)
-    out = []
-    for family in families:
+    hidden: dict[str, int] = {}
+    for family in sorted(families, key=lambda f: f in UNMATCHED):  # matched first: the unmatched copy one
         keys = {**overrides, **FAMILIES[family]}
         if family == REFERENCE_FAMILY:
-            keys["model.hidden_size"] = reference["model.hidden_size"]
+            hidden[family] = reference["model.hidden_size"]
+        elif family in UNMATCHED:
+            base = UNMATCHED[family]
+            hidden[family] = hidden.get(base) or matched_hidden_size(
+                params, {**overrides, **FAMILIES[base]}, vocab, target
+            )
         else:
-            keys["model.hidden_size"] = matched_hidden_size(params, keys, vocab, target)
-        name = f"{label}-{family}" + (f"-{stamp}" if stamp else "")
-        group = "text" if label == "text" else "probe"
-        out.append(Experiment(name, group, family, keys, count_parameters(params, keys, vocab)))
+            hidden[family] = matched_hidden_size(params, keys, vocab, target)
+    out = []
+    for family in families:
+        keys = {**overrides, **FAMILIES[family], "model.hidden_size": hidden[family]}
+        cell = f"{label}-{family}"
+        out.append(Experiment("", group, family, keys, count_parameters(params, keys, vocab), cell, family))
     return out
 
 
-def config_value(params: dict, dotted: str) -> Any:
-    """A key's value in ``params``, or its code default (they are equal for the shipped params.yaml)."""
-    from seqlm import config
-
-    return config.parse(params).flat()[dotted]
-
-
-def apply(params: dict, overrides: dict[str, Any]) -> dict:
-    """A copy of ``params`` with dotted keys set, as ``dvc exp run -S`` would."""
-    out = {section: dict(values or {}) for section, values in params.items()}
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        out.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def count_parameters(params: dict, overrides: dict[str, Any], vocab: int) -> int:
-    import torch
-
-    from seqlm import config
-    from seqlm.models import build_model
-
-    cfg = config.parse(apply(params, overrides), where="seqlm study")
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        return build_model(cfg.model, vocab).num_parameters()
-
-
-def matched_hidden_size(params: dict, overrides: dict[str, Any], vocab: int, target: int) -> int:
-    """The hidden size (a multiple of 8) whose parameter count is closest to ``target``.
-
-    A scan, not a bisection: counts are not monotonic in the hidden size, because a tied decoder needs
-    a projection whenever the hidden size differs from the embedding size.
-    """
-    best, best_gap, h = 8, math.inf, 8
-    while True:
-        count = count_parameters(params, {**overrides, "model.hidden_size": h}, vocab)
-        if abs(count - target) < best_gap:
-            best, best_gap = h, abs(count - target)
-        if count > 2 * target or h >= 1 << 16:
-            return best
-        h += 8
-
-
-def check_comparable(experiments: list[Experiment]) -> None:
-    """Every group's parameter counts lie within PARAM_TOLERANCE of its reference family's."""
-    for group in {_group_key(e) for e in experiments}:
-        members = [e for e in experiments if _group_key(e) == group]
-        reference = next((e.parameters for e in members if e.family == REFERENCE_FAMILY), None)
-        reference = reference or max(e.parameters for e in members)
-        for e in members:
-            if abs(e.parameters - reference) > PARAM_TOLERANCE * reference:
-                raise SeqlmError(
-                    f"seqlm study: {e.name} has {e.parameters:,} parameters, more than {PARAM_TOLERANCE:.0%} "
-                    f"away from {REFERENCE_FAMILY}'s {reference:,}; adjust its hidden size"
-                )
-
-
-def _group_key(e: Experiment) -> str:
-    return "text" if e.group == "text" else f"probe{e.delay}"
+def comparable(experiments: list[Experiment]) -> list[Experiment]:
+    """The experiments whose parameter counts must match (``sizes.check_comparable``)."""
+    return [e for e in experiments if e.group in ("text", "probe") and e.family not in UNMATCHED]

@@ -1,8 +1,9 @@
 """docs/study.md, written by `seqlm study` from the experiments' own reports.
 
-Owns the markdown: provenance (machine, commit, budgets, load), the claims table, the text and copy-probe
-tables, the figures' places and captions, and how to reproduce the study. The verdicts come from
-``claims`` and the PNGs from ``figures``; nothing here is written by hand.
+Owns the markdown: provenance (machine, commit, the budget estimated and spent, load, the verdict rule),
+the claims table (verdict, positive control, mean ± sd), one section per group with its tables and
+figures, every experiment's row, and how to reproduce the study. The verdicts come from ``claims`` and
+``probe_claims``, the PNGs from ``figures``; nothing here is written by hand.
 """
 
 from __future__ import annotations
@@ -10,11 +11,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqlm.core import atomic
+from seqlm.study import budget
 from seqlm.study import figures as plots
-from seqlm.study.claims import claims, fmt, longest_delay_verdict, reach
-from seqlm.study.results import bpb, ok, probe_grid
+from seqlm.study.aggregate import RULE, by_label, cells, fmt, min_seeds, probe_grid
+from seqlm.study.claims import cloze_claims, text_claims
+from seqlm.study.plan import SEED
+from seqlm.study.probe_claims import control, probe_claims, reach, updates_line
+from seqlm.study.results import (
+    bits_per_blank,
+    bpb,
+    context_gain,
+    final_loss,
+    log10_gradient_ratio,
+    log10_max_grad_norm,
+    loss_spikes,
+    minutes,
+    ok,
+    recall,
+    top1,
+    top5,
+    train_value,
+    unigram_bits_per_blank,
+)
 
 FIGURES = "study"  # docs/study/*.png
+CAPTIONS = {
+    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training (window "
+    "models: 0 for every k > 0).",
+    "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state.",
+    "copy_recall": "Recall at the key's second appearance, mean ± sd over seeds; every family got the "
+    "same number of updates.",
+    "explosion": "Every seed's gradient norm (measured before clipping, so the clipped runs show what "
+    "clipping caught) and training loss, clipped against unclipped; x marks a divergence.",
+}
 
 
 def write(docs: Path, results, machine: dict, options) -> Path:
@@ -25,25 +54,39 @@ def write(docs: Path, results, machine: dict, options) -> Path:
     return path
 
 
+def all_claims(results):
+    return [*text_claims(results), *probe_claims(results), *cloze_claims(results)]
+
+
 def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
+    seeds = min_seeds(results)
     lines = [
         "# The sequence-model study",
         "",
-        (
-            "Written by `seqlm study` (`make study`) from the experiments' own reports; do not edit by hand, "
-            "rerun it."
-        ),
+        "Written by `seqlm study` (`make study`) from the experiments' own reports; do not edit by hand, "
+        "rerun it.",
         "",
         _provenance(results, machine, options),
         "",
         "## The seed's argument, claim by claim",
         "",
-        "| claim | verdict | evidence |",
-        "| --- | --- | --- |",
+        f"**Verdict rule:** {RULE}. Each claim is judged only when its *positive control* shows the test can "
+        "see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
+        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the "
+        "split, "
+        "the tokenizer's sampling, the initialisation and the batch order)."
+        + (" **One seed: no spread, so every verdict is provisional.**" if seeds < 2 else ""),
+        "",
+        "| claim | verdict | test | positive control | evidence |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| {c} | **{v}** | {e} |" for c, v, e in claims(results)]
-    lines += ["", *_text_section(results, figures), "", *_probe_section(results, figures), ""]
-    lines += _footer(options, machine)
+    lines += [
+        f"| {c.claim} | **{c.verdict}** | {c.test} | {c.control} | {c.evidence} |"
+        for c in all_claims(results)
+    ]
+    for section in (_text_section, _probe_section, _explode_section, _cloze_section):
+        lines += ["", *section(results, figures)]
+    lines += ["", *_experiments(results), "", *_footer(options, machine)]
     return "\n".join(lines) + "\n"
 
 
@@ -51,20 +94,24 @@ def _provenance(results, machine: dict, options) -> str:
     failed = sum(r.status != "success" for r in results)
     dirty = " with uncommitted changes" if machine.get("dirty") else ""
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU"
+    experiments = [r.experiment for r in results]
     return (
-        f"**Machine:** {machine['cpu']}, {machine['cores']} cores{gpu}, {machine.get('memory') or '? GiB'} "
-        "RAM; "
+        f"**Machine:** {machine['cpu']}, {machine['cores']} cores{gpu}, "
+        f"{machine.get('memory') or '? GiB'} RAM; "
         f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}.  \n"
         f"**Commit:** `{machine['commit'][:12]}`{dirty}. "
         f"**Date:** {machine['started']} to {machine['finished']} (UTC).  \n"
-        f"**Wall-clock:** {machine['wall_minutes']:.1f} minutes for {len(results)} experiments "
-        f"({failed} failed), queueing, training, evaluation and this report; {options.jobs} experiments at a "
-        "time, one thread each. "
-        f"Budgets: {options.text_minutes:g} min of training per text experiment, {options.probe_minutes:g} "
-        "min "
-        f"per probe experiment, no step or epoch limit, no early stopping.{_load(machine, options)}  \n"
-        f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}` and "
-        f"`seqlm.study.stamp={options.stamp}`; DVC experiments `*-{options.stamp}`."
+        f"**Budget:** preset `{options.preset}`, estimated before queueing at "
+        f"{budget.summary(experiments, options)}; "
+        f"spent {machine['wall_minutes']:.1f} minutes for {len(results)} experiments ({failed} failed or "
+        "diverged), "
+        f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_minutes:g} min of "
+        f"training, probe {options.probe_steps:,} updates (no minute limit), explosion "
+        f"{options.explode_minutes:g} "
+        f"min, cloze {options.cloze_minutes:g} min; no early stopping.{_load(machine, options)}  \n"
+        f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}`, "
+        f"`seqlm.study.stamp={options.stamp}`, `seqlm.study.cell` and `seqlm.study.seed`; DVC experiments "
+        f"`<cell>-s<i>-{options.stamp}`."
     )
 
 
@@ -73,7 +120,7 @@ def _load(machine: dict, options) -> str:
     if mean is None:
         return ""
     busy = (
-        "other work competed for the cores, so tokens/s and steps are lower than on a quiet machine"
+        "other work competed for the cores, so tokens/s and minutes are worse than on a quiet machine"
         if mean > options.jobs + 0.5
         else "the study had the cores to itself"
     )
@@ -83,148 +130,189 @@ def _load(machine: dict, options) -> str:
     )
 
 
-def _text_section(results, figures: dict[str, bool]) -> list[str]:
-    text = [r for r in results if r.experiment.group == "text"]
+def _figure(figures: dict, name: str, alt: str) -> list[str]:
+    return [f"![{alt}]({FIGURES}/{name}.png)", "", CAPTIONS[name], ""] if figures.get(name) else []
+
+
+def _text_section(results, figures) -> list[str]:
+    text = by_label(results, "text")
     if not text:
         return []
     lines = [
-        "## Text: one corpus, one budget, comparable sizes",
+        "## Text: one corpus, equal minutes, matched sizes (the wide window excepted)",
         "",
-        (
-            "Each family trained for the same wall-clock minutes on the same corpus and tokenizer, with a "
-            "hidden "
-            "size chosen so its parameter count is within 15% of the LSTM's. Test metrics use the "
-            "carried-state "
-            "protocol of the evaluate stage."
-        ),
+        "Each family trained for the same minutes on the same corpus and tokenizer, with a hidden size "
+        "that puts "
+        "its parameters within 15% of the LSTM's; the wide ffn_window keeps the narrow one's hidden "
+        "size, so its "
+        "extra parameters are the price of its window. Test metrics use the evaluate stage's "
+        "carried-state protocol.",
         "",
-        (
-            "| family | DVC experiment | parameters | test bits/byte | word perplexity | tokens/s | steps | "
-            "stopped by | fraction of steps clipped | diverged? |"
-        ),
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | steps | "
+        "minutes | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in text:
-        lines.append(_row(r, [fmt(bpb(r)), fmt(r.eval.get("word_perplexity") if ok(r) else None, 1)]))
-    lines.append("")
-    if figures.get("gradient_flow"):
-        lines += [
-            f"![Gradient flow per family]({FIGURES}/gradient_flow.png)",
-            "",
-            (
-                "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training (window models: 0 "
-                "for every k > 0, not drawn)."
-            ),
-            "",
-        ]
-    if figures.get("context_ablation"):
-        lines += [
-            f"![Context ablation per family]({FIGURES}/context_ablation.png)",
-            "",
-            "Test bits per byte when the state is reset every K tokens; ∞ is the carried state.",
-            "",
-        ]
-    return lines
+    for label, c in text.items():
+        window = c.experiment.overrides.get("model.window")
+        name = f"{label} (window {window})" if label.startswith("ffn_window") and window else label
+        lines.append(
+            f"| {name} | {c.experiment.parameters:,} | {_cell(c, bpb)} | "
+            f"{_cell(c, context_gain('64'))} | "
+            f"{_ratio(c)} | {_cell(c, train_value('steps'), 0)} | "
+            f"{_cell(c, minutes, 1)} | {c.failed}/{c.seeds} |"
+        )
+    return lines + [
+        "",
+        *_figure(figures, "gradient_flow", "Gradient flow per family"),
+        *_figure(figures, "context_ablation", "Context ablation per family"),
+    ]
 
 
-def _row(r, metrics: list[str]) -> str:
-    e, t = r.experiment, r.train or {}
-    parameters = t.get("num_parameters", e.parameters)
-    diverged = "yes" if r.diverged else ("failed: " + r.note if r.status != "success" else "no")
-    return (
-        f"| {e.family} | `{e.name}` | {parameters:,} | {' | '.join(metrics)} | "
-        f"{fmt(t.get('tokens_per_s'), 0)} | {t.get('steps', '—')} | {t.get('stopped_by', '—')} | "
-        f"{fmt(t.get('fraction_clipped'))} | {diverged} |"
-    )
+def _cell(c, metric, digits: int = 3) -> str:
+    """A table cell: mean ± sd over the seeds, and how many seeds it rests on when some failed."""
+    s = c.stat(metric)
+    text = fmt(s, digits)
+    return text if s is None or s.n == c.seeds else f"{text} (n={s.n} of {c.seeds})"
 
 
-def _probe_section(results, figures: dict[str, bool]) -> list[str]:
+def _ratio(c) -> str:
+    """log10 of the gradient ratio; a window model has no path back past its window, so none."""
+    window = c.experiment.overrides.get("model.family") in ("ffn_window", "bow")
+    return "n/a (no recurrence)" if window else _cell(c, log10_gradient_ratio, 1)
+
+
+def _probe_section(results, figures) -> list[str]:
     grid = probe_grid(results)
     if not grid:
         return []
     delays = sorted({d for probes in grid.values() for d in probes})
-    sample = next((r for probes in grid.values() for r in probes.values() if ok(r)), None)
-    chance = sample.eval["recall_chance"] if sample else None
+    irnn = next(
+        (c.experiment.overrides for p in grid.values() for c in p.values() if c.experiment.family == "irnn"),
+        {},
+    )
     lines = [
-        "## Copy probe: how far back does each family remember?",
+        "## Episodic copy probe: how far back does each family remember?",
         "",
-        (
-            "`data.source: synthetic:copy`: each line is a key (one of 8 letters), `data.delay` filler dots, "
-            "the cue `?` and the key again (`A.....?A`); with `tokenizer.type: char` every symbol is one "
-            "token. "
-            "Recall accuracy is measured at the key's second appearance in the test stream: the prediction "
-            f"counts when the key is the most likely of the 8 (chance {fmt(chance)}). A family *remembers* a "
-            f"delay when it recalls at least halfway from chance to perfect."
-        ),
+        "`data.source: synthetic:copy` with `train.episodic: true`: every line (a key, `data.delay` "
+        "filler dots, "
+        "the cue `?`, the key again) is an independent episode from a fresh state, B whole episodes per "
+        "batch, "
+        "the loss on every target; recall is scored at each test episode's recall position. Every family "
+        "gets "
+        "the same number of updates (a step budget); the minutes they took are reported. A family "
+        "*remembers* a "
+        "delay when its mean recall is at least halfway from chance to perfect; the positive control is "
+        "that it "
+        "remembers the shortest delay. The IRNN runs under its own protocol (Le et al. 2015): "
+        f"`train.optimizer: {irnn.get('train.optimizer', 'sgd')}`, gradients clipped at "
+        f"{irnn.get('train.grad_clip', '—')}, learning rate {irnn.get('train.lr', '—')} on the ladder and "
+        "the "
+        "rest of its range at the shortest delay.",
         "",
-        "| family | " + " | ".join(f"delay {d}" for d in delays) + " | remembers up to |",
-        "| --- | " + " | ".join("---:" for _ in delays) + " | ---: |",
+        "| family | "
+        + " | ".join(f"delay {d}" for d in delays)
+        + " | control (shortest delay) | remembers up to |",
+        "| --- | " + " | ".join("---:" for _ in delays) + " | --- | ---: |",
     ]
-    for family, probes in grid.items():
-        cells = [_recall_cell(probes.get(d)) for d in delays]
-        lines.append(f"| {family} | " + " | ".join(cells) + f" | {reach(probes) or 'none'} |")
-    lines += ["", longest_delay_verdict(grid), "", _updates(grid, delays), ""]
-    if figures.get("copy_recall"):
-        lines += [f"![Copy-probe recall against delay]({FIGURES}/copy_recall.png)", ""]
-    if figures.get("probe_gradient_flow"):
-        lines += [
-            f"![Gradient flow on the copy probe]({FIGURES}/probe_gradient_flow.png)",
-            "",
-            "The dashed line is the recall span: how far back the gradient must reach the key.",
-            "",
-        ]
-    return lines + _probe_rows(grid, delays)
+    for label, probes in grid.items():
+        row = [_recall_cell(probes.get(d)) for d in delays]
+        passed, _ = control(probes)
+        lines.append(
+            f"| {label} | "
+            + " | ".join(row)
+            + f" | {'passed' if passed else 'failed'} | {reach(probes) or 'none'} |"
+        )
+    return lines + [
+        "",
+        updates_line(grid),
+        "",
+        *_figure(figures, "copy_recall", "Copy-probe recall against delay"),
+    ]
 
 
-def _probe_rows(grid: dict, delays: list[int]) -> list[str]:
+def _recall_cell(c) -> str:
+    if c is None:
+        return ""
+    s = c.stat(recall)
+    text = fmt(s, 2) if s is not None else "—"
+    if c.failed:
+        text += f" ({c.failed}/{c.seeds} {'diverged' if c.diverged else 'failed'})"
+    return text
+
+
+def _explode_section(results, figures) -> list[str]:
+    explode = by_label(results, "explode")
+    if not explode:
+        return []
+    o = next(iter(explode.values())).experiment.overrides
     lines = [
-        (
-            "| family | delay | DVC experiment | parameters | recall bits | test bits/byte | tokens/s | "
-            "steps | "
-            "stopped by | fraction of steps clipped | diverged? |"
-        ),
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        "## The provoked explosion: clipping where there is something to clip",
+        "",
+        f"A tanh RNN on the text with W_hh orthogonal × {o.get('model.recurrent_gain')} "
+        "(`model.recurrent_gain`: "
+        f"spectral radius {o.get('model.recurrent_gain')}) and plain SGD at lr {o.get('train.lr')}, so a "
+        "gradient's "
+        "size is its step's size (Pascanu, Mikolov & Bengio 2013). A *loss spike* is a logged training "
+        "loss more "
+        "than 0.5 nats above the lowest before it; *diverged* is a non-finite loss, which stops the run "
+        "(recorded, "
+        "not a crash of the study).",
+        "",
+        "| run | diverged | loss spikes | peak gradient norm (log10) | last training loss | test "
+        "bits/byte | fraction of steps clipped |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for family, probes in grid.items():
-        for d in delays:
-            r = probes.get(d)
-            if r is not None:
-                row = _row(r, [fmt(r.eval.get("recall_bits") if ok(r) else None), fmt(bpb(r))])
-                lines.append(row.replace(f"| {family} |", f"| {family} | {d} |", 1))
+    for label, c in explode.items():
+        lines.append(
+            f"| {label} | {c.diverged}/{c.seeds} | {_cell(c, loss_spikes, 1)} | "
+            f"{_cell(c, log10_max_grad_norm, 1)} | "
+            f"{_cell(c, final_loss, 2)} | {_cell(c, bpb)} | "
+            f"{_cell(c, train_value('fraction_clipped'), 2)} |"
+        )
+    return lines + ["", *_figure(figures, "explosion", "Gradient norm and loss, clipped against unclipped")]
+
+
+def _cloze_section(results, figures) -> list[str]:
+    cloze = by_label(results, "cloze")
+    if not cloze:
+        return []
+    lines = [
+        "## The bidirectional RNN where it belongs: filling a blank",
+        "",
+        "`train.objective: cloze`: 15% of each window's tokens blanked, the model predicts them; the only "
+        "difference between the rows is `model.bidirectional`. Evaluation blanks the same test tokens "
+        "for both.",
+        "",
+        "| model | parameters | bits per blank | top-1 | top-5 | unigram bits per blank | steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, c in cloze.items():
+        lines.append(
+            f"| {label} | {c.experiment.parameters:,} | {_cell(c, bits_per_blank)} | "
+            f"{_cell(c, top1)} | "
+            f"{_cell(c, top5)} | {_cell(c, unigram_bits_per_blank)} | "
+            f"{_cell(c, train_value('steps'), 0)} |"
+        )
     return lines
 
 
-def _updates(grid: dict, delays: list[int]) -> str:
-    """Equal minutes are not equal updates: the step counts behind each delay's comparison."""
-    parts = []
-    for d in delays:
-        steps = {
-            f: probes[d].train["steps"]
-            for f, probes in grid.items()
-            if d in probes and ok(probes[d]) and probes[d].train
-        }
-        if len(steps) > 1:
-            ratio = max(steps.values()) / max(min(steps.values()), 1)
-            parts.append(
-                f"delay {d}: " + ", ".join(f"{f} {n:,}" for f, n in steps.items()) + f" ({ratio:.1f}× apart)"
+def _experiments(results) -> list[str]:
+    lines = [
+        "## Every experiment",
+        "",
+        "| DVC experiment | seed | status | steps | minutes | stopped by | note |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for cell in cells(results).values():
+        for r in cell.results:
+            t = r.train or {}
+            status = "ok" if ok(r) else ("diverged" if r.diverged else r.status)
+            m = minutes(r)
+            lines.append(
+                f"| `{r.experiment.name}` | {r.experiment.seed} | {status} | {t.get('steps', '—')} | "
+                f"{'—' if m is None else f'{m:.1f}'} | {t.get('stopped_by', '—')} | {r.note} |"
             )
-    if not parts:
-        return ""
-    return (
-        "Equal minutes are not equal updates: the families' CPU kernels differ in speed, so within the same "
-        "budget they trained for different numbers of steps ("
-        + "; ".join(parts)
-        + "). A family that did not "
-        "learn a delay in fewer steps may yet learn it in more."
-    )
-
-
-def _recall_cell(r) -> str:
-    if r is None:
-        return ""
-    if not ok(r):
-        return "diverged" if r.diverged else "failed"
-    return f"{r.eval['recall_accuracy']:.2f} (n={r.eval['recall_positions']})"
+    return lines
 
 
 def _footer(options, machine: dict) -> list[str]:
@@ -233,19 +321,16 @@ def _footer(options, machine: dict) -> list[str]:
         "## Reproduce and extend",
         "",
         "```bash",
-        "make study                     # or: seqlm study; prints the dvc commands with --dry-run",
-        (
-            f"dvc exp show --rev {commit}    # these experiments, params and metrics "
-            f"(plain `dvc exp show` while HEAD is {commit})"
-        ),
-        "make ui                        # MLflow: experiment " + options.name + ", one run per experiment",
+        "make study                  # seqlm study: every cell over 3 seeds, under 90 min on 2 cores",
+        "seqlm study --quick         # a first look: one seed, a short ladder, short budgets (under 20 min)",
+        "seqlm study --gpu           # bigger models, longer delays and more updates, on a GPU",
+        "seqlm study --dry-run       # the plan, its time estimate and the dvc commands; runs nothing",
+        f"dvc exp show --rev {commit} # these experiments, params and metrics",
         "```",
         "",
-        (
-            "Each experiment is `dvc exp run --queue -S …` up to the evaluate stage (study models are not "
-            f"registered, so they never meet the champion gate), run {options.jobs} at a time with "
-            f"`dvc queue start -j {options.jobs}` (one thread each: `OMP_NUM_THREADS=1`). "
-            "Add a family to `FAMILIES` in `src/seqlm/study/plan.py`, or change budgets and delays with "
-            "`seqlm study --text-minutes … --probe-minutes … --delays …`."
-        ),
+        "Each experiment is `dvc exp run --queue -S …` up to the evaluate stage (study models are never "
+        f"registered), run {options.jobs} at a time (`OMP_NUM_THREADS=1`). Add a family to `FAMILIES` in "
+        "`src/seqlm/study/plan.py`; change seeds, budgets and delays with `seqlm study --seeds … "
+        "--text-minutes … "
+        "--probe-steps … --delays …`.",
     ]

@@ -1,0 +1,47 @@
+"""How long the study will take, estimated from its plan before anything is queued.
+
+Text, explosion and cloze experiments have a wall-clock budget (``train.max_minutes``); probe experiments a
+step budget, so their minutes follow from tokens per step and each family's speed. Every experiment also
+pays OVERHEAD_MINUTES of queueing, data preparation and evaluation. ``jobs`` experiments run side by side.
+The estimate is for the CPU path on a 2-core machine like the one that measured the constants; ``--gpu``
+runs are not held to a limit.
+"""
+
+from __future__ import annotations
+
+# Per experiment: `dvc exp run` in a temporary workspace, prepare, tokenize, evaluate and the report. From
+# the study of 2026-11-30 (docs/study.md then): 39.1 min wall for 19 experiments holding 64 training
+# minutes, 2 at a time: (2 × 39.1 − 64) / 19 = 0.75 job-minutes each.
+OVERHEAD_MINUTES = 0.75
+# One thread, fp32, the probe's model (embedding 32, hidden 64), batches of whole episodes: tokens per
+# second, rounded down from the streamed study's measurements (GRU 53k, RNN 98k, LSTM 238k at batch 8 × 128)
+# because episodes are short and a shared machine is slower; and Lightning's own cost per step.
+PROBE_TOKENS_PER_S = {"rnn": 50_000, "irnn": 50_000, "lstm": 80_000, "gru": 30_000}
+STEP_OVERHEAD_S = 0.02
+LIMIT_MINUTES = {"full": 90.0, "quick": 20.0}  # on 2 cores: `make study` and `seqlm study --quick`
+
+
+def training_minutes(e) -> float:
+    o = e.overrides
+    if o.get("train.max_minutes"):
+        return float(o["train.max_minutes"])
+    tokens = o["train.batch_size"] * o["train.bptt"]  # an episode per row: bptt is its length
+    per_step = STEP_OVERHEAD_S + tokens / PROBE_TOKENS_PER_S.get(e.family, min(PROBE_TOKENS_PER_S.values()))
+    return o["train.max_steps"] * per_step / 60
+
+
+def estimate_minutes(experiments, jobs: int) -> float:
+    """Wall-clock minutes for the plan, ``jobs`` experiments at a time."""
+    work = sum(training_minutes(e) + OVERHEAD_MINUTES for e in experiments)
+    return work / max(jobs, 1)
+
+
+def summary(experiments, options) -> str:
+    """One line for the terminal and the report: the estimate and the limit it is held to."""
+    head = f"{len(experiments)} experiments, {options.seeds} seed(s) each"
+    if options.gpu:
+        return head + "; not estimated on the GPU path (the constants are a 2-core CPU's)"
+    minutes = estimate_minutes(experiments, options.jobs)
+    limit = LIMIT_MINUTES.get(options.preset)
+    held = f" (limit {limit:g} min on 2 cores)" if limit else ""
+    return f"{head}, about {minutes:.0f} min{held}"
