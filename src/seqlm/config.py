@@ -117,7 +117,7 @@ class TrainConfig(_Frozen):
     loss_chunk_mb: float = Field(16.0, ge=0, description="0 computes the whole step's logits at once")
     max_epochs: int = Field(20, ge=1)
     max_steps: int = Field(0, ge=0, description="0 means no limit")
-    max_minutes: float = Field(2.5, ge=0, description="0 means no limit")
+    max_minutes: float = Field(3.5, ge=0, description="0 means no limit")
     early_stopping_patience: int = Field(3, ge=0, description="0 disables early stopping")
     val_every_steps: int = Field(250, ge=0, description="0 means once per epoch")
     precision: Precision = "auto"
