@@ -171,8 +171,8 @@ class RecurrentLM(LanguageModel):
         # DropConnect on the hidden-to-hidden matrices (Wan et al., 2013; AWD-LSTM's weight drop): one
         # mask per batch, the same at every time step, so the fused kernel still runs the whole window.
         dropped = {
-            f"weight_hh_l{layer}": F.dropout(getattr(self.rnn, f"weight_hh_l{layer}"), p)
-            for layer in range(self.config["num_layers"])
+            f"weight_hh_{layer}": F.dropout(getattr(self.rnn, f"weight_hh_{layer}"), p)
+            for layer in self._layer_names()
         }
         return functional_call(self.rnn, dropped, (x, state))
 

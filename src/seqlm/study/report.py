@@ -15,7 +15,7 @@ from seqlm.study import budget
 from seqlm.study import figures as plots
 from seqlm.study.aggregate import RULE, by_label, cells, fmt, min_seeds, probe_grid
 from seqlm.study.claims import cloze_claims, text_claims
-from seqlm.study.plan import SEED
+from seqlm.study.plan import PROBE_LR, SEED
 from seqlm.study.probe_claims import control, probe_claims, reach, updates_line
 from seqlm.study.results import (
     bits_per_blank,
@@ -187,7 +187,7 @@ def _probe_section(results, figures) -> list[str]:
         return []
     delays = sorted({d for probes in grid.values() for d in probes})
     irnn = next(
-        (c.experiment.overrides for p in grid.values() for c in p.values() if c.experiment.family == "irnn"),
+        (c.experiment.overrides for p in grid.values() for c in p.values() if c.experiment.label == "irnn"),
         {},
     )
     lines = [
@@ -203,11 +203,13 @@ def _probe_section(results, figures) -> list[str]:
         "*remembers* a "
         "delay when its mean recall is at least halfway from chance to perfect; the positive control is "
         "that it "
-        "remembers the shortest delay. The IRNN runs under its own protocol (Le et al. 2015): "
-        f"`train.optimizer: {irnn.get('train.optimizer', 'sgd')}`, gradients clipped at "
-        f"{irnn.get('train.grad_clip', '—')}, learning rate {irnn.get('train.lr', '—')} on the ladder and "
-        "the "
-        "rest of its range at the shortest delay.",
+        "remembers the shortest delay. Each family trains with AdamW at its own learning rate, chosen on the "
+        "valid split before the study (`PROBE_LR` in seqlm.study.plan: "
+        + ", ".join(f"{f} {lr:g}" for f, lr in PROBE_LR.items())
+        + "). The IRNN runs under its own protocol (Le et al. 2015): gradients clipped at "
+        f"{irnn.get('train.grad_clip', '—')}, learning rate {irnn.get('train.lr', '—')} (inside the paper's "
+        "range) on the ladder, and the paper's optimiser, plain SGD at the top of its range, as a row of its "
+        "own at the shortest delay.",
         "",
         "| family | "
         + " | ".join(f"delay {d}" for d in delays)

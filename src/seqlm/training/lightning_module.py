@@ -122,12 +122,7 @@ class LitLanguageModel(pl.LightningModule):
         )
         hidden, state = self.model.encode(x, state)
         ce, loss = self._loss(hidden, y)
-        if not torch.isfinite(loss):
-            raise Diverged(
-                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
-                f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
-                f"(now {self.cfg.grad_clip:g})"
-            )
+        self._check_finite(loss)
         self.train_state = state
         self.column = int(end)
         self.last_loss = ce.detach()  # the cross-entropy alone, comparable with val_loss
@@ -164,12 +159,7 @@ class LitLanguageModel(pl.LightningModule):
         key = [self.seed, TRAIN_KEY, self.global_rank, self.global_step]
         nll, count = cloze_nll(self.model, x, self.cfg.cloze_rate, key)
         loss = nll / count
-        if not torch.isfinite(loss):
-            raise Diverged(
-                f"training diverged: the loss became {loss.item()} at step {self.global_step}; "
-                f"lower train.lr (now {self.cfg.lr:g}) or clip gradients with train.grad_clip "
-                f"(now {self.cfg.grad_clip:g})"
-            )
+        self._check_finite(loss)
         self.column = int(end)
         self.last_loss = loss.detach()
         self.log("loss", self.last_loss, prog_bar=True, logger=False)
