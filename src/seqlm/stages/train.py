@@ -104,14 +104,11 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
         write_run_json(paths, run_id, cfg.base.experiment, uri)
         resume.record(paths, fingerprint, run_id, complete=True)
-    score = (
-        f"val bits/blank {metrics['val_bits_per_blank']:.4f}"
-        if cfg.train.objective == "cloze"
-        else f"val bits/byte {metrics['val_bits_per_byte']:.4f}"
-    )
+    key = _score_key(cfg)
+    unit = "blank" if key == "val_bits_per_blank" else "byte"
     print(
         f"train: {metrics['steps']} steps, val loss {metrics['val_loss']:.4f}, "
-        f"{score}, {metrics['tokens_per_s']:.0f} tokens/s "
+        f"val bits/{unit} {metrics[key]:.4f}, {metrics['tokens_per_s']:.0f} tokens/s "
         f"({precision}, {device.name}); stopped by {metrics['stopped_by']}"
     )
     return metrics
@@ -167,6 +164,11 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
     } | _recall_metrics(lm)
 
 
+def _score_key(cfg: Config) -> str:
+    """The validation score a model reports: bits per blanked token for cloze (decision 20), else per byte."""
+    return "val_bits_per_blank" if cfg.train.objective == "cloze" else "val_bits_per_byte"
+
+
 def _recall_metrics(lm) -> dict:
     """train.episodic: the last validation's recall position scores (top-1 over the whole vocabulary)."""
     if lm.val_recall is None:
@@ -177,8 +179,7 @@ def _recall_metrics(lm) -> dict:
 def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str, cfg: Config) -> None:
     from seqlm.models import export
 
-    score = "val_bits_per_blank" if cfg.train.objective == "cloze" else "val_bits_per_byte"
-    training = {k: metrics[k] for k in ("val_loss", score, "steps", "precision")}
+    training = {k: metrics[k] for k in ("val_loss", _score_key(cfg), "steps", "precision")}
     info = {
         "tokenizer": {k: meta[k] for k in ("vocab_size", "dtype") if k in meta} | {"meta": meta},
         "training": training | {"device": device.name, "run_id": run_id},
