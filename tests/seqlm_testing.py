@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -94,18 +96,33 @@ QUICK_EVALUATE = {
 }
 
 
+@contextlib.contextmanager
+def in_project(root: Path, threads: int | None = 1) -> Iterator[Project]:
+    """``root`` as the project: SEQLM_ROOT, the working directory and its own MLflow store (an earlier
+    module's exported MLFLOW_TRACKING_URI removed); with ``threads``, that many torch threads (on a busy
+    two-core machine OpenMP threads waiting for each other cost more than they add). All restored after."""
+    import pytest
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SEQLM_ROOT", str(root))
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            mp.chdir(root)
+            yield Project(root)
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluated_project(root: Path) -> Project:
     """A project in ``root`` after download, tokenize, train (60 steps) and evaluate on the local store."""
-    import pytest
-
     from seqlm.stages.evaluate import run_evaluate
     from seqlm.stages.train import run_train
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEQLM_ROOT", str(root))
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        project = Project(root)
+    with in_project(root, threads=None) as project:
         make_tokens(project, lines=1500)
         project.set(**(TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30} | QUICK_EVALUATE))
         run_train(project.config(), project.paths())

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import yaml
-from seqlm_testing import REPO, TINY_TRAIN, Project, make_tokens
+from seqlm_testing import REPO, TINY_TRAIN, in_project, make_tokens
 
 from seqlm import cli, config
 from seqlm.config import ModelConfig
@@ -204,25 +204,15 @@ def cloze_project(tmp_path_factory):
     from seqlm.stages.register import run_register
     from seqlm.stages.train import run_train
 
-    root = tmp_path_factory.mktemp("cloze")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SEQLM_ROOT", str(root))
-            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-            mp.chdir(root)
-            project = Project(root)
-            # no byte pieces: a vocabulary of 200 then holds every word of the grammar whole
-            project.set(**{"tokenizer.byte_fallback": False})
-            make_tokens(project, vocab_size=200, lines=1500)
-            project.set(**CLOZE)
-            train = run_train(project.config(), project.paths())
-            metrics = run_evaluate(project.config(), project.paths())
-            register = run_register(project.config(), project.paths())
-            yield project, train, metrics, register
-    finally:
-        torch.set_num_threads(threads)
+    with in_project(tmp_path_factory.mktemp("cloze")) as project:
+        # no byte pieces: a vocabulary of 200 then holds every word of the grammar whole
+        project.set(**{"tokenizer.byte_fallback": False})
+        make_tokens(project, vocab_size=200, lines=1500)
+        project.set(**CLOZE)
+        train = run_train(project.config(), project.paths())
+        metrics = run_evaluate(project.config(), project.paths())
+        register = run_register(project.config(), project.paths())
+        yield project, train, metrics, register
 
 
 def test_training_reports_bits_per_blank_not_per_byte(cloze_project):

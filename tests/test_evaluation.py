@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from seqlm_testing import TINY_TRAIN, Project, make_tokens
+from seqlm_testing import TINY_TRAIN, Project, in_project, make_tokens
 
 KEYS = {
     "loss",
@@ -33,24 +33,11 @@ KEYS = {
 def trained(tmp_path_factory):
     from seqlm.stages.train import run_train
 
-    root = tmp_path_factory.mktemp("evaluate")
-    threads = torch.get_num_threads()
-    # One thread: on a busy two-core machine, OpenMP threads waiting for each other cost more than they add.
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SEQLM_ROOT", str(root))
-            # this project's own store, even after an earlier module's mlflow.set_tracking_uri exported
-            # its URI
-            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-            mp.chdir(root)
-            project = Project(root)
-            make_tokens(project)
-            project.set(**TINY_TRAIN)
-            run_train(project.config(), project.paths())
-            yield project
-    finally:
-        torch.set_num_threads(threads)
+    with in_project(tmp_path_factory.mktemp("evaluate")) as project:
+        make_tokens(project)
+        project.set(**TINY_TRAIN)
+        run_train(project.config(), project.paths())
+        yield project
 
 
 @pytest.fixture(scope="module")
