@@ -526,3 +526,16 @@ def test_a_lost_worker_is_replaced_only_while_experiments_wait():
     # tasks Running count as busy workers even where DVC's worker count lags behind (treeverse/dvc#10427)
     two_running = status | {"text-lstm-11301119": "Running"}
     assert queue.workers_to_start(two_running, 0, jobs=2) == 0
+
+
+def test_an_experiment_missing_from_one_listing_is_not_failed_until_the_grace_passes(monkeypatch):
+    clock = iter([0.0, 30.0, 45.0, 100.0, 200.0])
+    monkeypatch.setattr(queue.time, "monotonic", lambda: next(clock))
+    since: dict[str, float] = {}
+    names = ["a", "b"]
+    assert queue._with_absent(names, {"a": "Running"}, since, 60) == {"a": "Running", "b": "Running"}
+    # seen in a study: a running experiment left out of one listing; it comes back, the clock restarts
+    assert queue._with_absent(names, {"a": "Running", "b": "Running"}, since, 60)["b"] == "Running"
+    assert queue._with_absent(names, {"a": "Success"}, since, 60)["b"] == "Running"  # missing since 45
+    assert queue._with_absent(names, {"a": "Success"}, since, 60)["b"] == "Running"  # 55 s
+    assert queue._with_absent(names, {"a": "Success"}, since, 60) == {"a": "Success", "b": "Failed"}

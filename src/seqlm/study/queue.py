@@ -178,10 +178,11 @@ def wait_for(
     """
     done: dict[str, str] = {}
     short_since: float | None = None
+    absent_since: dict[str, float] = {}
     while True:
         load.append(os.getloadavg()[0])
         status, workers = queue_status(paths)
-        ours = {n: status.get(n, "Failed") for n in names}  # gone from the queue without a result: failed
+        ours = _with_absent(names, status, absent_since, grace_s)
         short_since = _replace_lost_workers(paths, ours, workers, jobs, short_since, grace_s)
         for name, state in ours.items():
             if state in ("Success", "Failed") and name not in done:
@@ -190,6 +191,22 @@ def wait_for(
         if len(done) == len(names):
             return done
         time.sleep(poll_s)
+
+
+def _with_absent(names: list[str], status: dict[str, str], since: dict[str, float], grace_s: float) -> dict:
+    """Each name's state; one gone from `dvc queue status` without a result is Failed once it has been
+    missing for ``grace_s`` (a single listing can miss an experiment moving from Queued to Running: seen
+    here, a running experiment reported failed)."""
+    now = time.monotonic()
+    ours = {}
+    for name in names:
+        if name in status:
+            since.pop(name, None)
+            ours[name] = status[name]
+        else:
+            gone = now - since.setdefault(name, now)
+            ours[name] = "Failed" if gone >= grace_s else "Running"
+    return ours
 
 
 def _replace_lost_workers(
