@@ -89,11 +89,12 @@ def test_flat_keeps_params_yaml_order_and_turns_tuples_into_lists():
 def test_section_hash_is_unchanged_by_the_move_to_pydantic():
     # Recorded with the pre-pydantic implementation: a changed hash would make every run restart from scratch.
     # The model section's value was re-recorded when it gained the regularisation keys (decision 21) and
-    # model.recurrent_gain (the study's provoked explosion).
+    # model.recurrent_gain (the study's provoked explosion); the tokenizer section's when it gained
+    # tokenizer.add_dummy_prefix (the study's probes).
     cfg = config.parse({})
     assert cfg.section_hash("model") == "9aa3f3dc51c86baa"
     assert (
-        cfg.section_hash("tokenizer") == "c8d0db70ab9b0b97"
+        cfg.section_hash("tokenizer") == "abdf6562353c7704"
     )  # data gained keys since; its hash only tags versions
     assert cfg.section_hash("train.lr") == "f579537d185db493"  # re-recorded when the default lr became 0.01
 

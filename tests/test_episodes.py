@@ -137,12 +137,13 @@ def copy3(tmp_path_factory):
                 "tokenizer.type": "char",
                 "tokenizer.byte_fallback": False,
                 "tokenizer.vocab_size": 32,
+                "tokenizer.add_dummy_prefix": False,  # as the study's probes
                 "model.embedding_size": 32,
                 "model.hidden_size": 64,
                 "model.dropout": 0.0,
                 "train.episodic": True,
                 "train.batch_size": 32,
-                "train.bptt": 8,  # the episode: </s> ▁ K . . . ? K → 8 targets
+                "train.bptt": 7,  # the episode: </s> K . . . ? K → 7 targets
                 "train.lr": 0.01,
                 "train.warmup_steps": 20,
                 "train.schedule": "constant",
@@ -152,7 +153,7 @@ def copy3(tmp_path_factory):
                 "train.early_stopping_patience": 0,
                 "train.precision": "32-true",
                 "evaluate.batch_size": 64,
-                "evaluate.bptt": 8,
+                "evaluate.bptt": 7,
                 "evaluate.context_resets": [4],
                 "evaluate.gradient_flow_steps": 4,
                 "evaluate.sample_tokens": 4,
@@ -208,7 +209,7 @@ def test_an_lstm_learns_the_episodic_copy_with_a_step_budget(trained, copy3):
     assert run.data.metrics["final_wall_seconds"] == metrics["wall_seconds"]
     assert run.data.metrics["val_recall_accuracy"] == metrics["val_recall_accuracy"]
 
-    assert scores["protocol"] == {"batch_size": 64, "bptt": 8, "carry_state": False, "episodic": True}
+    assert scores["protocol"] == {"batch_size": 64, "bptt": 7, "carry_state": False, "episodic": True}
     assert scores["recall_accuracy"] > 0.9 and scores["recall_chance"] == 1 / 8
     lines = paths.raw_split("test").read_text().count("\n")
     assert scores["recall_positions"] == lines  # every episode scored, none skipped
@@ -385,8 +386,10 @@ def test_the_study_helper_gives_valid_params_whose_window_is_the_episode(project
     run_download(cfg, project.paths())
     run_tokenize(cfg, project.paths())
     meta = json.loads(project.paths().tokens_meta.read_text())
-    assert meta["vocab_size"] == 4 + len(synthetic.alphabet(task))  # <unk> <s> </s> ▁ + the symbols
+    assert meta["vocab_size"] == 3 + len(synthetic.alphabet(task))  # <unk> <s> </s> + the symbols, no ▁
     tokens = np.fromfile(project.paths().tokens("train"), dtype=meta["dtype"])
+    text = project.paths().raw_split("train").read_text()
+    assert meta["splits"]["train"]["tokens"] == len(text)  # one token per symbol, eos for each newline
     assert set(episode_bounds(tokens, meta["eos_id"])[1].tolist()) == {keys["train.bptt"]}
 
 

@@ -134,7 +134,7 @@ def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(pla
     assert full_minutes <= budget.LIMIT_MINUTES["full"] and quick_minutes <= budget.LIMIT_MINUTES["quick"]
     assert quick_minutes < full_minutes / 3
     # the estimate counts what it should: a step budget costs more minutes at a longer delay
-    probe = [e for e in plan if e.cell in ("copy5-lstm", "copy100-lstm")]
+    probe = [e for e in plan if e.cell in ("copy5-lstm", "copy50-lstm")]
     assert budget.training_minutes(probe[-1]) > budget.training_minutes(probe[0]) > 0
     assert "about" in budget.summary(plan, OPTIONS) and "limit 90 min" in budget.summary(plan, OPTIONS)
 
@@ -251,13 +251,15 @@ def test_a_diverged_runs_traces_are_read_up_to_its_divergence(project, params):
     r = results.Result(e, status="failed", diverged=True)
     collect._read_run(r, client, run.info.run_id, planning.preset("quick", stamp="t2"))
     assert r.traces["grad_norm"] == [(0, 4.0), (2, 3e6), (4, 8e7)] and r.max_grad_norm == 8e7
-    assert results.loss_spikes(r) == 1 and results.final_loss(r) == 6.3  # 6.3 > 4.1 + 0.5
+    assert results.loss_spikes(r) == 1  # 6.3 > 4.1 + 0.5
+    assert results.final_loss(r) is None  # diverged: no last loss to report
+    assert results.final_loss(results.Result(e, traces={"train_loss": [(0, 5.0), (2, 4.1)]})) == 4.1
 
 
 # ------------------------------------------------------------------------------------------------ report
 TEXT_BPB = {"ffn_window": 1.60, "ffn_window-wide": 1.58, "bow": 1.75, "rnn": 1.50, "lstm": 1.35, "gru": 1.38}
 DECAY = {"rnn": 0.9, "irnn": 0.97, "lstm": 0.98, "gru": 0.98}
-RECALL = {  # label -> recall at delays 5, 10, 25, 50, 100
+RECALL = {  # label -> recall at delays 5, 10, 25, 50 (and 100, where asked)
     "rnn": (0.95, 0.30, 0.13, 0.12, 0.12),
     "irnn": (0.99, 0.90, 0.40, 0.13, 0.12),
     "irnn, SGD lr 0.01": (0.20,),
@@ -403,16 +405,14 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     }
     assert text.count(aggregate.RULE) == 1  # the rule, stated once
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
-    assert "estimated before queueing at 93 experiments, 3 seed(s) each, about" in text
-    assert "spent 80.0 minutes for 93 experiments (0 failed or diverged)" in text
-    assert (
-        "| lstm | 1.00 ± 0.01 | 0.95 ± 0.01 | 0.85 ± 0.01 | 0.30 ± 0.01 | 0.13 ± 0.01 | passed | 25 |" in text
-    )
+    assert "estimated before queueing at 81 experiments, 3 seed(s) each, about" in text
+    assert "spent 80.0 minutes for 81 experiments (0 failed or diverged)" in text
+    assert "| lstm | 1.00 ± 0.01 | 0.95 ± 0.01 | 0.85 ± 0.01 | 0.30 ± 0.01 | passed | 25 |" in text
     assert "| irnn, SGD lr 0.01 | 0.20 ± 0.01 |" in text and "| failed | none |" in text
     lstm = next(e for e in plan if e.cell == "text-lstm")
     assert f"| lstm | {lstm.parameters:,} | 1.350 ± 0.010 | 0.100 ± 0.000 |" in text
     assert "| bilstm |" in text and "| 5.700 ± 0.010 |" in text
-    assert "rnn 1,200 steps in 7.5 min" in text  # equal updates, with the minutes beside them
+    assert "rnn 1,200 steps in 6.0 min" in text  # equal updates, with the minutes beside them
     for figure in ("gradient_flow", "context_ablation", "copy_recall", "explosion"):
         assert f"](study/{figure}.png)" in text
         assert (tmp_path / "study" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"

@@ -223,12 +223,13 @@ def test_token_dtype_is_uint16_while_ids_fit():
     assert tokenizer.token_dtype(256_000).itemsize == 4
 
 
-@pytest.fixture(scope="module", params=["bpe", "unigram"])
+@pytest.fixture(scope="module", params=[("bpe", True), ("unigram", True), ("bpe", False)])
 def trained(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
+    kind, dummy_prefix = request.param
+    root = tmp_path_factory.mktemp(kind)
     train = root / "train.txt"
     train.write_text(english_ish(random.Random(2), 100_000), encoding="utf-8")
-    cfg = TokenizerConfig(type=request.param, vocab_size=400)
+    cfg = TokenizerConfig(type=kind, vocab_size=400, add_dummy_prefix=dummy_prefix)
     tokenizer.train_tokenizer(train, root, cfg, seed=0)
     return spm.SentencePieceProcessor(model_file=str(root / "spm.model")), root
 
@@ -249,6 +250,7 @@ def test_chunked_encoding_equals_one_shot(trained):
     assert np.fromfile(root / "big.bin", dtype).tolist() == one_shot
     assert (small.tokens, small.lines, small.words) == (big.tokens, big.lines, big.words)
     assert small.words == len(text.split())
+    assert tokenizer.decode_tokens(sp, one_shot) == text + "\n"  # lossless, with the dummy prefix or not
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,9 @@ class TokenizerConfig(_Frozen):
     byte_fallback: bool = True
     input_sentence_size: int = Field(2_000_000, ge=0, description="0 means every line")
     max_sentence_length: int = Field(16384, ge=256, le=1 << 20)
+    # sentencepiece's "▁" before each line's first piece, so a line's first word is tokenized like the
+    # others; off for symbol streams (the synthetic probes), where it would be one constant token per line
+    add_dummy_prefix: bool = True
 
 
 class ModelConfig(_Frozen):

@@ -7,6 +7,9 @@ and documents end, and generation can emit them. Nothing else is normalised: sen
 the identity normaliser and keeps every space, so ``decode_tokens`` gives back the raw text byte for
 byte (the one exception: a literal U+2581 ``▁`` in the text, sentencepiece's own space mark, decodes
 as a space). Bytes, words (``str.split()``) and lines in meta.json are counted on the raw text.
+Sentencepiece's dummy prefix (a ``▁`` before each line, so that a line's first word is tokenized like
+any other) is ``tokenizer.add_dummy_prefix``; without it a line starts with its own first character,
+which is what a stream of symbols such as the synthetic probes wants.
 """
 
 from __future__ import annotations
@@ -51,14 +54,15 @@ class SplitStats:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def _blocks(f: BinaryIO, block_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+def _blocks(f: BinaryIO, block_bytes: int, keep_space: bool = False) -> Iterator[tuple[int, bytes, bool]]:
     """Yield ``(offset, block, line_open)``: runs of whole lines of about ``block_bytes``.
 
-    A line longer than a block is cut at its last space (the space dropped) and ``line_open`` says the
-    block ends inside a line. That keeps memory bounded for any line length except a run of
-    ``block_bytes`` with no space at all, and loses nothing: sentencepiece puts the dropped space back as
-    the dummy prefix ``▁`` of the next piece, and its pieces never span a space (split_by_whitespace),
-    so the ids are exactly those of the uncut line.
+    A line longer than a block is cut at its last space and ``line_open`` says the block ends inside a
+    line. That keeps memory bounded for any line length except a run of ``block_bytes`` with no space at
+    all, and loses nothing: sentencepiece's pieces never span a space (split_by_whitespace), and the
+    space itself is dropped, for the dummy prefix ``▁`` of the next piece to put back, or kept as the
+    next block's first byte (``keep_space``, for a model without the dummy prefix). Either way the ids
+    are exactly those of the uncut line.
     """
     carry, offset = b"", 0
     while data := f.read(block_bytes):
@@ -71,7 +75,8 @@ def _blocks(f: BinaryIO, block_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
         space = data.rfind(b" ")
         if space > 0:
             yield offset, data[:space], True
-            carry, offset = data[space + 1 :], offset + space + 1
+            resume = space if keep_space else space + 1
+            carry, offset = data[resume:], offset + resume
         else:
             carry = data
     if carry:
@@ -182,6 +187,7 @@ def _trainer_options(tok: TokenizerConfig, model_prefix: Path) -> dict:
         max_sentence_length=tok.max_sentence_length,
         normalization_rule_name="identity",  # lossless: bits per byte are measured on the raw bytes
         remove_extra_whitespaces=False,
+        add_dummy_prefix=tok.add_dummy_prefix,
         unk_id=UNK_ID,
         bos_id=BOS_ID,
         eos_id=EOS_ID,
@@ -270,6 +276,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 65_535 else np.dtype("<u4")
 
 
+def has_dummy_prefix(sp) -> bool:
+    """Whether the model puts ``▁`` before a line's first piece (``tokenizer.add_dummy_prefix``)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sp.serialized_model_proto())
+    return proto.normalizer_spec.add_dummy_prefix
+
+
 def _encoded_chunks(sp, src: Path, chunk_bytes: int, threads: int) -> Iterator[tuple[np.ndarray, int, int]]:
     """``(ids, lines, words)`` for each chunk of ``src``, in order.
 
@@ -285,7 +300,7 @@ def _encoded_chunks(sp, src: Path, chunk_bytes: int, threads: int) -> Iterator[t
 
     with open(src, "rb") as f, ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for offset, block, line_open in _blocks(f, chunk_bytes):
+        for offset, block, line_open in _blocks(f, chunk_bytes, keep_space=not has_dummy_prefix(sp)):
             text = _decode(block, src, offset)
             lines = _block_lines(text, line_open)
             encoding = pool.submit(encode, lines, line_open)

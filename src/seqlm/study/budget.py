@@ -3,16 +3,21 @@
 Text, explosion and cloze experiments have a wall-clock budget (``train.max_minutes``); probe experiments a
 step budget, so their minutes follow from tokens per step and each family's speed. Every experiment also
 pays OVERHEAD_MINUTES of queueing, data preparation and evaluation. ``jobs`` experiments run side by side.
-The estimate is for the CPU path on a 2-core machine like the one that measured the constants; ``--gpu``
-runs are not held to a limit.
+Experiments are queued one after another before the queue starts (QUEUE_SECONDS each: `dvc exp run
+--queue` takes DVC's experiment lock, which a running worker also needs to start its next experiment, so the
+queue starts only once everything is queued). The estimate is for the CPU path on a 2-core machine like the
+one that measured the constants; ``--gpu`` runs are not held to a limit.
 """
 
 from __future__ import annotations
 
-# Per experiment: `dvc exp run` in a temporary workspace, prepare, tokenize, evaluate and the report. From
-# the study of 2026-11-30 (docs/study.md then): 39.1 min wall for 19 experiments holding 64 training
-# minutes, 2 at a time: (2 × 39.1 − 64) / 19 = 0.75 job-minutes each.
-OVERHEAD_MINUTES = 0.75
+# Per experiment: `dvc exp run` in a temporary workspace, download, tokenize, the train and evaluate stages'
+# start-up (importing torch, lightning and mlflow: ~10 s each), evaluation and DVC's bookkeeping. The study of
+# 2026-12-01 measured 1.27 job-minutes each ((2 × 103 − 87.6) / 93) with another job on the machine for its
+# last hour; one probe experiment alone took 55 s besides its training (download 2, tokenize 3, train
+# start-up 14, evaluate 17, DVC 19), before the temporary workspace. 1.1: the quiet figure plus that.
+OVERHEAD_MINUTES = 1.1
+QUEUE_SECONDS = 4.0  # one `dvc exp run --queue` on 2 cores (3.8 s measured)
 # One thread, fp32, the probe's model (embedding 32, hidden 64), batches of whole episodes: tokens per
 # second, rounded down from the streamed study's measurements (GRU 53k, RNN 98k, LSTM 238k at batch 8 × 128)
 # because episodes are short and a shared machine is slower; and Lightning's own cost per step.
@@ -31,9 +36,9 @@ def training_minutes(e) -> float:
 
 
 def estimate_minutes(experiments, jobs: int) -> float:
-    """Wall-clock minutes for the plan, ``jobs`` experiments at a time."""
+    """Wall-clock minutes for the plan: queueing it, then ``jobs`` experiments at a time."""
     work = sum(training_minutes(e) + OVERHEAD_MINUTES for e in experiments)
-    return work / max(jobs, 1)
+    return len(experiments) * QUEUE_SECONDS / 60 + work / max(jobs, 1)
 
 
 def summary(experiments, options) -> str:

@@ -80,8 +80,13 @@ def _prepare_store(paths: Paths, experiment: str) -> None:
 def _queue_and_wait(
     paths: Paths, options: Options, experiments: list[Experiment], commands: list[list[str]]
 ) -> list[float]:
-    """Queue every experiment, start the queue and wait for all of them; the load averages seen."""
-    for e, command in zip(experiments, commands):
+    """Queue every experiment, start the queue and wait for all of them; the load averages seen.
+
+    The longest experiments are queued first (DVC runs the queue in order): two workers then finish
+    together instead of one running the last long experiment alone.
+    """
+    longest_first = sorted(zip(experiments, commands), key=lambda ec: -budget.training_minutes(ec[0]))
+    for e, command in longest_first:
         print(f"study: queue {e.name} ({e.parameters:,} parameters)", flush=True)
         queue.run_locked(command, paths)
     print(

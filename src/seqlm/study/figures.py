@@ -136,8 +136,9 @@ def plot_explosion(results, path: Path) -> bool:
     top.set_yscale("log")
     top.set_ylabel("gradient norm (before clipping)")
     top.set_title("Provoked explosion: tanh RNN, W_hh spectral radius > 1, SGD (x: diverged)", fontsize=10)
+    bottom.set_yscale("log")  # the unclipped runs' loss climbs by orders of magnitude before diverging
     bottom.set_xlabel("step")
-    bottom.set_ylabel("training loss (nats)")
+    bottom.set_ylabel("training loss (nats, log scale)")
     top.legend(fontsize=8)
     save(fig, path)
     return True

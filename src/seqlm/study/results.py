@@ -132,8 +132,9 @@ def loss_spikes(r) -> int | None:
 
 
 def final_loss(r) -> float | None:
-    """The last logged training loss (a mean over train.log_every_steps)."""
-    trace = (r.traces or {}).get("train_loss") if r is not None else None
+    """The last logged training loss (a mean over train.log_every_steps); None for a run that diverged,
+    whose last finite loss says where it blew up, not where training ended."""
+    trace = (r.traces or {}).get("train_loss") if r is not None and not r.diverged else None
     return trace[-1][1] if trace else None
 
 
