@@ -39,7 +39,7 @@ chromium:
 run: setup
 	$(BIN)/dvc repro
 
-# The sequence-model study (docs/study.md): 93 queued DVC experiments (31 cells × 3 seeds), under 90 minutes
+# The sequence-model study (docs/study.md): 81 queued DVC experiments (27 cells × 3 seeds), under 90 minutes
 # on 2 CPU cores; `seqlm study --quick` is a first look in under 20, `seqlm study --gpu` the GPU path.
 study: setup
 	$(BIN)/seqlm study

@@ -528,6 +528,18 @@ def test_a_lost_worker_is_replaced_only_while_experiments_wait():
     assert queue.workers_to_start(two_running, 0, jobs=2) == 0
 
 
+def test_a_lost_worker_is_replaced_by_asking_dvc_for_every_worker(monkeypatch):
+    """DVC's `queue start -j N` starts the missing ones of workers 1 … N: asking for the number missing
+    (1) beside a live worker 1 started none."""
+    ran = []
+    monkeypatch.setattr(queue, "run_locked", lambda command, paths, env=None: ran.append(command))
+    status, workers = queue.parse_queue_status(QUEUE_STATUS)  # 1 of 2 workers, experiments queued
+    since = queue._replace_lost_workers(None, status, workers, 2, None, grace_s=0.0)
+    assert ran == [] and since is not None  # first seen short: wait out the grace
+    assert queue._replace_lost_workers(None, status, workers, 2, since, grace_s=0.0) is None
+    assert ran == [["dvc", "queue", "start", "-j", "2"]]
+
+
 def test_an_experiment_missing_from_one_listing_is_not_failed_until_the_grace_passes(monkeypatch):
     clock = iter([0.0, 30.0, 45.0, 100.0, 200.0])
     monkeypatch.setattr(queue.time, "monotonic", lambda: next(clock))
