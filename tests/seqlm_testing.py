@@ -128,3 +128,38 @@ def evaluated_project(root: Path) -> Project:
         run_train(project.config(), project.paths())
         run_evaluate(project.config(), project.paths())
     return project
+
+
+def interrupt_training(root: Path, last_ckpt: Path, sig: int, timeout_s: float = 300) -> tuple[int, str]:
+    """Start ``seqlm train --fresh`` in ``root`` and send it ``sig`` once it has written ``last_ckpt``;
+    its exit status and stderr. The test fails with the child's stderr when no checkpoint appears (it
+    exited first, or ran past ``timeout_s``). stderr goes to a file: a full pipe would stall the child."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    log = root / "interrupted.stderr"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seqlm.cli", "train", "--fresh"],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        deadline = time.time() + timeout_s
+        while not last_ckpt.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        exited = proc.poll()
+        if exited is None:
+            os.kill(proc.pid, sig)
+        rc = proc.wait(timeout=timeout_s)
+    stderr = log.read_text()
+    if not last_ckpt.exists():
+        why = f"exited with {exited}" if exited is not None else f"was still running after {timeout_s:g} s"
+        pytest.fail(
+            f"`seqlm train` wrote no {last_ckpt.name} before the signal: it {why}; stderr: {stderr[-2000:]}"
+        )
+    return rc, stderr

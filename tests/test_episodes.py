@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from seqlm_testing import Project
+from seqlm_testing import Project, interrupt_training
 
 from seqlm.core.errors import SeqlmError
 from seqlm.data.episodes import IGNORE, EpisodeBatches, episode_bounds, recall_mask
@@ -333,11 +333,7 @@ def test_kill_9_then_rerun_resumes_an_episodic_run_exactly(in_copy3, capsys):
 
 
 def kill_and_resume(in_copy3, paths, capsys):
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
 
     from seqlm.stages.train import run_train
 
@@ -345,24 +341,7 @@ def kill_and_resume(in_copy3, paths, capsys):
     reference = run_train(in_copy3.config(), paths, fresh=True)["val_loss"]
     paths.last_ckpt.unlink()
     in_copy3.set(**{"train.checkpoint_every_minutes": 0.002})
-    log = paths.root / "kill_and_resume.stderr"
-    with log.open("w") as err:  # a file, not a pipe: a full pipe would stall the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "seqlm.cli", "train", "--fresh"],
-            cwd=in_copy3.root,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        deadline = time.time() + 300
-        while not paths.last_ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        exited = proc.poll()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    if not paths.last_ckpt.exists():
-        why = f"exited with {exited}" if exited is not None else "was still running after 300 s"
-        stderr = log.read_text()[-2000:]
-        pytest.fail(f"`seqlm train` wrote no models/last.ckpt before the kill: it {why}; stderr: {stderr}")
+    interrupt_training(in_copy3.root, paths.last_ckpt, signal.SIGKILL)
     saved = torch.load(paths.last_ckpt, map_location="cpu", weights_only=False)
     assert 0 < saved["global_step"] < 200 and saved["seqlm"]["ranks"][0]["train_state"] is None
     capsys.readouterr()

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from seqlm_testing import TINY_TRAIN, make_tokens
+from seqlm_testing import TINY_TRAIN, interrupt_training, make_tokens
 
 from seqlm.training import resume
 
@@ -123,20 +121,7 @@ def test_sigterm_saves_marks_the_run_killed_and_the_rerun_matches(tiny, capsys):
     paths.last_ckpt.unlink()  # the reference run's; the subprocess must write its own
     tiny.set(**{"train.checkpoint_every_minutes": 0.002})  # a budget: the rerun still resumes
 
-    err = tiny.root / "stderr.txt"
-    with open(err, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "seqlm.cli", "train", "--fresh"],
-            cwd=tiny.root,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        deadline = time.time() + 120
-        while not paths.last_ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGTERM)
-        rc = proc.wait(timeout=120)
-    text = err.read_text()
+    rc, text = interrupt_training(tiny.root, paths.last_ckpt, signal.SIGTERM)
     assert rc != 0
     assert "Traceback" not in text
     assert "stopped by SIGTERM at step" in text and "saved models/last.ckpt" in text
