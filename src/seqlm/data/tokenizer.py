@@ -218,16 +218,22 @@ def _explain(exc: RuntimeError, tok: TokenizerConfig) -> SeqlmError:
     return SeqlmError(f"sentencepiece could not train a {tok.type} tokenizer with these params: {message}")
 
 
+def _model_proto(data: bytes):
+    """A serialized sentencepiece model, parsed: its trainer and normalizer specs."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(data)
+    return proto
+
+
 def _drop_run_details(model_path: Path) -> None:
     """Clear the temporary model_prefix and the thread count from the model's trainer spec.
 
     They describe the run, not the model; left in, the same corpus and params would give a different
     spm.model (and sha256) on every run and every machine.
     """
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(model_path.read_bytes())
+    proto = _model_proto(model_path.read_bytes())
     proto.trainer_spec.ClearField("model_prefix")
     proto.trainer_spec.ClearField("num_threads")
     model_path.write_bytes(proto.SerializeToString())
@@ -278,11 +284,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def has_dummy_prefix(sp) -> bool:
     """Whether the model puts ``▁`` before a line's first piece (``tokenizer.add_dummy_prefix``)."""
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(sp.serialized_model_proto())
-    return proto.normalizer_spec.add_dummy_prefix
+    return _model_proto(sp.serialized_model_proto()).normalizer_spec.add_dummy_prefix
 
 
 def _encoded_chunks(sp, src: Path, chunk_bytes: int, threads: int) -> Iterator[tuple[np.ndarray, int, int]]:

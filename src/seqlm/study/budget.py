@@ -2,7 +2,8 @@
 
 Text, explosion and cloze experiments have a wall-clock budget (``train.max_minutes``); probe experiments a
 step budget, so their minutes follow from tokens per step and each family's speed. Every experiment also
-pays OVERHEAD_MINUTES of queueing, data preparation and evaluation. ``jobs`` experiments run side by side.
+pays OVERHEAD_MINUTES of DVC's bookkeeping, data preparation and evaluation. ``jobs`` experiments run side
+by side.
 Experiments are queued one after another before the queue starts (QUEUE_SECONDS each: `dvc exp run
 --queue` takes DVC's experiment lock, which a running worker also needs to start its next experiment, so the
 queue starts only once everything is queued). The estimate is for the CPU path on a 2-core machine like the
@@ -17,7 +18,7 @@ from __future__ import annotations
 # last hour; one probe experiment alone took 55 s besides its training (download 2, tokenize 3, train
 # start-up 14, evaluate 17, DVC 19), before the temporary workspace. 1.1: the quiet figure plus that.
 OVERHEAD_MINUTES = 1.1
-QUEUE_SECONDS = 4.0  # one `dvc exp run --queue` on 2 cores (3.8 s measured)
+QUEUE_SECONDS = 4.0  # one `dvc exp run --queue` on 2 cores (3.8 s alone; 4.4 s each in the 2026-12-01 study)
 # One thread, fp32, the probe's model (embedding 32, hidden 64), batches of whole episodes: tokens per
 # second, rounded down from the streamed study's measurements (GRU 53k, RNN 98k, LSTM 238k at batch 8 × 128)
 # because episodes are short and a shared machine is slower; and Lightning's own cost per step.

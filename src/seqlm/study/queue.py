@@ -225,16 +225,9 @@ def _replace_lost_workers(
         f"(its workers sometimes stop early); starting {missing} more",
         flush=True,
     )
-    run_locked(replacement_command(jobs), paths, env=worker_env())
+    # `dvc queue start -j N` makes sure workers 1 … N run and starts only the missing ones, so it gets the
+    # total, not the number missing: `-j 1` beside a live worker 1 started nothing ("Started '0' new
+    # experiments task queue worker") and the study went on with one worker. A worker started with nothing
+    # left to take stops when the queue is empty.
+    run_locked(start_queue(jobs), paths, env=worker_env())
     return None
-
-
-def replacement_command(jobs: int) -> list[str]:
-    """The command that brings the queue back to ``jobs`` workers.
-
-    `dvc queue start -j N` makes sure workers number 1 … N run and starts only the missing ones, so it is
-    given the total, not the number missing: `-j 1` beside a live worker 1 starts nothing (seen: "Started
-    '0' new experiments task queue worker", and the study went on with one worker). A worker started
-    with nothing left to take stops when the queue is empty.
-    """
-    return start_queue(jobs)
