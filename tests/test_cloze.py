@@ -14,9 +14,10 @@ from seqlm_testing import REPO, TINY_TRAIN, in_project, make_tokens
 from seqlm import cli, config
 from seqlm.config import ModelConfig
 from seqlm.core.errors import SeqlmError
-from seqlm.data.cloze import IGNORE, blank_batch, blank_mask, blanks_per_row
+from seqlm.data.blanks import blank_batch, blank_mask, blanks_per_row
+from seqlm.data.tokens import IGNORE
+from seqlm.evaluation.cloze import Cloze
 from seqlm.models import build_model, build_model_from_config
-from seqlm.training.cloze import cloze_nll
 
 V = 16
 
@@ -104,12 +105,12 @@ def test_blanks_are_deterministic_per_key_and_fresh_per_step():
 def test_the_loss_counts_only_blanked_positions():
     model = lstm(True)
     tokens = torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(1))
-    nll, count = cloze_nll(model, tokens, 0.25, [4])
+    ce, loss, state = Cloze(0.25, seed=0).training_loss(model, (tokens, None, 0), None, [4], None)
     inputs, targets = blank_batch(tokens, 0.25, [4], V)
     logits, _ = model(inputs, None)
     mask = targets != IGNORE
     expected = torch.nn.functional.cross_entropy(logits[mask], tokens[mask], reduction="sum")
-    assert count == 9 and torch.allclose(nll, expected)
+    assert int(mask.sum()) == 9 and state is None and torch.allclose(loss, expected / 9) and ce is loss
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -162,9 +163,9 @@ def _accuracy_after_training(bidirectional: bool) -> tuple[float, float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(1)
     for step in range(200):
-        nll, count = cloze_nll(model, _pairs(32, 16, gen), 0.15, [0, step])
+        _, loss, _ = Cloze(0.15, seed=0).training_loss(model, (_pairs(32, 16, gen),), None, [0, step], None)
         optimizer.zero_grad()
-        (nll / count).backward()
+        loss.backward()
         optimizer.step()
     tokens = _pairs(256, 16, gen)
     inputs, targets = blank_batch(tokens, 0.15, [99], V)

@@ -72,14 +72,15 @@ def episodic_project(project, lines: list[str]):
 
 def test_the_episodic_data_module_reads_whole_lines_and_names_train_bptt(project):
     from seqlm.data.episodes import EpisodeBatches
+    from seqlm.evaluation.episodic import Episodic
     from seqlm.training.datamodule import TokenDataModule
 
     paths = episodic_project(project, ["abc", "de", "f"] * 20)
-    data = TokenDataModule(paths, batch_size=4, bptt=4, seed=1, episodic=True)
+    data = TokenDataModule(paths, batch_size=4, bptt=4, seed=1, protocol=Episodic())
     train = data.split("train", rank=0, world_size=1)
     assert isinstance(train, EpisodeBatches) and train.shuffle and not data.split("valid", 0, 1).shuffle
     assert data.split_windows("train") == 60 // 4  # the schedule's horizon counts episode batches
     x, y, end = next(iter(train))
     assert x.shape == (4, y.shape[1]) and y.shape[1] <= 4 and end == 1
     with pytest.raises(SeqlmError, match="more than train.bptt 3; raise train.bptt to at least 4"):
-        TokenDataModule(paths, batch_size=4, bptt=3, episodic=True).split("train", 0, 1)
+        TokenDataModule(paths, batch_size=4, bptt=3, protocol=Episodic()).split("train", 0, 1)

@@ -150,8 +150,9 @@ def test_a_model_that_imports_the_trainer_breaks_the_rules():
     ]
 
 
-def test_training_uses_evaluation_only_for_its_metrics():
-    # docs/architecture.md: training may import evaluation for the one bits-per-byte definition, nothing else
+def test_training_uses_evaluation_only_for_its_metrics_and_protocols():
+    # docs/architecture.md: training may import evaluation for the one bits-per-byte definition and the
+    # protocol it trains under (its batches, loss and validation sums), nothing else: no diagnostics or plots
     used = {
         t
         for m, targets in GRAPH.items()
@@ -159,7 +160,8 @@ def test_training_uses_evaluation_only_for_its_metrics():
         for t in targets
         if layer(t) == "evaluation"
     }
-    assert used <= {"seqlm.evaluation", "seqlm.evaluation.metrics"}, used
+    protocols = {f"seqlm.evaluation.{m}" for m in ("protocol", "protocols", "streamed", "episodic", "cloze")}
+    assert used <= {"seqlm.evaluation", "seqlm.evaluation.metrics", *protocols}, used
 
 
 def test_stages_never_import_each_other():

@@ -149,7 +149,7 @@ def probe(tmp_path_factory):
 
 
 def test_each_symbol_is_one_token_and_targets_are_the_lines_last_keys(probe):
-    from seqlm.evaluation.probes import recall_targets
+    from seqlm.evaluation.streamed import recall_targets
 
     project, sp, meta, tokens, keys = probe
     text = project.paths().raw_split("test").read_text()
@@ -162,7 +162,7 @@ def test_each_symbol_is_one_token_and_targets_are_the_lines_last_keys(probe):
 
 
 def test_recall_targets_refuse_a_tokenizer_that_merges_symbols(probe):
-    from seqlm.evaluation.probes import recall_targets
+    from seqlm.evaluation.streamed import recall_targets
 
     _, _, meta, tokens, keys = probe
     with pytest.raises(SeqlmError, match="set tokenizer.type: char"):
@@ -196,22 +196,21 @@ class Uniform(Oracle):
 
 @pytest.mark.parametrize("batch_size,bptt", [(1, 64), (8, 16), (5, 7)])
 def test_an_oracle_recalls_everything_in_any_stream_layout(probe, batch_size, bptt):
-    from seqlm.evaluation.probes import recall_metrics, recall_targets
+    from seqlm.evaluation.streamed import recall_metrics, recall_targets
 
     _, sp, meta, tokens, keys = probe
     targets = recall_targets(tokens, meta["eos_id"], keys)
     got = recall_metrics(Oracle(sp.get_piece_size(), keys), tokens, targets, keys, 22, batch_size, bptt)
-    assert got["recall_accuracy"] == 1.0
+    assert got["accuracy"] == 1.0
     # every target but those whose key lies before their stream's start: at most one per stream
-    assert len(targets) - batch_size <= got["recall_positions"] <= len(targets)
-    assert got["recall_chance"] == 1 / 8
+    assert len(targets) - batch_size <= got["positions"] <= len(targets)
 
 
 def test_a_uniform_model_recalls_at_chance(probe):
-    from seqlm.evaluation.probes import recall_metrics, recall_targets
+    from seqlm.evaluation.streamed import recall_metrics, recall_targets
 
     _, sp, meta, tokens, keys = probe
     targets = recall_targets(tokens, meta["eos_id"], keys)
     got = recall_metrics(Uniform(sp.get_piece_size(), keys), tokens, targets, keys, 22, 8, 64)
-    assert abs(got["recall_accuracy"] - 1 / 8) < 0.05  # n ≈ 130: chance ± 3 standard errors
-    assert got["recall_bits"] == pytest.approx(math.log2(sp.get_piece_size()))
+    assert abs(got["accuracy"] - 1 / 8) < 0.05  # n ≈ 130: chance ± 3 standard errors
+    assert got["bits"] == pytest.approx(math.log2(sp.get_piece_size()))

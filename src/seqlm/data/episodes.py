@@ -28,8 +28,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from seqlm.core.errors import SeqlmError
-
-IGNORE = -100  # torch.nn.functional.cross_entropy's default ignore_index
+from seqlm.data.tokens import IGNORE  # padding: no target
 
 
 def episode_bounds(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:

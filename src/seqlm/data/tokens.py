@@ -28,6 +28,9 @@ from torch.utils.data import IterableDataset
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 
+# A target that is not one: episode padding, a cloze window's unblanked positions (F.cross_entropy's default).
+IGNORE = -100
+
 
 def read_meta(paths: Paths) -> dict:
     if not paths.tokens_meta.is_file():
@@ -115,3 +118,5 @@ class StreamWindows(IterableDataset):
 
     def num_windows(self) -> int:
         return sum(1 for _ in self.windows())
+
+    num_batches = num_windows  # what EpisodeBatches calls the same count

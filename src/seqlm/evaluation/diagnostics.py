@@ -153,3 +153,33 @@ def spectral_radii(model) -> dict[str, dict[str, float]]:
         radii = [float(torch.linalg.eigvals(block).abs().max()) for block in blocks]
         out[str(layer)] = dict(zip(GATES[family], radii))
     return out
+
+
+# ------------------------------------------------------------------------------------ all of them
+
+
+def write(
+    out: Path, model, test: np.ndarray, valid: np.ndarray, meta: dict, ev: EvaluateConfig, device, protocol
+) -> str:
+    """The context ablation and gradient flow into ``out`` or, where they do not apply to ``protocol``
+    (its ``diagnostics_skipped`` reasons), a JSON and a figure each saying why; a line of timings."""
+    import time
+
+    if protocol.diagnostics_skipped:
+        write_not_applicable(out, protocol.diagnostics_skipped, protocol.objective)
+        return "context ablation and gradient flow do not apply"
+    start = time.perf_counter()
+    ablation = write_context_ablation(out, model, test, meta, ev, device)
+    middle = time.perf_counter()
+    write_gradient_flow(out, model, valid, ev, device)
+    return (
+        f"context ablation ({len(ablation['rows'])} settings × {ablation['tokens']:,} tokens) "
+        f"{middle - start:.1f}s, gradient flow {time.perf_counter() - middle:.1f}s"
+    )
+
+
+def write_not_applicable(out: Path, reasons: dict[str, str], objective: str) -> None:
+    """The next-token diagnostics' JSON and PNG in ``out``, each saying why a cloze model has none."""
+    for name, reason in reasons.items():
+        atomic.write_json(out / f"{name}.json", {"objective": objective, "skipped": reason, "rows": []})
+        plots.plot_not_applicable(name.replace("_", " ").capitalize(), reason, out / f"{name}.png")

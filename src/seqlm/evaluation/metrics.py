@@ -33,16 +33,50 @@ def bits_per_byte(loss: float, tokens: int, bytes_: int) -> float:
 
 
 @dataclass(frozen=True)
-class StreamTotals:
-    nll: float  # nats, summed over the evaluated tokens
-    tokens: int  # tokens predicted
+class Totals:
+    """What one pass of a protocol adds up (``evaluation.protocol``): validation and evaluation alike."""
+
+    nll: float  # nats, summed over the scored targets
+    tokens: int  # targets scored: tokens, or blanks for cloze
     top1: int
     top5: int
     seconds: float
+    recall_hits: int = 0  # episodic: at each episode's recall position
+    recall_nll: float = 0.0
+    recall_count: int = 0
 
     @property
     def loss(self) -> float:
         return self.nll / self.tokens
+
+    @classmethod
+    def of(cls, sums, seconds: float = 0.0) -> "Totals":
+        """From a ``SUMS``-long vector of sums (``window_sums``, then the recall's three)."""
+        nll, count, top1, top5, hits, recall_nll, recall_count = (float(v) for v in sums)
+        return cls(nll, int(count), int(top1), int(top5), seconds, int(hits), recall_nll, int(recall_count))
+
+
+SUMS = 7  # nll, targets, top-1 hits, top-5 hits; recall hits, recall nll, recall positions
+
+
+def window_sums(logits, y):
+    """[nll, targets, top-1 hits, top-5 hits, 0, 0, 0] (float64) of scored rows ``logits`` [N, V], ``y`` [N].
+
+    The target is among the k best iff the (k+1)-th largest logit is below its own: one top-6 selection
+    gives top-1 and top-5, and ties count against the target (a uniform model scores 0, not 1, top-1
+    accuracy). The pad serves vocabularies of under 6 tokens.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    nll = F.cross_entropy(logits, y, reduction="sum")
+    best = F.pad(logits.topk(min(6, logits.shape[1]), dim=1).values, (0, 6), value=-math.inf)
+    hits = (best[:, [1, 5]] < logits.gather(1, y[:, None])).sum(0)
+    count = torch.tensor([float(y.numel())], dtype=torch.float64, device=y.device)
+    return torch.cat(
+        [nll.double().view(1), count, hits.double(), torch.zeros(3, dtype=torch.float64, device=y.device)]
+    )
 
 
 def stream_windows(stream, bptt: int, reset_every: int | None = None) -> Iterator:
@@ -60,21 +94,20 @@ def stream_windows(stream, bptt: int, reset_every: int | None = None) -> Iterato
 
 def stream_totals(
     model, tokens: np.ndarray, batch_size: int, bptt: int, device="cpu", reset_every: int | None = None
-) -> StreamTotals:
-    """Summed NLL and top-1/top-5 hits over ``tokens`` in the stream layout, state carried.
+) -> Totals:
+    """Summed NLL and top-1/top-5 hits over ``tokens`` in the stream layout, state carried: the streamed
+    protocol's evaluation pass (``evaluation.streamed``).
 
     With ``reset_every`` = K the state goes back to ``init_state`` whenever the stream column is a
     multiple of K, so no prediction sees more than K tokens of context (the context ablation).
     """
     import torch
-    import torch.nn.functional as F
 
     from seqlm.data.tokens import StreamWindows
 
     stream = StreamWindows(tokens, batch_size, bptt)
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, top1, top5
-    count = 0
+    sums = torch.zeros(SUMS, dtype=torch.float64, device=device)
     start = time.perf_counter()
     with torch.inference_mode():
         state = model.init_state(batch_size, device)
@@ -84,52 +117,12 @@ def stream_totals(
                 state = model.reset_state(state, everyone)
             x, y = (t.to(device, non_blocking=True) for t in stream.read(window))
             logits, state = model(x, state)
-            logits, y = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
-            nll = F.cross_entropy(logits, y, reduction="sum")
-            # The target is among the k best iff the (k+1)-th largest logit is below its own: one top-6
-            # selection gives top-1 and top-5, and ties count against the target (a uniform model
-            # scores 0, not 1, top-1 accuracy). The pad serves vocabularies of under 6 tokens.
-            best = F.pad(logits.topk(min(6, logits.shape[1]), dim=1).values, (0, 6), value=-math.inf)
-            hits = best[:, [1, 5]] < logits.gather(1, y[:, None])
-            sums += torch.cat([nll.double().view(1), hits.sum(0).double()])
-            count += y.numel()
-            del logits, best  # freed before the next window's forward allocates its own
-        nll, top1, top5 = sums.tolist()  # the one host sync
-    return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start)
+            sums += window_sums(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            del logits  # freed before the next window's forward allocates its own
+    return Totals.of(sums.tolist(), time.perf_counter() - start)  # the one host sync
 
 
-def episode_totals(
-    model, tokens: np.ndarray, eos_id: int, batch_size: int, max_len: int, device="cpu", split: str = "test"
-) -> StreamTotals:
-    """``stream_totals`` under the episodic protocol (``train.episodic``, decision 22): every line an
-    episode from a fresh state, ``batch_size`` episodes at a time. Every token of the split is a target.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from seqlm.data.episodes import IGNORE, EpisodeBatches
-
-    batches = EpisodeBatches(tokens, eos_id, batch_size, max_len, (split, "evaluate.bptt"))
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, top1, top5
-    count = 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for x, y, _ in batches:
-            logits, _ = model(x.to(device), None)
-            y = y.to(device).reshape(-1)
-            keep = y != IGNORE
-            logits, y = logits.reshape(-1, logits.shape[-1])[keep].float(), y[keep]
-            nll = F.cross_entropy(logits, y, reduction="sum")
-            best = F.pad(logits.topk(min(6, logits.shape[1]), dim=1).values, (0, 6), value=-math.inf)
-            hits = best[:, [1, 5]] < logits.gather(1, y[:, None])  # as in stream_totals
-            sums += torch.cat([nll.double().view(1), hits.sum(0).double()])
-            count += y.numel()
-        nll, top1, top5 = sums.tolist()
-    return StreamTotals(nll, count, int(top1), int(top5), time.perf_counter() - start)
-
-
-def split_metrics(totals: StreamTotals, split: dict, protocol: dict, baselines: dict | None = None) -> dict:
+def split_metrics(totals: Totals, split: dict, protocol: dict, baselines: dict | None = None) -> dict:
     """The metrics of one split; ``split`` is its meta.json entry (tokens, bytes, words).
 
     ``baselines`` (the n-gram floors' total bits on this split) adds their bits per byte when given.

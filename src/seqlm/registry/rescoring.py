@@ -21,7 +21,7 @@ def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = 
 
     from seqlm.data.tokenizer import encode_file, token_dtype
     from seqlm.data.tokens import open_tokens
-    from seqlm.evaluation.metrics import episode_totals, split_metrics, stream_totals
+    from seqlm.evaluation.protocols import for_record
     from seqlm.models import export
     from seqlm.registry.resolve import resolve_model_dir
 
@@ -38,13 +38,9 @@ def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = 
             raise SeqlmError(
                 f"{text}: too short to re-score version {version} with batch size {protocol['batch_size']}"
             )
-        if protocol.get("episodic"):  # decision 22: every line an episode from a fresh state
-            eos = sp.eos_id()
-            totals = episode_totals(
-                model, tokens, eos, protocol["batch_size"], protocol["bptt"], device, split
-            )
-        else:
-            totals = stream_totals(model, tokens, protocol["batch_size"], protocol["bptt"], device)
+        scored = for_record(protocol)  # streamed, or episodic (decision 22) as the score was measured
+        batch_size, bptt = protocol["batch_size"], protocol["bptt"]
+        totals = scored.totals(model, tokens, sp.eos_id(), batch_size, bptt, device, split)
         del tokens  # the memmap must be closed before its folder goes
     split = {"tokens": stats.tokens, "bytes": stats.bytes, "words": stats.words}
-    return split_metrics(totals, split, protocol)
+    return scored.metrics(totals, split, protocol)

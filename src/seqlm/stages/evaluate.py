@@ -19,10 +19,9 @@ from seqlm.config import Config
 from seqlm.core import atomic
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
-from seqlm.evaluation import diagnostics
-from seqlm.evaluation.metrics import episode_totals, split_metrics, stream_totals
+from seqlm.evaluation import diagnostics, probes
 from seqlm.evaluation.ngram import NgramBaselines
-from seqlm.evaluation.probes import probe_metrics
+from seqlm.evaluation.protocols import for_model
 from seqlm.tracking.run_record import read_run_json
 from seqlm.tracking.store import check_reachable, connect, tracking_uri
 
@@ -41,84 +40,53 @@ def run_evaluate(cfg: Config, paths: Paths) -> dict:
     client = open_run(paths, run["run_id"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = export.load(paths.model_dir, device)
-    if model_config["model"].get("objective") == "cloze":
-        metrics = evaluate_cloze(cfg, paths, model, model_config["cloze_rate"], meta, (test, valid), device)
-        with atomic.atomic_dir(paths.eval_reports) as tmp:
-            write_cloze_reports(tmp, metrics, model, cfg, paths, device)
-            log_to_mlflow(client, run["run_id"], metrics, tmp)
-        _print_cloze_summary(metrics)
-        return metrics
-
-    episodic = cfg.train.episodic  # decision 22: score as trained, every line an episode
-    protocol = {"batch_size": ev.batch_size, "bptt": ev.bptt, "carry_state": not episodic}
-    protocol |= {"episodic": True} if episodic else {}  # streaming protocols stay as they were
+    # scored as trained: the exported objective (decision 20) and train.episodic (decision 22)
+    protocol = for_model(model_config, cfg.train.episodic, cfg.base.seed)
+    tags = protocol.tags(ev.batch_size, ev.bptt)
     baselines = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"])
     metrics = {}
     for name, tokens in (("test", test), ("valid", valid)):
-        if episodic:
-            totals = episode_totals(model, tokens, meta["eos_id"], ev.batch_size, ev.bptt, device, name)
-        else:
-            totals = stream_totals(model, tokens, ev.batch_size, ev.bptt, device)
-        metrics[name] = split_metrics(totals, meta["splits"][name], protocol, baselines.bits(tokens))
-    recall = probe_metrics(paths, model, test, meta, ev.batch_size, ev.bptt, device, episodic)
+        totals = protocol.totals(model, tokens, meta["eos_id"], ev.batch_size, ev.bptt, device, name)
+        floors = protocol.floors(baselines, tokens, ev.batch_size, ev.bptt, name)
+        metrics[name] = protocol.metrics(totals, meta["splits"][name], tags, floors)
+    recall = probes.probe_metrics(paths, model, test, meta, ev, device, protocol)
     metrics = metrics["test"] | recall | {"valid": metrics["valid"]}
 
     with atomic.atomic_dir(paths.eval_reports) as tmp:
         atomic.write_json(tmp / paths.eval_metrics.name, metrics)
-        write_diagnostics_and_samples(tmp, model, test, valid, meta, cfg, paths, device)
+        timings = diagnostics.write(tmp, model, test, valid, meta, ev, device, protocol)
+        start = time.perf_counter()
+        atomic.write_text(
+            tmp / paths.eval_samples.name, SAMPLES[protocol.objective](model, cfg, paths, device)
+        )
+        print(f"evaluate: {timings}, samples {time.perf_counter() - start:.1f}s")
         log_to_mlflow(client, run["run_id"], metrics, tmp)
-    _print_summary(metrics)
+    print(protocol.summary(metrics))
     return metrics
 
 
-# ------------------------------------------------------------------------------------------ cloze
+def generated_samples(model, cfg: Config, paths: Paths, device) -> str:
+    """samples.md of a next-token model: text generated from ``evaluate.prompts``, next words."""
+    from seqlm.inference.generator import Generator
+    from seqlm.inference.samples import samples_markdown
+
+    generator = Generator.from_dir(paths.model_dir, str(device))
+    return samples_markdown(generator, cfg.evaluate, cfg.base.seed)
 
 
-def evaluate_cloze(cfg: Config, paths: Paths, model, rate: float, meta: dict, splits: tuple, device) -> dict:
-    """Bits per blank and top-1/top-5 at the blanks of test and valid (decision 20), seeded blanks."""
-    from seqlm.data.cloze import TEST_KEY, VALID_KEY
-    from seqlm.evaluation.cloze import cloze_split_metrics, cloze_totals, unigram_bits_per_blank
-
-    ev = cfg.evaluate
-    protocol = {
-        "objective": "cloze",
-        "batch_size": ev.batch_size,
-        "bptt": ev.bptt,
-        "carry_state": False,
-        "cloze_rate": rate,
-        "seed": cfg.base.seed,
-    }
-    unigram = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"]).unigram_logp
-    metrics = {}
-    for name, tokens, split_key in (("test", splits[0], TEST_KEY), ("valid", splits[1], VALID_KEY)):
-        key = [cfg.base.seed, split_key]
-        totals = cloze_totals(model, tokens, ev.batch_size, ev.bptt, rate, key, device)
-        floor = unigram_bits_per_blank(unigram, tokens, ev.batch_size, ev.bptt, rate, key)
-        metrics[name] = cloze_split_metrics(totals, meta["splits"][name], protocol, floor)
-    return metrics["test"] | {"valid": metrics["valid"]}
-
-
-def write_cloze_reports(out: Path, metrics: dict, model, cfg: Config, paths: Paths, device) -> None:
-    """metrics.json, the diagnostics that do not apply (saying why) and samples.md of blank fillings."""
+def filled_samples(model, cfg: Config, paths: Paths, device) -> str:
+    """samples.md of a cloze model: blank fillings of ``evaluate.cloze_prompts``."""
     import sentencepiece as spm
 
-    from seqlm.evaluation.cloze import write_not_applicable
     from seqlm.inference.fill import Filler
     from seqlm.inference.samples import fill_markdown
     from seqlm.models import export
 
-    atomic.write_json(out / paths.eval_metrics.name, metrics)
-    write_not_applicable(out)
     sp = spm.SentencePieceProcessor(model_file=str(paths.model_dir / export.TOKENIZER))
-    atomic.write_text(out / paths.eval_samples.name, fill_markdown(Filler(model, sp, device), cfg.evaluate))
+    return fill_markdown(Filler(model, sp, device), cfg.evaluate)
 
 
-def _print_cloze_summary(m: dict) -> None:
-    print(
-        f"evaluate: cloze, test {m['bits_per_blank']:.4f} bits per blanked token (unigram "
-        f"{m['unigram_bits_per_blank']:.4f}), top-1 {m['top1_accuracy']:.3f}, top-5 {m['top5_accuracy']:.3f} "
-        f"over {m['blanks']:,} blanks; valid {m['valid']['bits_per_blank']:.4f} bits per blank"
-    )
+SAMPLES = {"next": generated_samples, "cloze": filled_samples}  # by the exported model's objective
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -195,27 +163,6 @@ def open_run(paths: Paths, run_id: str):
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def write_diagnostics_and_samples(
-    out: Path, model, test: np.ndarray, valid: np.ndarray, meta: dict, cfg: Config, paths: Paths, device
-) -> None:
-    """The context ablation, gradient flow (JSON + PNG each) and samples.md into ``out``."""
-    from seqlm.inference.generator import Generator
-    from seqlm.inference.samples import samples_markdown
-
-    ev = cfg.evaluate
-    start = time.perf_counter()
-    ablation = diagnostics.write_context_ablation(out, model, test, meta, ev, device)
-    middle = time.perf_counter()
-    diagnostics.write_gradient_flow(out, model, valid, ev, device)
-    end = time.perf_counter()
-    generator = Generator.from_dir(paths.model_dir, str(device))
-    atomic.write_text(out / paths.eval_samples.name, samples_markdown(generator, ev, cfg.base.seed))
-    print(
-        f"evaluate: context ablation ({len(ablation['rows'])} settings × {ablation['tokens']:,} tokens) "
-        f"{middle - start:.1f}s, gradient flow {end - middle:.1f}s, samples {time.perf_counter() - end:.1f}s"
-    )
-
-
 def log_to_mlflow(client, run_id: str, metrics: dict, reports: Path) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
@@ -236,20 +183,3 @@ def log_to_mlflow(client, run_id: str, metrics: dict, reports: Path) -> None:
 
 def _numeric(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _print_summary(m: dict) -> None:
-    word = f"{m['word_perplexity']:.1f}" if m["word_perplexity"] is not None else "overflow"
-    print(
-        f"evaluate: test {m['bits_per_byte']:.4f} bits/byte (unigram {m['unigram_bits_per_byte']:.4f}, "
-        f"bigram {m['bigram_bits_per_byte']:.4f}); valid {m['valid']['bits_per_byte']:.4f}\n"
-        f"evaluate: token perplexity {m['token_perplexity']:.2f}, word perplexity {word}, "
-        f"top-1 {m['top1_accuracy']:.3f}, top-5 {m['top5_accuracy']:.3f}; "
-        f"{m['evaluated_tokens']:,} tokens at {m['eval_tokens_per_s']:,.0f} tokens/s"
-    )
-    if "recall_accuracy" in m:
-        print(
-            f"evaluate: recall accuracy {m['recall_accuracy']:.3f} (chance {m['recall_chance']:.3f}) over "
-            f"{m['recall_positions']:,} recall positions {m['recall_span']} tokens after what they recall"
-            + (" (every line an episode)" if m["protocol"].get("episodic") else "")
-        )

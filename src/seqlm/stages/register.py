@@ -20,6 +20,7 @@ from seqlm.core import atomic
 from seqlm.core.errors import SeqlmError
 from seqlm.core.hashing import file_sha256
 from seqlm.core.paths import Paths
+from seqlm.evaluation.protocols import for_model
 from seqlm.registry import gate
 from seqlm.registry.gate import Score
 from seqlm.registry.register import apply_gate, register_version
@@ -37,8 +38,11 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     uri = tracking_uri(paths)
     check_reachable(uri)
     run_id = read_run_json(paths)["run_id"]
-    if export.read_config(paths.model_dir)["model"].get("objective") == "cloze":
-        return not_registered(cfg, paths, run_id)
+    protocol = for_model(
+        export.read_config(paths.model_dir)
+    )  # what it refuses depends on the objective alone
+    if protocol.not_registrable:
+        return not_registered(cfg, paths, run_id, protocol)
     valid, test = challenger_scores(paths)
     weights = file_sha256(paths.model_dir / export.WEIGHTS)
     name = cfg.registry.model_name
@@ -86,26 +90,20 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     return report
 
 
-CLOZE_REASON = (
-    "a cloze model (train.objective: cloze) is not registered: the registry's champion gate ranks "
-    "next-token models by valid bits per byte and `seqlm serve` generates text, and a cloze model does "
-    "neither; use it from its folder: seqlm fill --model models/model"
-)
-
-
-def not_registered(cfg: Config, paths: Paths, run_id: str) -> dict:
-    """A cloze model's record: registered nowhere, so it never meets a next-token champion (decision 20)."""
+def not_registered(cfg: Config, paths: Paths, run_id: str, protocol) -> dict:
+    """The record of a model the registry refuses (a cloze model: it never meets a next-token champion,
+    decision 20)."""
     report = {
         "format": REPORT_FORMAT,
         "model_name": cfg.registry.model_name,
         "version": None,
         "run_id": run_id,
-        "objective": "cloze",
+        "objective": protocol.objective,
         "decision": "not_registered",
-        "reason": CLOZE_REASON,
+        "reason": protocol.not_registrable,
     }
     atomic.write_json(paths.register_json, report)
-    print(f"register: {NOTHING}; {CLOZE_REASON}")
+    print(f"register: {NOTHING}; {protocol.not_registrable}")
     return report
 
 

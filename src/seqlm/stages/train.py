@@ -37,6 +37,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     import torch
 
     from seqlm.data.tokens import read_meta
+    from seqlm.evaluation.protocols import for_training
     from seqlm.models import build_model
     from seqlm.tracking.metrics import send_unsent
     from seqlm.training import resume
@@ -66,17 +67,13 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model = build_model(cfg.model, meta["vocab_size"], cfg.train.objective)
+    protocol = for_training(cfg.train, cfg.base.seed)
     datamodule = TokenDataModule(
-        paths,
-        cfg.train.batch_size,
-        cfg.train.bptt,
-        cfg.train.variable_bptt,
-        cfg.base.seed,
-        cfg.train.episodic,
+        paths, cfg.train.batch_size, cfg.train.bptt, cfg.train.variable_bptt, cfg.base.seed, protocol
     )
     windows = datamodule.split_windows("train", trainer.global_rank, trainer.world_size)
     total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
-    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps, cfg.base.seed)
+    lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps, cfg.base.seed, protocol)
 
     mlflow_client = run_id = None
     if rank0:
@@ -104,11 +101,11 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
         write_run_json(paths, run_id, cfg.base.experiment, uri)
         resume.record(paths, fingerprint, run_id, complete=True)
-    key = _score_key(cfg)
-    unit = "blank" if key == "val_bits_per_blank" else "byte"
+    score = protocol.score_name  # bits_per_byte, or bits_per_blank for cloze (decision 20)
     print(
         f"train: {metrics['steps']} steps, val loss {metrics['val_loss']:.4f}, "
-        f"val bits/{unit} {metrics[key]:.4f}, {metrics['tokens_per_s']:.0f} tokens/s "
+        f"val {score.replace('_per_', '/')} {metrics['val_' + score]:.4f}, "
+        f"{metrics['tokens_per_s']:.0f} tokens/s "
         f"({precision}, {device.name}); stopped by {metrics['stopped_by']}"
     )
     return metrics
@@ -146,7 +143,7 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
     if not lm.val_history or not math.isfinite(lm.best_val_loss):
         raise SeqlmError("training ended before any validation; raise train.max_minutes or train.max_steps")
     summary = progress.summary()
-    # a cloze model's val_loss is nats per blanked token: bits per blank, not per byte (decision 20)
+    # the best validation's score and the last validation's recall (the protocol's val_metrics)
     return {
         "objective": cfg.train.objective,
         "train_loss": summary["train_loss"],
@@ -161,31 +158,17 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
         "num_parameters": lm.model.num_parameters(),
         "precision": precision,
         "stopped_by": stop_reason(trainer, cfg),
-    } | _recall_metrics(lm)
-
-
-def _score_key(cfg: Config) -> str:
-    """The validation score a model reports: bits per blanked token for cloze (decision 20), else per byte."""
-    return "val_bits_per_blank" if cfg.train.objective == "cloze" else "val_bits_per_byte"
-
-
-def _recall_metrics(lm) -> dict:
-    """train.episodic: the last validation's recall position scores (top-1 over the whole vocabulary)."""
-    if lm.val_recall is None:
-        return {}
-    return {"val_recall_accuracy": lm.val_recall["accuracy"], "val_recall_bits": lm.val_recall["bits"]}
+    }
 
 
 def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str, cfg: Config) -> None:
     from seqlm.models import export
 
-    training = {k: metrics[k] for k in ("val_loss", _score_key(cfg), "steps", "precision")}
+    training = {k: metrics[k] for k in ("val_loss", "val_" + lm.protocol.score_name, "steps", "precision")}
     info = {
         "tokenizer": {k: meta[k] for k in ("vocab_size", "dtype") if k in meta} | {"meta": meta},
         "training": training | {"device": device.name, "run_id": run_id},
-    }
-    if cfg.train.objective == "cloze":
-        info["cloze_rate"] = cfg.train.cloze_rate  # evaluate blanks at the rate trained with (decision 20)
+    } | lm.protocol.export_info()
     weights = best.path if best.path.is_file() else None
     export.export(lm.model.cpu(), weights, paths.model_dir, paths.spm_model, info)
 

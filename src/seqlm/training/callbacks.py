@@ -112,8 +112,6 @@ class TrainProgress(pl.Callback):
             return
         step, val_loss = pl_module.val_history[-1]
         metrics = pl_module.val_metrics(val_loss)
-        if pl_module.val_recall is not None:  # train.episodic
-            metrics |= {f"val_recall_{k}": v for k, v in pl_module.val_recall.items()}
         self.buffer.add(step, metrics)
         self.buffer.flush()
         if not sys.stderr.isatty():

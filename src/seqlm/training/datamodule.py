@@ -1,8 +1,8 @@
-"""The Lightning data module of the train stage: train and valid token streams, one set per rank.
+"""The Lightning data module of the train stage: train and valid batches, one set per rank.
 
-The stream layout itself lives in ``seqlm.data.tokens`` (shared with evaluation), the episode layout of
-``train.episodic`` in ``seqlm.data.episodes``; this module only hands their batches to Lightning,
-restores the stream column (or the episode batch) on resume and keeps the loaders' RNG private.
+The protocol (``seqlm.evaluation.protocol``) lays the batches out: streams (``seqlm.data.tokens``, shared
+with evaluation) or episodes (``seqlm.data.episodes``); this module only hands them to Lightning, restores
+the stream column (or the episode batch) on resume and keeps the loaders' RNG private.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqlm.core.paths import Paths
-from seqlm.data.episodes import EpisodeBatches
-from seqlm.data.tokens import StreamWindows, open_tokens, read_meta
+from seqlm.data.tokens import open_tokens, read_meta
+from seqlm.evaluation.protocol import Protocol
+from seqlm.evaluation.streamed import Streamed
 
 
 class TokenDataModule(pl.LightningDataModule):
@@ -24,7 +25,7 @@ class TokenDataModule(pl.LightningDataModule):
         bptt: int,
         variable_bptt: bool = False,
         seed: int = 0,
-        episodic: bool = False,
+        protocol: Protocol | None = None,
     ):
         super().__init__()
         self.paths = paths
@@ -32,27 +33,29 @@ class TokenDataModule(pl.LightningDataModule):
         self.bptt = bptt
         self.variable_bptt = variable_bptt
         self.seed = seed
-        self.episodic = episodic
+        self.protocol = protocol or Streamed()
         self.meta = read_meta(paths)
-        self._train: StreamWindows | EpisodeBatches | None = None
+        self._train = None
 
-    def split(
-        self, name: str, rank: int, world_size: int, variable_bptt: bool = False
-    ) -> StreamWindows | EpisodeBatches:
+    def split(self, name: str, rank: int, world_size: int, variable_bptt: bool = False):
+        """The protocol's batches of split ``name`` for ``rank``: training's layout for train."""
         tokens = open_tokens(self.paths.tokens(name), self.meta["dtype"])
-        if self.episodic:  # training shuffles whole episodes; validation reads each once, in order
-            where = (name, "train.bptt")
-            shuffle = name == "train"
-            eos = self.meta["eos_id"]
-            return EpisodeBatches(
-                tokens, eos, self.batch_size, self.bptt, where, rank, world_size, shuffle, self.seed
-            )
-        return StreamWindows(tokens, self.batch_size, self.bptt, rank, world_size, variable_bptt, self.seed)
+        return self.protocol.batches(
+            tokens,
+            self.meta["eos_id"],
+            self.batch_size,
+            self.bptt,
+            (name, "train.bptt"),
+            rank,
+            world_size,
+            train=name == "train",
+            variable_bptt=variable_bptt,
+            seed=self.seed,
+        )
 
     def split_windows(self, name: str, rank: int = 0, world_size: int = 1) -> int:
         """Windows (or episode batches) in one pass over ``name`` (for the schedule's horizon)."""
-        split = self.split(name, rank, world_size, self.variable_bptt)
-        return split.num_batches() if self.episodic else split.num_windows()
+        return self.split(name, rank, world_size, self.variable_bptt).num_batches()
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

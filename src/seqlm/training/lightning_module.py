@@ -1,9 +1,10 @@
-"""The LightningModule: loss, carried state, optimiser, learning-rate schedule, clipping statistics.
+"""The LightningModule: carried state, optimiser, learning-rate schedule, clipping statistics.
 
-The network itself is a plain ``nn.Module`` from ``seqlm.models``; this module owns what training
-adds around it. Truncated BPTT lives here because Lightning 2.x removed ``truncated_bptt_steps``:
-the state is carried from window to window and detached, so gradients span one window while the
-forward context spans the whole stream.
+The network itself is a plain ``nn.Module`` from ``seqlm.models``; this module owns what training adds
+around it. What a batch is, its loss and its validation sums belong to the protocol
+(``seqlm.evaluation.protocol``: streamed, episodic or cloze), chosen once from the config; this module
+keeps what the protocol hands back. Truncated BPTT is the streamed protocol's (Lightning 2.x removed
+``truncated_bptt_steps``): the state it returns is carried to the next window, and it detaches it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import math
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
 from seqlm.config import TrainConfig
 from seqlm.core.errors import SeqlmError
-from seqlm.data.episodes import IGNORE, recall_mask
-from seqlm.evaluation.metrics import LN2, bits_per_byte
+from seqlm.evaluation.metrics import SUMS, Totals
+from seqlm.evaluation.protocol import Protocol
+from seqlm.evaluation.protocols import for_training
 from seqlm.training.loss import decoder_cross_entropy
 
 
@@ -47,14 +48,20 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, progress: float, plat
 
 class LitLanguageModel(pl.LightningModule):
     def __init__(
-        self, model: torch.nn.Module, train: TrainConfig, valid_split: dict, total_steps: int, seed: int = 0
+        self,
+        model: torch.nn.Module,
+        train: TrainConfig,
+        valid_split: dict,
+        total_steps: int,
+        seed: int = 0,
+        protocol: Protocol | None = None,
     ):
         super().__init__()
         self.model = model
         self.cfg = train
         self.valid_split = valid_split  # meta.json's entry for valid: its tokens and bytes
         self.total_steps = total_steps
-        self.seed = seed  # keys the cloze objective's blanks
+        self.protocol = protocol or for_training(train, seed)  # seed keys the cloze objective's blanks
         self.max_seconds = train.max_minutes * 60.0
         # Carried between windows and saved in checkpoints so a resumed run continues the same streams.
         self.train_state = None
@@ -66,10 +73,8 @@ class LitLanguageModel(pl.LightningModule):
         self.last_lr = 0.0
         self.val_history: list[tuple[int, float]] = []
         self._val_state = None
-        self._val_nll = None
-        self._val_count = None
-        self._val_recall = None
-        # train.episodic: the last validation's top-1 accuracy and bits at the recall positions
+        self._val_sums = None
+        # the last validation's top-1 accuracy and bits at the recall positions (the episodic protocol)
         self.val_recall: dict | None = None
 
     # ------------------------------------------------------------------------------------ training
@@ -102,29 +107,20 @@ class LitLanguageModel(pl.LightningModule):
             self.cfg.schedule, self.global_step, self.cfg.warmup_steps, self.progress(), self.plateau_scale
         )
         # Variable-length windows see the learning rate scaled by their length (AWD-LSTM, Merity et al. 2017);
-        # an episode's length is not a window's (train.episodic: bptt only bounds it).
-        if not self.cfg.episodic:
+        # an episode's length is not a window's (the episodic protocol: bptt only bounds it).
+        if self.protocol.scales_lr_by_window:
             factor *= batch[0].shape[1] / self.cfg.bptt
         self.last_lr = self.cfg.lr * factor
         for group in self.optimizers().param_groups:
             group["lr"] = self.last_lr
 
     def training_step(self, batch, batch_idx):
-        if self.cfg.objective == "cloze":
-            return self._cloze_training_step(batch)
-        if self.cfg.episodic:
-            return self._episodic_training_step(batch)
-        x, y, end = batch
-        state = (
-            self.model.init_state(x.shape[0], x.device)
-            if self.train_state is None
-            else self.model.detach_state(self.train_state)
+        key = self.protocol.key("train", self.global_step, self.global_rank)
+        ce, loss, self.train_state = self.protocol.training_loss(
+            self.model, batch, self.train_state, key, self._loss
         )
-        hidden, state = self.model.encode(x, state)
-        ce, loss = self._loss(hidden, y)
         self._check_finite(loss)
-        self.train_state = state
-        self.column = int(end)
+        self.column = int(batch[2])  # the next window's stream column, or the next batch of episodes
         self.last_loss = ce.detach()  # the cross-entropy alone, comparable with val_loss
         self.log("loss", self.last_loss, prog_bar=True, logger=False)
         return loss
@@ -148,37 +144,6 @@ class LitLanguageModel(pl.LightningModule):
             step = (hidden[:, 1:] - hidden[:, :-1]).float()
             loss = loss + self.cfg.temporal_activation_reg * step.pow(2).mean()
         return ce, loss
-
-    def _cloze_training_step(self, batch):
-        """Fresh blanks every step, keyed on (seed, rank, step) so a resumed run draws the same ones;
-        no state carried between windows (training.cloze)."""
-        from seqlm.data.cloze import TRAIN_KEY
-        from seqlm.training.cloze import cloze_nll
-
-        x, _, end = batch
-        key = [self.seed, TRAIN_KEY, self.global_rank, self.global_step]
-        nll, count = cloze_nll(self.model, x, self.cfg.cloze_rate, key)
-        loss = nll / count
-        self._check_finite(loss)
-        self.column = int(end)
-        self.last_loss = loss.detach()
-        self.log("loss", self.last_loss, prog_bar=True, logger=False)
-        return loss
-
-    def _episodic_training_step(self, batch):
-        # Every episode from a fresh state and nothing carried (decision 22): train_state stays None, and
-        # the loss is on every target of the episode, padding excluded. Every position, not only the recall
-        # position: at equal updates it is the one that learns the copy probe (bench/episodic_probes.py).
-        x, y, end = batch
-        logits, _ = self.model(x, None)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE
-        )
-        self._check_finite(loss)
-        self.column = int(end)  # the next batch of this epoch's episode order
-        self.last_loss = loss.detach()
-        self.log("loss", self.last_loss, prog_bar=True, logger=False)
-        return loss
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -209,55 +174,18 @@ class LitLanguageModel(pl.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val_state = None
-        self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_recall = torch.zeros(3, dtype=torch.float64, device=self.device)  # hits, nll, count
+        self._val_sums = torch.zeros(SUMS, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        if self.cfg.objective == "cloze":
-            from seqlm.data.cloze import VALID_KEY
-            from seqlm.training.cloze import cloze_nll
-
-            key = [self.seed, VALID_KEY, self.global_rank, batch_idx]  # the same blanks at every validation
-            nll, count = cloze_nll(self.model, batch[0], self.cfg.cloze_rate, key)
-            self._val_nll += nll.double()
-            self._val_count += count
-            return
-        if self.cfg.episodic:
-            return self._episodic_validation_step(batch)
-        x, y, _ = batch
-        state = self.model.init_state(x.shape[0], x.device) if self._val_state is None else self._val_state
-        logits, self._val_state = self.model(x, state)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
-        self._val_nll += nll.double()
-        self._val_count += y.numel()
-
-    def _episodic_validation_step(self, batch):
-        """Per-token loss over whole episodes from a fresh state, and top-1 / bits at the recall position."""
-        x, y, _ = batch
-        logits, _ = self.model(x, None)
-        logits = logits.float()
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction="sum"
-        )
-        self._val_nll += nll.double()
-        self._val_count += (y != IGNORE).sum()
-        at = recall_mask(y)
-        picked, target = logits[at], y[at]
-        hits = (picked.argmax(1) == target).sum()
-        recall_nll = F.cross_entropy(picked, target, reduction="sum")
-        self._val_recall += torch.stack([hits.double(), recall_nll.double(), at.sum().double()])
-
-    def _reduce_val_recall(self) -> None:
-        hits, nll, count = self.trainer.strategy.reduce(self._val_recall, reduce_op="sum").tolist()
-        self.val_recall = {"accuracy": hits / count, "bits": nll / count / math.log(2)} if count else None
+        # the same per-batch sums as the evaluate stage's pass (the protocol's score): one definition
+        key = self.protocol.key("valid", batch_idx, self.global_rank)
+        sums, self._val_state = self.protocol.score(self.model, batch, self._val_state, key)
+        self._val_sums += sums
 
     def on_validation_epoch_end(self):
-        nll = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum")
-        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
-        val_loss = float(nll / count)
-        if self.cfg.episodic:
-            self._reduce_val_recall()
+        totals = Totals.of(self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist())
+        val_loss = totals.loss
+        self.val_recall = self.protocol.recall(totals)
         if self.trainer.sanity_checking:
             return
         if val_loss < self.best_val_loss:
@@ -270,15 +198,10 @@ class LitLanguageModel(pl.LightningModule):
             if key != "val_loss":
                 self.log(key, value, prog_bar=True, logger=False)
 
-    def val_bits_per_byte(self, val_loss: float) -> float:
-        return bits_per_byte(val_loss, self.valid_split["tokens"], self.valid_split["bytes"])
-
     def val_metrics(self, val_loss: float) -> dict:
-        """What a validation reports: bits per byte for next-token models; for cloze models bits per
-        blanked token, which is not on the same scale (the registry never compares the two)."""
-        if self.cfg.objective == "cloze":
-            return {"val_loss": val_loss, "val_bits_per_blank": val_loss / LN2}
-        return {"val_loss": val_loss, "val_bits_per_byte": self.val_bits_per_byte(val_loss)}
+        """What a validation reports: ``val_<score>`` (bits per byte, or per blank for cloze, which is not on
+        the same scale: the registry never compares the two) and the last validation's recall, if any."""
+        return self.protocol.val_metrics(val_loss, self.valid_split, self.val_recall)
 
     # --------------------------------------------------------------------------------- checkpoints
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = -100  # F.cross_entropy's ignore_index: an unblanked position has no target
+from seqlm.data.tokens import IGNORE  # an unblanked position has no target
 
 # Keys that keep the blanks of the splits apart (train draws with its step, evaluation with its window).
 TRAIN_KEY, VALID_KEY, TEST_KEY = 0, 1, 2
+SPLIT_KEYS = {"train": TRAIN_KEY, "valid": VALID_KEY, "test": TEST_KEY}
 
 
 def blanks_per_row(length: int, rate: float) -> int:
