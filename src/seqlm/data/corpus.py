@@ -1,4 +1,8 @@
-"""The `download` stage: ``data.source`` -> data/raw/{train,valid,test}.txt + manifest.json.
+"""Normalising and splitting a corpus: a resolved source in, data/raw's three split files and manifest out.
+
+``write_splits`` streams a source (``seqlm.data.units``) into the train, valid and test files and counts
+them; ``manifest`` describes what was written. The download stage (``seqlm.stages.download``) resolves
+the source and calls both.
 
 Text is normalised on the way through: UTF-8, Unicode NFC, control characters (category Cc) removed
 except tab and newline, every line break written as ``\\n``. It is streamed: memory holds a line (at
