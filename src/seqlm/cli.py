@@ -39,9 +39,9 @@ STAGES: dict[str, tuple[str, str]] = {
 
 # tool name -> "module:function"; each function takes the parsed argparse namespace.
 TOOLS: dict[str, str] = {
-    "generate": "seqlm.registry.commands:cli_generate",
-    "predict": "seqlm.registry.commands:cli_predict",
-    "fill": "seqlm.registry.commands:cli_fill",
+    "generate": "seqlm.registry.use:cli_generate",
+    "predict": "seqlm.registry.use:cli_predict",
+    "fill": "seqlm.registry.use:cli_fill",
     "models": "seqlm.registry.commands:cli_models",
     "promote": "seqlm.registry.commands:cli_promote",
     "rollback": "seqlm.registry.commands:cli_rollback",
