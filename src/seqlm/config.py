@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import PARAMS
 from seqlm.core.redact import redact_url
 
 # YAML gives lists, strict mode takes only tuples, and tuples keep the frozen models hashable.
@@ -309,7 +310,7 @@ def _cross_checks(cfg: Config, where: str) -> None:
         )
 
 
-def parse(raw: Any, where: str = "params.yaml") -> Config:
+def parse(raw: Any, where: str = PARAMS) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
