@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from seqlm.core.errors import SeqlmError, disk_full
+from seqlm.core.paths import Paths
 
 # stage name -> "module:function"; each function takes (Config, Paths). The pipeline/ scripts
 # and `seqlm <stage>` both come through here, so they run the same code.
@@ -39,9 +40,9 @@ STAGES: dict[str, tuple[str, str]] = {
 
 # tool name -> "module:function"; each function takes the parsed argparse namespace.
 TOOLS: dict[str, str] = {
-    "generate": "seqlm.registry.commands:cli_generate",
-    "predict": "seqlm.registry.commands:cli_predict",
-    "fill": "seqlm.registry.commands:cli_fill",
+    "generate": "seqlm.registry.use:cli_generate",
+    "predict": "seqlm.registry.use:cli_predict",
+    "fill": "seqlm.registry.use:cli_fill",
     "models": "seqlm.registry.commands:cli_models",
     "promote": "seqlm.registry.commands:cli_promote",
     "rollback": "seqlm.registry.commands:cli_rollback",
@@ -58,7 +59,6 @@ def _resolve(target: str) -> Callable:
 def run_stage(name: str, **options) -> None:
     from seqlm import config
     from seqlm.core.atomic import sweep
-    from seqlm.core.paths import Paths
 
     paths = Paths.from_env()
     cfg = config.load(paths.params)
@@ -87,9 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="models/model",
+        default=str(Paths(Path()).model_dir),  # relative: the project in the current directory
         help="an exported model folder, or a registry URI such as models:/seqlm@champion "
-        "(default: models/model)",
+        "(default: %(default)s)",
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import PARAMS
 from seqlm.core.redact import redact_url
 
 # YAML gives lists, strict mode takes only tuples, and tuples keep the frozen models hashable.
@@ -166,21 +167,22 @@ class Config(_Frozen):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
-    def flat(self) -> dict[str, Any]:
-        """``{"model.hidden_size": 256, ...}``: for MLflow params and hashes."""
+    def flat(self, *names: str) -> dict[str, Any]:
+        """``{"model.hidden_size": 256, ...}``: every key (a run's record of its params), or only those of
+        the named sections and keys (``"model"``, ``"base.seed"``), so that a digest reads no others."""
         out: dict[str, Any] = {}
         for name in SECTIONS:
             section = getattr(self, name)
             for key in type(section).model_fields:
+                if names and name not in names and f"{name}.{key}" not in names:
+                    continue
                 value = getattr(section, key)
                 out[f"{name}.{key}"] = list(value) if isinstance(value, tuple) else value
         return out
 
     def section_hash(self, *names: str) -> str:
-        """A stable digest of the named sections (or keys ``section.key``), e.g. to decide resume."""
-        flat = self.flat()
-        picked = {k: v for k, v in flat.items() if any(k == n or k.startswith(n + ".") for n in names)}
-        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+        """A stable digest of the named sections (or keys ``section.key``), e.g. a registered version's."""
+        return hashlib.sha256(json.dumps(self.flat(*names), sort_keys=True).encode()).hexdigest()[:16]
 
 
 SECTIONS: dict[str, type[BaseModel]] = {name: f.annotation for name, f in Config.model_fields.items()}
@@ -309,7 +311,7 @@ def _cross_checks(cfg: Config, where: str) -> None:
         )
 
 
-def parse(raw: Any, where: str = "params.yaml") -> Config:
+def parse(raw: Any, where: str = PARAMS) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -1,7 +1,9 @@
 """Every path the pipeline reads or writes, named once, relative to the project root.
 
 The root is the directory holding ``params.yaml``: the current directory for `dvc repro`
-(DVC runs stages from the folder of dvc.yaml), overridable with ``SEQLM_ROOT``.
+(DVC runs stages from the folder of dvc.yaml), overridable with ``SEQLM_ROOT``. Library code that fills
+a folder it is handed (an ``atomic_dir``'s temporary twin of an output folder) takes the file names from
+the constants below, which ``Paths`` is built from; tests/test_paths.py finds names spelled elsewhere.
 """
 
 from __future__ import annotations
@@ -11,6 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "valid", "test")
+PARAMS = "params.yaml"
+SPM_MODEL = "spm.model"  # sentencepiece writes it and spm.vocab from the prefix "spm"
+# The evaluate stage's diagnostics: rows for `dvc plots` in the JSON, drawn in the PNG.
+CONTEXT_ABLATION = "context_ablation.json"
+CONTEXT_ABLATION_PLOT = "context_ablation.png"
+GRADIENT_FLOW = "gradient_flow.json"
+GRADIENT_FLOW_PLOT = "gradient_flow.png"
+
+
+def raw_split_name(split: str) -> str:
+    """The name of ``data/raw/<split>.txt``."""
+    return f"{split}.txt"
 
 
 @dataclass(frozen=True)
@@ -23,7 +37,7 @@ class Paths:
 
     @property
     def params(self) -> Path:
-        return self.root / "params.yaml"
+        return self.root / PARAMS
 
     # download
     @property
@@ -31,7 +45,7 @@ class Paths:
         return self.root / "data" / "raw"
 
     def raw_split(self, split: str) -> Path:
-        return self.raw_dir / f"{split}.txt"
+        return self.raw_dir / raw_split_name(split)
 
     @property
     def manifest(self) -> Path:
@@ -44,7 +58,7 @@ class Paths:
 
     @property
     def spm_model(self) -> Path:
-        return self.tokenizer_dir / "spm.model"
+        return self.tokenizer_dir / SPM_MODEL
 
     @property
     def tokens_dir(self) -> Path:
@@ -123,6 +137,22 @@ class Paths:
     @property
     def eval_samples(self) -> Path:
         return self.eval_reports / "samples.md"
+
+    @property
+    def context_ablation(self) -> Path:
+        return self.eval_reports / CONTEXT_ABLATION
+
+    @property
+    def context_ablation_plot(self) -> Path:
+        return self.eval_reports / CONTEXT_ABLATION_PLOT
+
+    @property
+    def gradient_flow(self) -> Path:
+        return self.eval_reports / GRADIENT_FLOW
+
+    @property
+    def gradient_flow_plot(self) -> Path:
+        return self.eval_reports / GRADIENT_FLOW_PLOT
 
     @property
     def register_json(self) -> Path:

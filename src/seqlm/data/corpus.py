@@ -1,4 +1,8 @@
-"""The `download` stage: ``data.source`` -> data/raw/{train,valid,test}.txt + manifest.json.
+"""Normalising and splitting a corpus: a resolved source in, data/raw's three split files and manifest out.
+
+``write_splits`` streams a source (``seqlm.data.units``) into the train, valid and test files and counts
+them; ``manifest`` describes what was written. The download stage (``seqlm.stages.download``) resolves
+the source and calls both.
 
 Text is normalised on the way through: UTF-8, Unicode NFC, control characters (category Cc) removed
 except tab and newline, every line break written as ``\\n``. It is streamed: memory holds a line (at
@@ -21,7 +25,7 @@ from typing import Any
 
 from seqlm.config import Config
 from seqlm.core.errors import SeqlmError
-from seqlm.core.paths import SPLITS
+from seqlm.core.paths import SPLITS, raw_split_name
 from seqlm.core.redact import redact_url
 from seqlm.data.units import Corpus, Unit, Units
 
@@ -194,7 +198,7 @@ def _route(stream: Iterable[str | None], pick: Callable[[int], SplitWriter]) -> 
 
 def write_splits(corpus: Corpus, cfg: Config, out: Path) -> tuple[dict[str, dict], dict]:
     where = f"data.source {redact_url(cfg.data.source)}"
-    writers = {split: SplitWriter(out / f"{split}.txt") for split in SPLITS}
+    writers = {split: SplitWriter(out / raw_split_name(split)) for split in SPLITS}
     try:
         if corpus.splits is not None:
             for split in SPLITS:

@@ -28,6 +28,7 @@ import numpy as np
 
 from seqlm.config import TokenizerConfig
 from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import SPM_MODEL
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1  # pad -1: streams are never padded, so no pad piece
 CHUNK_BYTES = 1 << 20  # text per encode call: ~8k lines keep every core busy; 4 MB chunks cost 80 MB more RSS
@@ -256,12 +257,13 @@ def train_tokenizer(train_txt: Path, out_dir: Path, tok: TokenizerConfig, seed: 
     keep = total if tok.input_sentence_size == 0 else min(total, tok.input_sentence_size)
     sentences = _sample(training_sentences(train_txt, tok.max_sentence_length), total, keep, seed)
     spm.set_random_generator_seed(seed)  # training is deterministic given its input today; cheap insurance
+    options = _trainer_options(tok, model_prefix=(out_dir / SPM_MODEL).with_suffix(""))
     started = time.perf_counter()
     try:
-        spm.SentencePieceTrainer.train(sentence_iterator=sentences, **_trainer_options(tok, out_dir / "spm"))
+        spm.SentencePieceTrainer.train(sentence_iterator=sentences, **options)
     except RuntimeError as exc:
         raise _explain(exc, tok) from None
-    _drop_run_details(out_dir / "spm.model")
+    _drop_run_details(out_dir / SPM_MODEL)
     if counter["split_lines"]:
         print(
             f"tokenize: {counter['split_lines']:,} train lines longer than tokenizer.max_sentence_length "

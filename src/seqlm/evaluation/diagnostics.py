@@ -20,6 +20,7 @@ import numpy as np
 
 from seqlm.core import atomic
 from seqlm.core.errors import SeqlmError
+from seqlm.core.paths import CONTEXT_ABLATION, CONTEXT_ABLATION_PLOT, GRADIENT_FLOW, GRADIENT_FLOW_PLOT
 from seqlm.evaluation import plots
 from seqlm.evaluation.metrics import LN2, bits_per_byte, stream_totals, stream_windows
 
@@ -33,8 +34,6 @@ ABLATION_STREAMS = 64
 GRADIENT_STREAMS = 8
 GRADIENT_WINDOWS = 4  # measured windows, after one warm-up window that fills the carried state
 GATES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"), "rnn": ("hidden",)}
-CONTEXT_ABLATION = "context_ablation"  # .json and .png in reports/eval/
-GRADIENT_FLOW = "gradient_flow"
 
 
 def write_context_ablation(
@@ -42,16 +41,16 @@ def write_context_ablation(
 ) -> dict:
     """context_ablation.json and .png in ``out``; returns the JSON's content."""
     ablation = context_ablation(model, test, meta["splits"]["test"], ev.context_resets, ev.bptt, device)
-    atomic.write_json(out / f"{CONTEXT_ABLATION}.json", ablation)
-    plots.plot_context_ablation(ablation, out / f"{CONTEXT_ABLATION}.png")
+    atomic.write_json(out / CONTEXT_ABLATION, ablation)
+    plots.plot_context_ablation(ablation, out / CONTEXT_ABLATION_PLOT)
     return ablation
 
 
 def write_gradient_flow(out: Path, model, valid: np.ndarray, ev: EvaluateConfig, device) -> dict:
     """gradient_flow.json and .png in ``out``; returns the JSON's content."""
     flow = gradient_flow(model, valid, ev.gradient_flow_steps, device)
-    atomic.write_json(out / f"{GRADIENT_FLOW}.json", flow)
-    plots.plot_gradient_flow(flow, out / f"{GRADIENT_FLOW}.png")
+    atomic.write_json(out / GRADIENT_FLOW, flow)
+    plots.plot_gradient_flow(flow, out / GRADIENT_FLOW_PLOT)
     return flow
 
 

@@ -4,7 +4,8 @@ Owns ``register`` (version tags, the logged pyfunc, finding and registering a ve
 gate), ``gate`` (scores, aliases; decide, gate, promote, rollback), ``history`` (the append-only
 champion events), ``rescoring`` (a registered version's score on the current valid text), ``resolve``
 (``models:/`` URIs to a local model folder, with a download cache keyed by weights sha256), ``pyfunc``
-(the MLflow model, logged as code) and ``commands`` (`seqlm generate | predict | models | promote |
-rollback | serve`). May import ``core``, ``config``, ``data``, ``models``, ``tracking``, ``evaluation``
-and ``inference`` (docs/architecture.md, decision 8).
+(the MLflow model, logged as code), ``use`` (`seqlm generate | predict | fill` from a model folder or a
+``models:/`` URI) and ``commands`` (`seqlm models | promote | rollback | serve`). May import ``core``,
+``config``, ``data``, ``models``, ``tracking``, ``evaluation`` and ``inference`` (docs/architecture.md,
+decision 8).
 """

@@ -1,7 +1,6 @@
-"""The model tools of the `seqlm` command: `generate` and `predict` from a model folder or a registry
-URI; `models`, `promote`, `rollback` and `serve`, the registry by hand.
+"""The registry by hand: `seqlm models`, `promote`, `rollback` and `serve` (using a model is ``use``).
 
-The registry tools read the project's params.yaml (``registry.model_name``) and its tracking store
+They read the project's params.yaml (``registry.model_name``) and its tracking store
 (``tracking_uri``: the project's sqlite file, or MLFLOW_TRACKING_URI).
 """
 
@@ -16,53 +15,6 @@ from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.registry import gate
 from seqlm.tracking.store import check_reachable, connect, tracking_uri
-
-# ------------------------------------------------------------------------------------------ text
-
-
-def cli_generate(args) -> None:
-    from seqlm.inference.checks import check_prompt, check_sampling
-    from seqlm.inference.generator import Generator
-    from seqlm.registry.resolve import resolve_model_dir
-
-    check_prompt(args.prompt)
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    generator = Generator.from_dir(resolve_model_dir(args.model))
-    for piece in generator.stream(
-        args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
-    ):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-
-
-def cli_predict(args) -> None:
-    from seqlm.inference.checks import check_k, check_prompt
-    from seqlm.inference.generator import Generator
-    from seqlm.registry.resolve import resolve_model_dir
-
-    check_prompt(args.text)
-    check_k(args.k)
-    generator = Generator.from_dir(resolve_model_dir(args.model))
-    for word, prob in generator.next_words(args.text, args.k):
-        print(f"{word}\t{prob:.4f}")
-
-
-def cli_fill(args) -> None:
-    import math
-
-    from seqlm.inference.fill import Filler
-    from seqlm.registry.resolve import resolve_model_dir
-
-    candidates = tuple(w for w in args.candidates.split(",") if w.strip())
-    ranked = Filler.from_dir(resolve_model_dir(args.model)).fill(args.text, args.top, candidates)
-    rows = [("rank", "word", "log-prob", "probability")]
-    rows += [(str(n), word, f"{lp:.3f}", f"{math.exp(lp):.4f}") for n, word, lp in ranked]
-    print(_table(rows))
-
-
-# ------------------------------------------------------------------------------------------ registry
 
 
 def _open() -> tuple:
@@ -87,7 +39,8 @@ def _open() -> tuple:
     return client, name, uri
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Rows as plain-text columns, left-aligned: how every seqlm tool prints a table."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -114,7 +67,7 @@ def models_table(client, name: str) -> str:
                 mv.run_id or "-",
             )
         )
-    return _table(rows)
+    return table(rows)
 
 
 def history_table(client, name: str) -> str:
@@ -134,7 +87,7 @@ def history_table(client, name: str) -> str:
                 reason,
             )
         )
-    return _table(rows)
+    return table(rows)
 
 
 def cli_models(args) -> None:

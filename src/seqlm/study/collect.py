@@ -16,17 +16,18 @@ import tempfile
 from pathlib import Path
 
 from seqlm.core.git import git
-from seqlm.core.paths import Paths
+from seqlm.core.paths import CONTEXT_ABLATION, GRADIENT_FLOW, Paths
 from seqlm.study.plan import Experiment, Options, apply
 from seqlm.study.queue import run_dvc
 from seqlm.study.results import Result
 
-METRICS = {"train": "reports/train/metrics.json", "eval": "reports/eval/metrics.json"}
+IN_PROJECT = Paths(Path())  # paths relative to the project root, as `dvc exp show` names them
+METRICS = {"train": IN_PROJECT.train_metrics.as_posix(), "eval": IN_PROJECT.eval_metrics.as_posix()}
 TRACES = (
     "grad_norm",
     "train_loss",
 )  # MLflow step metrics (training.callbacks), kept for the explosion's figure
-PLOTS = {"ablation": "eval/context_ablation.json", "gradient": "eval/gradient_flow.json"}  # MLflow artifacts
+PLOTS = {"ablation": f"eval/{CONTEXT_ABLATION}", "gradient": f"eval/{GRADIENT_FLOW}"}  # MLflow artifacts
 
 
 def collect(

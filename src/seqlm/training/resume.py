@@ -49,11 +49,7 @@ def resume_fingerprint(cfg: Config, meta: dict, world_size: int = 1) -> str:
         budgets |= {"train.max_steps", "train.max_epochs"}
     elif train.max_steps:
         budgets.add("train.max_epochs")
-    params = {
-        k: v
-        for k, v in cfg.flat().items()
-        if k.split(".")[0] in ("base", "model", "train") and k not in budgets
-    }
+    params = {k: v for k, v in cfg.flat("base", "model", "train").items() if k not in budgets}
     payload = {"params": params, "meta": meta}
     if world_size != 1:  # a single process keeps the fingerprints it had before world sizes counted
         payload["world_size"] = world_size
