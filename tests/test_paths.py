@@ -29,7 +29,6 @@ SAME_NAME_OTHER_THING = {
 # Modules that still spell a name Paths owns; an entry goes when its module takes the name from
 # seqlm.core.paths (the test fails while an entry names what its module no longer spells).
 NOT_YET_MOVED = {
-    "seqlm/evaluation/cloze.py": {'f"{name}.json"', 'f"{name}.png"'},  # the diagnostics a cloze model skips
     "seqlm/registry/rescoring.py": {'f"{split}.bin"'},  # a re-scored split's tokens, in a temporary folder
     "seqlm/tracking/store.py": {"mlflow.db"},  # Paths(store_root(paths)).mlflow_db
 }

@@ -179,6 +179,11 @@ def write(
 
 def write_not_applicable(out: Path, reasons: dict[str, str], objective: str) -> None:
     """The next-token diagnostics' JSON and PNG in ``out``, each saying why a cloze model has none."""
+    files = {
+        "context_ablation": (CONTEXT_ABLATION, CONTEXT_ABLATION_PLOT),
+        "gradient_flow": (GRADIENT_FLOW, GRADIENT_FLOW_PLOT),
+    }
     for name, reason in reasons.items():
-        atomic.write_json(out / f"{name}.json", {"objective": objective, "skipped": reason, "rows": []})
-        plots.plot_not_applicable(name.replace("_", " ").capitalize(), reason, out / f"{name}.png")
+        data, figure = files[name]
+        atomic.write_json(out / data, {"objective": objective, "skipped": reason, "rows": []})
+        plots.plot_not_applicable(name.replace("_", " ").capitalize(), reason, out / figure)
