@@ -23,9 +23,9 @@ def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from seqlm.training import trainer as training
+    from seqlm.training.trainer import sigterm_raises
 
-    with training.sigterm_raises():
+    with sigterm_raises():
         try:
             return _train(cfg, paths, uri, fresh)
         except SIGTERMException:  # before the run was opened: nothing to mark or to resume
@@ -40,16 +40,16 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     from seqlm.models import build_model
     from seqlm.tracking.metrics import send_unsent
     from seqlm.training import resume
-    from seqlm.training import trainer as training
     from seqlm.training.datamodule import TokenDataModule
     from seqlm.training.device import detect_device, resolve_precision
     from seqlm.training.lightning_module import LitLanguageModel
+    from seqlm.training.trainer import agree_on_resume, build_trainer, callbacks, fit, run_ends_marked
 
     meta = read_meta(paths)
     device = detect_device(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, device)
-    progress, best, callbacks = training.callbacks(cfg, paths)
-    trainer = training.build_trainer(cfg, paths, precision, callbacks)
+    progress, best, callback_list = callbacks(cfg, paths)
+    trainer = build_trainer(cfg, paths, precision, callback_list)
     # Lightning starts the other local ranks from inside fit, running this stage again: only rank 0
     # touches the resume state, opens the MLflow run and exports (decision 9, docs/architecture.md).
     rank0 = trainer.global_rank == 0
@@ -59,7 +59,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         remove(paths.run_json)  # evaluate and register must never pair an older run with a newer model
         return resume.resume_point(paths, fingerprint, fresh)
 
-    start = training.agree_on_resume(trainer, decide, lambda: resume.peek(paths, fingerprint, fresh))
+    start = agree_on_resume(trainer, decide, lambda: resume.peek(paths, fingerprint, fresh))
 
     pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
     if device.kind == "cuda":
@@ -84,7 +84,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
         run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
         progress.attach(mlflow_client, run_id)
-    with training.run_ends_marked(mlflow_client, run_id, paths):
+    with run_ends_marked(mlflow_client, run_id, paths):
         if rank0 and start.run_id:
             mlflow_client.update_run(run_id, status="RUNNING")
             if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
@@ -92,7 +92,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         if rank0:
             resume.record(paths, fingerprint, run_id, complete=False)
 
-        training.fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
+        fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
         if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
             trainer.validate(lm, datamodule=datamodule, verbose=False)
 
