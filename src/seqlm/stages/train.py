@@ -13,6 +13,7 @@ from seqlm.core.atomic import remove, write_json
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.core.redact import redact_url
+from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
 
@@ -78,32 +79,35 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
     lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps, cfg.base.seed)
 
-    mlflow_client = run_id = None
+    run = None
     if rank0:
-        mlflow_client = connect(uri)
-        experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
-        run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
-        progress.attach(mlflow_client, run_id)
-    with run_ends_marked(mlflow_client, run_id, paths):
+        client = connect(uri)
+        experiment = experiment_id(client, cfg.base.experiment, paths)
+        if start.run_id:
+            run = RunHandle(client, start.run_id)
+        else:
+            run = _start_run(client, experiment, cfg, paths, device, precision, model)
+        progress.attach(run)
+    with run_ends_marked(run, paths):
         if rank0 and start.run_id:
-            mlflow_client.update_run(run_id, status="RUNNING")
-            if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
+            run.client.update_run(run.run_id, status="RUNNING")
+            if sent := send_unsent(run, paths.unsent_metrics):
                 print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
         if rank0:
-            resume.record(paths, fingerprint, run_id, complete=False)
+            resume.record(paths, fingerprint, run.run_id, complete=False)
 
-        fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
+        fit(trainer, lm, datamodule, start.ckpt_path, paths, run, progress)
         if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
             trainer.validate(lm, datamodule=datamodule, verbose=False)
 
         if not rank0:
             return {}
         metrics = _metrics(cfg, trainer, lm, progress, precision)
-        _export(paths, lm, best, meta, metrics, device, run_id, cfg)
+        _export(paths, lm, best, meta, metrics, device, run.run_id, cfg)
         _write_reports(paths, metrics, progress, lm)
-        _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
-        write_run_json(paths, run_id, cfg.base.experiment, uri)
-        resume.record(paths, fingerprint, run_id, complete=True)
+        _log_and_close(paths, run, metrics, progress, trainer.global_step)
+        write_run_json(paths, run.run_id, cfg.base.experiment, uri)
+        resume.record(paths, fingerprint, run.run_id, complete=True)
     key = _score_key(cfg)
     unit = "blank" if key == "val_bits_per_blank" else "byte"
     print(
@@ -114,7 +118,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     return metrics
 
 
-def _start_run(mlflow_client, experiment, cfg, paths, device, precision, model) -> str:
+def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunHandle:
     from mlflow.entities import Param
 
     from seqlm.tracking.lineage import lineage_tags
@@ -128,16 +132,11 @@ def _start_run(mlflow_client, experiment, cfg, paths, device, precision, model) 
             "seqlm.stage": "train",
         }
     )
-    run = mlflow_client.create_run(
-        experiment, run_name=f"{cfg.model.family}-{cfg.model.hidden_size}", tags=tags
-    )
     # a presigned url: source must not leave its token in the tracking store
     params = [Param(k, redact_url(str(v))[:6000]) for k, v in cfg.flat().items()]
     params.append(Param("model.num_parameters", str(model.num_parameters())))
     params.append(Param("train.precision_resolved", precision))
-    for i in range(0, len(params), 100):
-        mlflow_client.log_batch(run.info.run_id, params=params[i : i + 100])
-    return run.info.run_id
+    return RunHandle.create(client, experiment, f"{cfg.model.family}-{cfg.model.hidden_size}", tags, params)
 
 
 def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
@@ -196,12 +195,12 @@ def _write_reports(paths: Paths, metrics: dict, progress, lm) -> None:
     write_json(paths.val_curve, [{"step": s, "val_loss": v} for s, v in lm.val_history])
 
 
-def _log_and_close(paths: Paths, mlflow_client, run_id: str, metrics: dict, progress, step: int) -> None:
+def _log_and_close(paths: Paths, run: RunHandle, metrics: dict, progress, step: int) -> None:
     from seqlm.tracking.metrics import metric_list
 
     numeric = {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-    mlflow_client.log_batch(run_id, metrics=metric_list(numeric, step))
+    run.log_metrics(metric_list(numeric, step))
     for artifact in (paths.params, paths.spm_model, paths.tokens_meta, paths.train_metrics):
-        mlflow_client.log_artifact(run_id, str(artifact), artifact_path="train")
+        run.client.log_artifact(run.run_id, str(artifact), artifact_path="train")
     progress.close()
-    mlflow_client.set_terminated(run_id, status="FINISHED")
+    run.client.set_terminated(run.run_id, status="FINISHED")
