@@ -159,6 +159,7 @@ def lightning_loop(
 
     from seqlm.core.paths import Paths
     from seqlm.models import build_model
+    from seqlm.tracking.run import RunHandle
     from seqlm.training.callbacks import TrainProgress
     from seqlm.training.datamodule import TokenDataModule
     from seqlm.training.lightning_module import LitLanguageModel
@@ -167,7 +168,7 @@ def lightning_loop(
     model = build_model(cfg.model, vocab)
     dm = TokenDataModule(Paths(root), cfg.train.batch_size, cfg.train.bptt)
     client = mlflow.MlflowClient(mlflow_uri)
-    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    run = RunHandle.create(client, client.get_experiment_by_name("Default").experiment_id)
     watch = _Stopwatch(timed_from=5)
     trainer = pl.Trainer(
         accelerator=device,
@@ -182,7 +183,7 @@ def lightning_loop(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,
-        callbacks=[TrainProgress(client, run.info.run_id, cfg.train.log_every_steps), watch.callback],
+        callbacks=[TrainProgress(run, cfg.train.log_every_steps), watch.callback],
     )
     lm = LitLanguageModel(model, cfg.train, {"tokens": 1, "bytes": 1}, total_steps=steps)
     trainer.fit(lm, datamodule=dm)

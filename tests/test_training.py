@@ -189,9 +189,9 @@ def test_a_presigned_url_source_leaves_no_token_in_the_run_params(project):
     cfg, paths = project.config(), project.paths()
     client = connect(tracking_uri(paths))
     model = build_model(cfg.model, 64)
-    run_id = _start_run(
+    run = _start_run(
         client, experiment_id(client, "seqlm", paths), cfg, paths, DeviceInfo("cpu"), "32-true", model
     )
-    params = client.get_run(run_id).data.params
+    params = run.get().data.params
     assert params["data.source"] == "url:https://<redacted>@example.org/corpus.txt?<redacted>"
     assert not any("TOKEN123" in v or "secret" in v for v in params.values())

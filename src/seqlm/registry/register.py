@@ -18,6 +18,7 @@ from seqlm.registry import gate
 from seqlm.registry.gate import Score
 from seqlm.registry.resolve import WEIGHTS_TAG  # the download cache is keyed by it
 from seqlm.tracking.lineage import lineage_tags
+from seqlm.tracking.run import RunHandle
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")  # the pyfunc, logged as code
 RUN_ID_TAG = "seqlm.run_id"
@@ -104,27 +105,26 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def _logged_model(client, experiment_id: str, run_id: str, weights_sha256: str) -> str | None:
+def _logged_model(run: RunHandle, experiment_id: str, weights_sha256: str) -> str | None:
     """A model this run already logged, complete, with these weights (a retry reuses it)."""
     from mlflow.entities import LoggedModelStatus
 
-    found = client.search_logged_models(
+    found = run.client.search_logged_models(
         experiment_ids=[experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND tags.`{WEIGHTS_TAG}` = '{weights_sha256}'",
+        filter_string=f"source_run_id = '{run.run_id}' AND tags.`{WEIGHTS_TAG}` = '{weights_sha256}'",
     )
     ready = [m for m in found if m.status == LoggedModelStatus.READY]
     return f"models:/{ready[0].model_id}" if ready else None
 
 
-def log_pyfunc(cfg: Config, paths: Paths, client, run_id: str, weights_sha256: str) -> str:
+def log_pyfunc(cfg: Config, paths: Paths, run: RunHandle, weights_sha256: str) -> str:
     """Log the pyfunc into the pipeline's run; returns its models:/<model_id> URI."""
     import mlflow
     import pandas as pd
 
     import seqlm
 
-    run = client.get_run(run_id)
-    reuse = _logged_model(client, run.info.experiment_id, run_id, weights_sha256)
+    reuse = _logged_model(run, run.get().info.experiment_id, weights_sha256)
     if reuse:
         return reuse
     # shown in the UI and in serving_input_example.json; MLflow also tries it on the loaded model
@@ -132,7 +132,7 @@ def log_pyfunc(cfg: Config, paths: Paths, client, run_id: str, weights_sha256: s
         pd.DataFrame({"prompt": [cfg.evaluate.prompts[0]]}),
         {"task": "generate", "max_new_tokens": 20},
     )
-    with mlflow.start_run(run_id=run_id):  # reopens the run; it is FINISHED again on exit
+    with mlflow.start_run(run_id=run.run_id):  # reopens the run; it is FINISHED again on exit
         info = mlflow.pyfunc.log_model(
             name=cfg.registry.model_name,
             python_model=str(PYFUNC_CODE),
@@ -144,7 +144,7 @@ def log_pyfunc(cfg: Config, paths: Paths, client, run_id: str, weights_sha256: s
                 "seqlm_version": seqlm.__version__,
                 "needs": "the seqlm package (serve with --env-manager local)",
             },
-            tags={RUN_ID_TAG: run_id, WEIGHTS_TAG: weights_sha256},
+            tags={RUN_ID_TAG: run.run_id, WEIGHTS_TAG: weights_sha256},
         )
     return info.model_uri
 
@@ -152,33 +152,33 @@ def log_pyfunc(cfg: Config, paths: Paths, client, run_id: str, weights_sha256: s
 # ------------------------------------------------------------------------------------------ versions
 
 
-def find_version(client, name: str, run_id: str, weights_sha256: str) -> int | None:
+def find_version(run: RunHandle, name: str, weights_sha256: str) -> int | None:
     """The version this run already registered with these weights, if a previous attempt got that far."""
-    found = client.search_model_versions(
-        f"name = '{name}' and run_id = '{run_id}' and tags.`{WEIGHTS_TAG}` = '{weights_sha256}'"
+    found = run.client.search_model_versions(
+        f"name = '{name}' and run_id = '{run.run_id}' and tags.`{WEIGHTS_TAG}` = '{weights_sha256}'"
     )
     return min((int(mv.version) for mv in found), default=None)
 
 
 def register_version(
-    cfg: Config, paths: Paths, client, run_id: str, weights: str, scores: tuple[Score, ...]
+    cfg: Config, paths: Paths, run: RunHandle, weights: str, scores: tuple[Score, ...]
 ) -> tuple[int, bool]:
     """(version, reused): the version this run registered before, else a new one with lineage tags."""
     import mlflow
 
     name = cfg.registry.model_name
-    version = find_version(client, name, run_id, weights)
+    version = find_version(run, name, weights)
     if version is not None:
-        print(f"register: {name} version {version} was already registered from run {run_id}; reusing it")
+        print(f"register: {name} version {version} was already registered from run {run.run_id}; reusing it")
         for key, value in evaluation_tags(*scores).items():  # the evaluation may have been re-run since
-            client.set_model_version_tag(name, str(version), key, value)
-        describe(cfg, paths, client, version, scores)
+            run.client.set_model_version_tag(name, str(version), key, value)
+        describe(cfg, paths, run.client, version, scores)
         return version, True
-    model_uri = log_pyfunc(cfg, paths, client, run_id, weights)
+    model_uri = log_pyfunc(cfg, paths, run, weights)
     # tags travel with the creation request: a version never exists without its run id and weights hash
-    tags = version_tags(cfg, paths, run_id, weights, scores)
+    tags = version_tags(cfg, paths, run.run_id, weights, scores)
     version = int(mlflow.register_model(model_uri, name, tags=tags).version)
-    describe(cfg, paths, client, version, scores)
+    describe(cfg, paths, run.client, version, scores)
     return version, False
 
 

@@ -22,6 +22,7 @@ from seqlm.core.paths import Paths
 from seqlm.evaluation import diagnostics, probes
 from seqlm.evaluation.ngram import NgramBaselines
 from seqlm.evaluation.protocols import for_model
+from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import read_run_json
 from seqlm.tracking.store import check_reachable, connect, tracking_uri
 
@@ -37,7 +38,7 @@ def run_evaluate(cfg: Config, paths: Paths) -> dict:
     ev = cfg.evaluate
     test = open_split(paths, meta, "test", ev.batch_size)
     valid = open_split(paths, meta, "valid", ev.batch_size)
-    client = open_run(paths, run["run_id"])
+    mlflow_run = open_run(paths, run["run_id"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = export.load(paths.model_dir, device)
     # scored as trained: the exported objective (decision 20) and train.episodic (decision 22)
@@ -60,7 +61,7 @@ def run_evaluate(cfg: Config, paths: Paths) -> dict:
             tmp / paths.eval_samples.name, SAMPLES[protocol.objective](model, cfg, paths, device)
         )
         print(f"evaluate: {timings}, samples {time.perf_counter() - start:.1f}s")
-        log_to_mlflow(client, run["run_id"], metrics, tmp)
+        log_to_mlflow(mlflow_run, metrics, tmp)
     print(protocol.summary(metrics))
     return metrics
 
@@ -145,25 +146,25 @@ def open_split(paths: Paths, meta: dict, split: str, batch_size: int) -> np.memm
     return tokens
 
 
-def open_run(paths: Paths, run_id: str):
-    """A client of the store holding the pipeline's run (docs/architecture.md, decision 7)."""
+def open_run(paths: Paths, run_id: str) -> RunHandle:
+    """The pipeline's run, in the store that holds it (docs/architecture.md, decision 7)."""
     uri = tracking_uri(paths)
     check_reachable(uri)
-    client = connect(uri)
+    run = RunHandle(connect(uri), run_id)
     try:
-        client.get_run(run_id)
+        run.get()
     except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
         raise SeqlmError(
             f"{paths.run_json}: run {run_id} is not in the MLflow store {uri} ({type(exc).__name__}); "
             "re-run train (`dvc repro -f train`)"
         ) from None
-    return client
+    return run
 
 
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def log_to_mlflow(client, run_id: str, metrics: dict, reports: Path) -> None:
+def log_to_mlflow(run: RunHandle, metrics: dict, reports: Path) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
@@ -172,13 +173,12 @@ def log_to_mlflow(client, run_id: str, metrics: dict, reports: Path) -> None:
     protocol = {f"eval.protocol.{k}": str(v).lower() for k, v in metrics["protocol"].items()}
     # MLflow params are write-once: a re-evaluation with another protocol keeps the first as params;
     # the tags always hold the protocol of the metrics now in the run.
-    logged = client.get_run(run_id).data.params
+    logged = run.get().data.params
     params = [Param(k, v) for k, v in protocol.items() if k not in logged]
     tags = [RunTag(k, v) for k, v in protocol.items()]
-    for i in range(0, len(values), 1000):
-        client.log_batch(run_id, metrics=values[i : i + 1000])
-    client.log_batch(run_id, params=params, tags=tags)
-    client.log_artifacts(run_id, str(reports), artifact_path="eval")
+    run.log_metrics(values)
+    run.client.log_batch(run.run_id, params=params, tags=tags)
+    run.client.log_artifacts(run.run_id, str(reports), artifact_path="eval")
 
 
 def _numeric(d: dict) -> dict:

@@ -24,6 +24,7 @@ from seqlm.evaluation.protocols import for_model
 from seqlm.registry import gate
 from seqlm.registry.gate import Score
 from seqlm.registry.register import apply_gate, register_version
+from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import read_run_json
 from seqlm.tracking.store import check_reachable, connect, tracking_uri
 
@@ -48,9 +49,10 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     name = cfg.registry.model_name
 
     client = connect(uri)
-    check_run(client, run_id, (valid, test), uri, paths)
+    run = RunHandle(client, run_id)
+    check_run(run, (valid, test), uri, paths)
     before = gate.aliases(client, name)
-    version, reused = register_version(cfg, paths, client, run_id, weights, (valid, test))
+    version, reused = register_version(cfg, paths, run, weights, (valid, test))
     client.set_registered_model_alias(name, gate.CHALLENGER, str(version))
     challenger = replace(valid, version=version)
     decision = apply_gate(cfg, paths, client, version, challenger)
@@ -160,21 +162,21 @@ def challenger_scores(paths: Paths) -> tuple[Score, Score]:
     return scores[0], scores[1]
 
 
-def check_run(client, run_id: str, scores: tuple[Score, ...], uri: str, paths: Paths) -> None:
+def check_run(run: RunHandle, scores: tuple[Score, ...], uri: str, paths: Paths) -> None:
     """The run must exist, and reports/eval/metrics.json must be the evaluation mirrored into it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        logged = client.get_run(run_id).data.metrics
+        logged = run.get().data.metrics
     except MlflowException:
         raise SeqlmError(
-            f"{paths.run_json}: run {run_id} is not in the MLflow store {uri}; re-run train"
+            f"{paths.run_json}: run {run.run_id} is not in the MLflow store {uri}; re-run train"
         ) from None
     for score in scores:
         mirrored = logged.get(f"{score.split}_bits_per_byte")
         if mirrored is None or not math.isclose(mirrored, score.bits_per_byte, rel_tol=1e-9):
             raise SeqlmError(
                 f"{paths.eval_metrics} ({score.split} bits/byte {score.bits_per_byte:.6g}) is not the "
-                f"evaluation of run {run_id} ({score.split}_bits_per_byte {mirrored}); "
+                f"evaluation of run {run.run_id} ({score.split}_bits_per_byte {mirrored}); "
                 f"re-run the evaluate stage; {NOTHING}"
             )

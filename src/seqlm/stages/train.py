@@ -13,6 +13,7 @@ from seqlm.core.atomic import remove, write_json
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.core.redact import redact_url
+from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
 
@@ -23,9 +24,9 @@ def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from seqlm.training import trainer as training
+    from seqlm.training.trainer import sigterm_raises
 
-    with training.sigterm_raises():
+    with sigterm_raises():
         try:
             return _train(cfg, paths, uri, fresh)
         except SIGTERMException:  # before the run was opened: nothing to mark or to resume
@@ -41,16 +42,16 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     from seqlm.models import build_model
     from seqlm.tracking.metrics import send_unsent
     from seqlm.training import resume
-    from seqlm.training import trainer as training
     from seqlm.training.datamodule import TokenDataModule
     from seqlm.training.device import detect_device, resolve_precision
     from seqlm.training.lightning_module import LitLanguageModel
+    from seqlm.training.trainer import agree_on_resume, build_trainer, callbacks, fit, run_ends_marked
 
     meta = read_meta(paths)
     device = detect_device(cfg.train.accelerator)
     precision = resolve_precision(cfg.train.precision, device)
-    progress, best, callbacks = training.callbacks(cfg, paths)
-    trainer = training.build_trainer(cfg, paths, precision, callbacks)
+    progress, best, callback_list = callbacks(cfg, paths)
+    trainer = build_trainer(cfg, paths, precision, callback_list)
     # Lightning starts the other local ranks from inside fit, running this stage again: only rank 0
     # touches the resume state, opens the MLflow run and exports (decision 9, docs/architecture.md).
     rank0 = trainer.global_rank == 0
@@ -60,7 +61,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         remove(paths.run_json)  # evaluate and register must never pair an older run with a newer model
         return resume.resume_point(paths, fingerprint, fresh)
 
-    start = training.agree_on_resume(trainer, decide, lambda: resume.peek(paths, fingerprint, fresh))
+    start = agree_on_resume(trainer, decide, lambda: resume.peek(paths, fingerprint, fresh))
 
     pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
     if device.kind == "cuda":
@@ -75,32 +76,35 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     total_steps = cfg.train.max_steps or cfg.train.max_epochs * windows
     lm = LitLanguageModel(model, cfg.train, meta["splits"]["valid"], total_steps, cfg.base.seed, protocol)
 
-    mlflow_client = run_id = None
+    run = None
     if rank0:
-        mlflow_client = connect(uri)
-        experiment = experiment_id(mlflow_client, cfg.base.experiment, paths)
-        run_id = start.run_id or _start_run(mlflow_client, experiment, cfg, paths, device, precision, model)
-        progress.attach(mlflow_client, run_id)
-    with training.run_ends_marked(mlflow_client, run_id, paths):
+        client = connect(uri)
+        experiment = experiment_id(client, cfg.base.experiment, paths)
+        if start.run_id:
+            run = RunHandle(client, start.run_id)
+        else:
+            run = _start_run(client, experiment, cfg, paths, device, precision, model)
+        progress.attach(run)
+    with run_ends_marked(run, paths):
         if rank0 and start.run_id:
-            mlflow_client.update_run(run_id, status="RUNNING")
-            if sent := send_unsent(mlflow_client, run_id, paths.unsent_metrics):
+            run.client.update_run(run.run_id, status="RUNNING")
+            if sent := send_unsent(run, paths.unsent_metrics):
                 print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
         if rank0:
-            resume.record(paths, fingerprint, run_id, complete=False)
+            resume.record(paths, fingerprint, run.run_id, complete=False)
 
-        training.fit(trainer, lm, datamodule, start.ckpt_path, paths, mlflow_client, run_id, progress)
+        fit(trainer, lm, datamodule, start.ckpt_path, paths, run, progress)
         if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
             trainer.validate(lm, datamodule=datamodule, verbose=False)
 
         if not rank0:
             return {}
         metrics = _metrics(cfg, trainer, lm, progress, precision)
-        _export(paths, lm, best, meta, metrics, device, run_id, cfg)
+        _export(paths, lm, best, meta, metrics, device, run.run_id, cfg)
         _write_reports(paths, metrics, progress, lm)
-        _log_and_close(paths, mlflow_client, run_id, metrics, progress, trainer.global_step)
-        write_run_json(paths, run_id, cfg.base.experiment, uri)
-        resume.record(paths, fingerprint, run_id, complete=True)
+        _log_and_close(paths, run, metrics, progress, trainer.global_step)
+        write_run_json(paths, run.run_id, cfg.base.experiment, uri)
+        resume.record(paths, fingerprint, run.run_id, complete=True)
     score = protocol.score_name  # bits_per_byte, or bits_per_blank for cloze (decision 20)
     print(
         f"train: {metrics['steps']} steps, val loss {metrics['val_loss']:.4f}, "
@@ -111,7 +115,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     return metrics
 
 
-def _start_run(mlflow_client, experiment, cfg, paths, device, precision, model) -> str:
+def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunHandle:
     from mlflow.entities import Param
 
     from seqlm.tracking.lineage import lineage_tags
@@ -125,16 +129,11 @@ def _start_run(mlflow_client, experiment, cfg, paths, device, precision, model) 
             "seqlm.stage": "train",
         }
     )
-    run = mlflow_client.create_run(
-        experiment, run_name=f"{cfg.model.family}-{cfg.model.hidden_size}", tags=tags
-    )
     # a presigned url: source must not leave its token in the tracking store
     params = [Param(k, redact_url(str(v))[:6000]) for k, v in cfg.flat().items()]
     params.append(Param("model.num_parameters", str(model.num_parameters())))
     params.append(Param("train.precision_resolved", precision))
-    for i in range(0, len(params), 100):
-        mlflow_client.log_batch(run.info.run_id, params=params[i : i + 100])
-    return run.info.run_id
+    return RunHandle.create(client, experiment, f"{cfg.model.family}-{cfg.model.hidden_size}", tags, params)
 
 
 def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
@@ -179,12 +178,12 @@ def _write_reports(paths: Paths, metrics: dict, progress, lm) -> None:
     write_json(paths.val_curve, [{"step": s, "val_loss": v} for s, v in lm.val_history])
 
 
-def _log_and_close(paths: Paths, mlflow_client, run_id: str, metrics: dict, progress, step: int) -> None:
+def _log_and_close(paths: Paths, run: RunHandle, metrics: dict, progress, step: int) -> None:
     from seqlm.tracking.metrics import metric_list
 
     numeric = {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-    mlflow_client.log_batch(run_id, metrics=metric_list(numeric, step))
+    run.log_metrics(metric_list(numeric, step))
     for artifact in (paths.params, paths.spm_model, paths.tokens_meta, paths.train_metrics):
-        mlflow_client.log_artifact(run_id, str(artifact), artifact_path="train")
+        run.client.log_artifact(run.run_id, str(artifact), artifact_path="train")
     progress.close()
-    mlflow_client.set_terminated(run_id, status="FINISHED")
+    run.client.set_terminated(run.run_id, status="FINISHED")

@@ -13,6 +13,7 @@ from typing import Any
 
 from seqlm.core.atomic import write_json
 from seqlm.core.errors import SeqlmError
+from seqlm.tracking.run import METRICS_PER_BATCH, RunHandle
 
 
 class TrackingLost(SeqlmError):
@@ -39,9 +40,8 @@ def store_errors() -> tuple[type[BaseException], ...]:
 class MetricBuffer:
     """Collects step metrics and sends them in batches: one round trip per flush, not per value."""
 
-    def __init__(self, mlflow_client, run_id: str, flush_every: int = 500):
-        self.client = mlflow_client
-        self.run_id = run_id
+    def __init__(self, run: RunHandle | None, flush_every: int = 500):
+        self.run = run  # None until rank 0 attaches its run; the other ranks never add metrics
         self.flush_every = flush_every
         self.pending: list[Any] = []
         self.lost: Exception | None = None  # set when a flush failed; the metrics stay pending
@@ -57,9 +57,9 @@ class MetricBuffer:
     def flush(self) -> bool:
         """Send what is pending; False, keeping it, when the store does not answer."""
         try:
-            while self.pending:
-                self.client.log_batch(self.run_id, metrics=self.pending[:1000])
-                del self.pending[:1000]
+            while self.pending:  # what was sent leaves the queue at once: a lost store keeps the rest
+                self.run.client.log_batch(self.run.run_id, metrics=self.pending[:METRICS_PER_BATCH])
+                del self.pending[:METRICS_PER_BATCH]
         except store_errors() as exc:
             self.lost = exc
             return False
@@ -74,15 +74,14 @@ class MetricBuffer:
         return len(self.pending)
 
 
-def send_unsent(mlflow_client, run_id: str, path: Path) -> int:
+def send_unsent(run: RunHandle, path: Path) -> int:
     """Send the metrics a lost store could not take (``MetricBuffer.save_unsent``), then remove the file."""
     if not path.is_file():
         return 0
     from mlflow.entities import Metric
 
     metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in json.loads(path.read_text())]
-    for i in range(0, len(metrics), 1000):
-        mlflow_client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    run.log_metrics(metrics)
     path.unlink()
     return len(metrics)
 

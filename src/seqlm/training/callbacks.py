@@ -12,6 +12,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from seqlm.tracking.run import RunHandle
+
 
 class TrainProgress(pl.Callback):
     """Step metrics every ``every`` steps: to the curves, to MLflow, and to the console.
@@ -20,10 +22,10 @@ class TrainProgress(pl.Callback):
     logging interval, so the hot loop never waits on ``.item()``.
     """
 
-    def __init__(self, mlflow_client, run_id: str, every: int):
+    def __init__(self, run: RunHandle | None, every: int):
         from seqlm.tracking.metrics import MetricBuffer
 
-        self.buffer = MetricBuffer(mlflow_client, run_id)
+        self.buffer = MetricBuffer(run)
         self.every = every
         self.rows: list[dict] = []
         self.tokens = 0
@@ -35,9 +37,9 @@ class TrainProgress(pl.Callback):
         self._last_print = 0.0
         self._t = None
 
-    def attach(self, mlflow_client, run_id: str) -> None:
+    def attach(self, run: RunHandle) -> None:
         """Send step metrics to this run (rank 0 only; until then nothing is sent)."""
-        self.buffer.client, self.buffer.run_id = mlflow_client, run_id
+        self.buffer.run = run
 
     def _reset_window(self):
         self._loss_sum = None

@@ -14,6 +14,7 @@ from seqlm.config import Config
 from seqlm.core.atomic import remove
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
+from seqlm.tracking.run import RunHandle
 from seqlm.training.callbacks import BestWeights, PeriodicCheckpoint, TrainProgress
 
 
@@ -22,7 +23,7 @@ def callbacks(cfg: Config, paths: Paths) -> tuple[TrainProgress, BestWeights, li
 
     Rank 0 attaches the MLflow run to ``progress`` once the Trainer knows the ranks; the others log nothing.
     """
-    progress = TrainProgress(None, None, cfg.train.log_every_steps)
+    progress = TrainProgress(None, cfg.train.log_every_steps)
     best = BestWeights(paths.best_weights)
     every = [progress, best, PeriodicCheckpoint(paths.last_ckpt, cfg.train.checkpoint_every_minutes)]
     if cfg.train.early_stopping_patience:
@@ -117,7 +118,7 @@ def sigterm_raises():
         signal.signal(signal.SIGTERM, before)
 
 
-def fit(trainer: pl.Trainer, lm, datamodule, ckpt_path, paths: Paths, mlflow_client, run_id: str, progress):
+def fit(trainer: pl.Trainer, lm, datamodule, ckpt_path, paths: Paths, run: RunHandle | None, progress):
     """``trainer.fit``; on an interruption the run is marked and one line says what a re-run resumes."""
     from seqlm.tracking.metrics import TrackingLost
 
@@ -126,10 +127,10 @@ def fit(trainer: pl.Trainer, lm, datamodule, ckpt_path, paths: Paths, mlflow_cli
         if progress.buffer.lost is not None:  # the last validation's flush found no store
             raise TrackingLost(progress.buffer.lost)
     except BaseException as exc:
-        raise stopped(exc, paths, mlflow_client, run_id, progress, trainer.global_step) from None
+        raise stopped(exc, paths, run, progress, trainer.global_step) from None
 
 
-def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progress, step: int):
+def stopped(exc: BaseException, paths: Paths, run: RunHandle | None, progress, step: int):
     """After ``fit`` raised: mark the run, keep what a re-run needs; the exception to raise instead."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -140,7 +141,7 @@ def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progre
         # A diverged run leaves nothing to resume from or to export (decision 19).
         progress.close()
         remove(paths.last_ckpt, paths.best_weights, paths.last_state, paths.unsent_metrics)
-        mark_run(mlflow_client, run_id, "FAILED")
+        mark_run(run, "FAILED")
         return exc
     sent = progress.buffer.lost is None and progress.buffer.flush()
     status = "KILLED"
@@ -153,7 +154,7 @@ def stopped(exc: BaseException, paths: Paths, mlflow_client, run_id: str, progre
     else:
         what = None  # Ctrl-C (Lightning turns it into SystemExit) or a bug: keep it as it is
     kept = "" if sent else _keep_unsent(progress, paths)
-    mark_run(mlflow_client, run_id, status)
+    mark_run(run, status)
     if what is None:
         return exc
     return SeqlmError(f"train: {what}; saved {paths.last_ckpt.relative_to(paths.root)}{kept}; {RESUME}")
@@ -171,19 +172,19 @@ def _keep_unsent(progress, paths: Paths) -> str:
         return f"; {len(progress.buffer.pending)} step metrics were lost ({where}: {exc})"
 
 
-def mark_run(mlflow_client, run_id: str, status: str) -> None:
+def mark_run(run: RunHandle | None, status: str) -> None:
     """End the run with ``status`` if it is still RUNNING; a store that does not answer is left be."""
     from seqlm.tracking.metrics import store_errors
 
-    if mlflow_client is None:  # a rank other than 0: the run is rank 0's
+    if run is None:  # a rank other than 0: the run is rank 0's
         return
     with contextlib.suppress(*store_errors()):
-        if mlflow_client.get_run(run_id).info.status == "RUNNING":
-            mlflow_client.set_terminated(run_id, status=status)
+        if run.get().info.status == "RUNNING":
+            run.client.set_terminated(run.run_id, status=status)
 
 
 @contextlib.contextmanager
-def run_ends_marked(mlflow_client, run_id: str, paths: Paths):
+def run_ends_marked(run: RunHandle | None, paths: Paths):
     """Around the train stage's work outside ``fit``: whatever stops it leaves the run KILLED (a signal)
     or FAILED, never RUNNING, and a lost store or a SIGTERM becomes one line saying what a re-run does."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -196,7 +197,7 @@ def run_ends_marked(mlflow_client, run_id: str, paths: Paths):
         yield
     except BaseException as exc:
         signalled = isinstance(exc, (SIGTERMException, KeyboardInterrupt))
-        mark_run(mlflow_client, run_id, "KILLED" if signalled else "FAILED")
+        mark_run(run, "KILLED" if signalled else "FAILED")
         saved = ""
         if paths.last_ckpt.is_file():
             saved = f"; saved {paths.last_ckpt.relative_to(paths.root)}"
