@@ -60,7 +60,16 @@ def recall_accuracy(model, batches, symbol_ids) -> float:
     return correct / count
 
 
-def run(task: str, delay: int, family: str, loss_on: str, steps: int, seed: int = 0) -> dict:
+def run(
+    task: str,
+    delay: int,
+    family: str,
+    loss_on: str,
+    steps: int,
+    seed: int = 0,
+    forget_bias: float = 0.0,
+    lr: float = 3e-3,
+) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -77,13 +86,14 @@ def run(task: str, delay: int, family: str, loss_on: str, steps: int, seed: int 
     limit = synthetic.line_length(task, delay) + 1
     batches = EpisodeBatches(train, EOS, 32, limit, ("train", "train.bptt"), shuffle=True, seed=seed)
     scoring = list(EpisodeBatches(test, EOS, 256, limit, ("test", "evaluate.bptt")))
-    cfg = ModelConfig(family=family, embedding_size=32, hidden_size=64, dropout=0.0)
+    cfg = ModelConfig(family=family, embedding_size=32, hidden_size=64, dropout=0.0, forget_bias=forget_bias)
     model = build_model(cfg, 3 + len(alphabet))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    first_90, accuracy, start = None, 0.0, time.perf_counter()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    first_90 = first_95 = None
+    accuracy, start = 0.0, time.perf_counter()
     for step, (x, y, _) in enumerate(batches, start=1):
         for group in optimizer.param_groups:
-            group["lr"] = 3e-3 * min(1.0, step / 50)
+            group["lr"] = lr * min(1.0, step / 50)
         logits, _ = model(x, None)
         if loss_on == "recall":
             y = torch.where(recall_mask(y), y, IGNORE)
@@ -96,6 +106,8 @@ def run(task: str, delay: int, family: str, loss_on: str, steps: int, seed: int 
             accuracy = recall_accuracy(model, scoring, symbol_ids)
             if first_90 is None and accuracy >= 0.9:
                 first_90 = step
+            if first_95 is None and accuracy >= 0.95:
+                first_95 = step
         if step == steps:
             break
     return {
@@ -104,7 +116,10 @@ def run(task: str, delay: int, family: str, loss_on: str, steps: int, seed: int 
         "family": family,
         "loss": loss_on,
         "steps": steps,
+        "forget_bias": forget_bias,
+        "lr": lr,
         "first_90": first_90,
+        "first_95": first_95,
         "final": round(accuracy, 3),
         "chance": round(convention["chance"], 3),
         "seconds": round(time.perf_counter() - start, 1),
@@ -122,6 +137,8 @@ def main() -> None:
     parser.add_argument("--delays", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--families", nargs="+", default=["rnn", "lstm"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--forget-bias", type=float, default=0.0, help="lstm: forget-gate bias at init")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "loss":
@@ -131,7 +148,7 @@ def main() -> None:
     else:
         grid = [(t, d, f, "all") for t in ("copy", "adding") for d in args.delays for f in args.families]
     for task, delay, family, loss_on in grid:
-        row = run(task, delay, family, loss_on, args.steps, args.seed)
+        row = run(task, delay, family, loss_on, args.steps, args.seed, args.forget_bias, args.lr)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
 
