@@ -349,6 +349,7 @@ def test_fill_refuses_a_next_token_model_and_generate_a_cloze_one(cloze_project,
     assert code == 2 and "cloze model" in err and "seqlm fill" in err
 
 
+@pytest.mark.slow
 def test_a_killed_cloze_run_resumes_to_the_uninterrupted_result(project, one_thread, capsys):
     """Blanks keyed on the step, not drawn from a consumed RNG: a resumed run blanks what an unbroken one
     would, so kill -9 and a re-run end at the same validation loss (as tests/test_training.py's kill test)."""

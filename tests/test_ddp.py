@@ -99,6 +99,7 @@ def single_process_val_loss(project, streams: int, bptt: int) -> float:
     return nll / count
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run_and_its_val_loss_is_the_exported_weights(ddp_project):
     finish(launch(ddp_project), ddp_project)
     metrics = train_metrics(ddp_project)
@@ -111,6 +112,7 @@ def test_two_processes_train_one_run_and_its_val_loss_is_the_exported_weights(dd
     assert math.isclose(alone, metrics["val_loss"], rel_tol=1e-5), (alone, metrics["val_loss"])
 
 
+@pytest.mark.slow
 def test_two_nodes_launched_by_torchrun_train_one_run(ddp_project):
     import socket
 
@@ -144,6 +146,7 @@ def test_two_nodes_launched_by_torchrun_train_one_run(ddp_project):
     assert math.isclose(alone, metrics["val_loss"], rel_tol=1e-5), (alone, metrics["val_loss"])
 
 
+@pytest.mark.slow
 def test_a_ddp_job_killed_mid_run_resumes_to_the_uninterrupted_result(ddp_project):
     import torch
 

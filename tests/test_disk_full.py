@@ -16,6 +16,8 @@ import sys
 import pytest
 from seqlm_testing import Project, evaluated_project
 
+pytestmark = pytest.mark.slow  # a whole pipeline, then each stage again in its own namespace
+
 ON_A_FULL_DISK = r"""
 set -eu
 mount -t tmpfs -o size=256m tmpfs "$FOLDER"

@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from seqlm_testing import QUICK_EVALUATE, REPO
 from team_stack import REGION, S3_KEYS, moto_s3
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]  # moto's S3 server, two whole pipelines
 
 BUCKET = "seqlm-dvc"
 TINY = QUICK_EVALUATE | {

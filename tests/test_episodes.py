@@ -194,6 +194,7 @@ def trained(copy3):
     return metrics, scores
 
 
+@pytest.mark.slow
 def test_an_lstm_learns_the_episodic_copy_with_a_step_budget(trained, copy3):
     """The positive control: at delay 3 an LSTM recalls the key far above chance in 500 updates."""
     import mlflow
@@ -322,6 +323,7 @@ def test_episodic_recall_cannot_use_the_previous_line(in_copy3):
     assert episodes["accuracy"] == pytest.approx(0.5 + 0.5 / 8, abs=0.05)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_an_episodic_run_exactly(in_copy3, capsys):
     """The resume state holds no carried state (None) but the epoch's episode order and batch index: a
     run killed mid-epoch and resumed ends where the uninterrupted one does."""

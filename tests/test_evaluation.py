@@ -211,6 +211,7 @@ def copy_of(project, dest):
     return copy
 
 
+@pytest.mark.slow
 def test_re_evaluation_with_another_protocol_updates_metrics_and_tags(
     trained, evaluated, tmp_path, capsys, monkeypatch
 ):

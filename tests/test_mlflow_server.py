@@ -22,7 +22,8 @@ from team_stack import free_port, start, stop, wait_until_up
 
 from seqlm.cli import main
 
-# Not marked slow: about 55 s on 2 shared CPU cores (two servers, two tiny trainings and evaluations).
+pytestmark = pytest.mark.slow  # two servers, two tiny trainings and evaluations: minutes on 2 cores
+
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 

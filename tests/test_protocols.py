@@ -66,6 +66,7 @@ def _lines(n: int, seed: int = 0) -> np.ndarray:
     return np.array(out, dtype=np.uint16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [Streamed(), Episodic(), Cloze(0.25, 3)], ids=lambda p: p.name)
 def test_validation_adds_up_what_evaluation_adds_up(protocol):
     """The LightningModule's validation (Lightning's loop over the protocol's batches) and the evaluate

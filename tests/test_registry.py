@@ -162,6 +162,7 @@ def test_first_registration_is_champion_with_lineage_and_no_network(proj, monkey
     assert [a.path for a in client.list_artifacts(run_id, "register")] == ["register/register.json"]
 
 
+@pytest.mark.slow
 def test_worse_challenger_is_kept_and_a_better_one_promoted(proj, capsys):
     base = eval_bits(proj)
     register(proj)
@@ -335,6 +336,7 @@ def test_champion_moved_during_the_decision_is_re_decided(proj, monkeypatch, cap
     assert out["aliases_after"] == {"challenger": 3, "champion": 2}
 
 
+@pytest.mark.slow
 def test_champion_scored_on_other_valid_data_is_re_scored_on_valid(proj, monkeypatch):
     paths, evaluated = proj.paths(), eval_bits(proj)
     register(proj)
@@ -393,6 +395,7 @@ def test_unreachable_tracking_server_is_one_line_and_touches_nothing(proj, monke
 # ------------------------------------------------------------------------------------------ the pyfunc
 
 
+@pytest.mark.slow
 def test_registered_pyfunc_answers_both_tasks(proj):
     import mlflow
     import pandas as pd
@@ -455,6 +458,7 @@ def test_download_cache_follows_the_weights_not_the_version_number(proj, trained
 
 
 @pytest.mark.parametrize("killed", ["before_the_alias_moved", "after_the_alias_moved"])
+@pytest.mark.slow
 def test_a_promotion_killed_around_the_alias_move_keeps_history_and_alias_agreeing(proj, monkeypatch, killed):
     """after_the_alias_moved is the crash the old order (alias first, history second) lost an entry in.
     before_the_alias_moved guards the new order: the event is written before the alias moves, so a kill
@@ -491,6 +495,7 @@ def test_a_promotion_killed_around_the_alias_move_keeps_history_and_alias_agreei
     assert gate.rollback(client_of(proj), NAME) == (3, 1 if killed == "before_the_alias_moved" else 2)
 
 
+@pytest.mark.slow
 def test_racing_promotions_lose_no_history_entry(proj, monkeypatch):
     import threading
 
@@ -532,6 +537,7 @@ def test_racing_promotions_lose_no_history_entry(proj, monkeypatch):
 # ------------------------------------------------------------------------------------------ the tools
 
 
+@pytest.mark.slow
 def test_promote_rollback_and_models(proj, capsys):
     base = eval_bits(proj)
     register(proj)

@@ -133,6 +133,7 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only():
 
 
 @pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+@pytest.mark.slow
 def test_every_regulariser_at_once_still_learns(family):
     model = make(
         family, weight_drop=0.3, embedding_dropout=0.1, input_dropout=0.2, dropout=0.2, locked_dropout=True

@@ -14,6 +14,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 RACER = textwrap.dedent(
     """
     import os, sys, time
@@ -33,6 +35,7 @@ RACER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_processes_racing_on_a_fresh_sqlite_store_all_get_the_same_experiment(tmp_path):
     go = tmp_path / "go"
     env = os.environ | {"SEQLM_ROOT": str(tmp_path)}
@@ -69,6 +72,7 @@ def test_processes_racing_on_a_fresh_sqlite_store_all_get_the_same_experiment(tm
     assert sorted(names) == ["Default", "race"]
 
 
+@pytest.mark.slow
 def test_an_experiment_created_by_a_racer_between_look_and_create_is_reused(tmp_path):
     """The window the lock does not cover: another process creates the experiment after we found none."""
     from seqlm.core.paths import Paths

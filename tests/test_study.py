@@ -190,6 +190,7 @@ def test_unknown_family_is_named(project, capsys):
 # ----------------------------------------------------------------------------------------------- MLflow
 
 
+@pytest.mark.slow
 def test_runs_are_found_by_their_params_and_tagged(project, params):
     import time
 
@@ -231,6 +232,7 @@ def test_runs_are_found_by_their_params_and_tagged(project, params):
     assert runs == []
 
 
+@pytest.mark.slow
 def test_a_diverged_runs_traces_are_read_up_to_its_divergence(project, params):
     from mlflow.entities import Metric
 

@@ -5,7 +5,7 @@ One stack for the module (tests/team_stack.py). Against it: the whole pipeline (
 its rows in PostgreSQL and its artifacts in the bucket; the gate, promote and rollback; `seqlm serve` of
 ``@champion``; two `seqlm train` processes at once in one new experiment; and the study's collection of
 runs (matching each experiment to its run, tagging it, reading its artifacts and metric history).
-Not marked slow: a few minutes on 2 shared CPU cores.
+Marked slow and services: a few minutes on 2 shared CPU cores, and PostgreSQL (`make postgresql`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from team_stack import (
 )
 
 from seqlm.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 SHORT_TRAIN = TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30}
 STUDY_EXPERIMENT = "seqlm-study"  # the two concurrent trainings log where the study's runs go

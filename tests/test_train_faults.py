@@ -115,6 +115,7 @@ def mlflow_client(paths):
     return mlflow.MlflowClient(f"sqlite:///{paths.mlflow_db}")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_marks_the_run_killed_and_the_rerun_matches(tiny, capsys):
     paths = tiny.paths()
     reference = train(tiny)["val_loss"]
@@ -141,6 +142,7 @@ def test_sigterm_saves_marks_the_run_killed_and_the_rerun_matches(tiny, capsys):
     assert resumed["val_loss"] == reference
 
 
+@pytest.mark.slow
 def test_lost_tracking_store_saves_keeps_unsent_metrics_and_the_rerun_matches(tiny, monkeypatch):
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -188,6 +190,7 @@ def test_lost_tracking_store_saves_keeps_unsent_metrics_and_the_rerun_matches(ti
 
 
 @pytest.mark.parametrize("where", ["before_the_run", "after_the_loop"])
+@pytest.mark.slow
 def test_sigterm_outside_the_training_loop_is_one_line_and_never_leaves_the_run_running(
     tiny, monkeypatch, where
 ):
@@ -224,6 +227,7 @@ def test_sigterm_outside_the_training_loop_is_one_line_and_never_leaves_the_run_
     assert mlflow_client(paths).get_run(state["run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_store_lost_while_logging_the_results_is_one_line_and_the_rerun_finishes(tiny, monkeypatch):
     import mlflow
     from mlflow.exceptions import MlflowException

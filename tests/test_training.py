@@ -35,6 +35,7 @@ def unigram_bits_per_byte(paths) -> float:
     return float(-logp[valid].sum() / meta["splits"]["valid"]["bytes"])
 
 
+@pytest.mark.slow
 def test_train_exports_model_reports_and_mlflow_run(tiny):
     import mlflow
 
@@ -81,6 +82,7 @@ def test_train_exports_model_reports_and_mlflow_run(tiny):
     assert got.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_same_params_give_the_same_validation_loss(tiny, capsys):
     first = train(tiny)["val_loss"]
     second = train(tiny)["val_loss"]
@@ -88,6 +90,7 @@ def test_same_params_give_the_same_validation_loss(tiny, capsys):
     assert f"{first:.6f}" == f"{second:.6f}"
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_at_the_saved_step(tiny, capsys):
     tiny.set(**{"train.max_steps": 600, "train.val_every_steps": 200, "model.dropout": 0.1})
     reference = train(tiny)["val_loss"]
@@ -121,6 +124,7 @@ def test_kill_9_then_rerun_resumes_at_the_saved_step(tiny, capsys):
     assert resumed["val_loss"] == pytest.approx(reference, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_changed_params_start_fresh(tiny, capsys):
     train(tiny)
     paths = tiny.paths()
@@ -170,7 +174,16 @@ def test_unreachable_tracking_server_fails_before_training(tiny, monkeypatch):
     assert not paths.model_dir.exists()
 
 
-@pytest.mark.parametrize("family", ["gru", "rnn", "ffn_window", "bow"])
+# gru and rnn train for about a minute each on 2 shared cores, ffn_window and bow for seconds
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param("gru", marks=pytest.mark.slow),
+        pytest.param("rnn", marks=pytest.mark.slow),
+        "ffn_window",
+        "bow",
+    ],
+)
 def test_every_family_trains_and_exports(tiny, family):
     tiny.set(**{"model.family": family})
     metrics = train(tiny)

@@ -23,6 +23,8 @@ from team_stack import as_client, team_stack
 
 from seqlm.registry import register as registration
 
+pytestmark = [pytest.mark.slow, pytest.mark.services]  # PostgreSQL, S3 (moto) and Chromium
+
 NAME = "seqlm"
 PIPELINE = TINY_TRAIN | {"train.max_steps": 60, "train.val_every_steps": 30} | QUICK_EVALUATE
 CHART = "val_bits_per_byte"  # the train stage's validation metric (training/callbacks.py), per val step

@@ -1,4 +1,4 @@
-"""User-facing errors: one line, no traceback (STYLE lesson 7)."""
+"""User-facing errors: one line saying what was wrong, where, and what to do next; no traceback."""
 
 from __future__ import annotations
 

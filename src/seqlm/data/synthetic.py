@@ -1,9 +1,9 @@
 """Synthetic long-range probes: ``data.source: synthetic:copy``, ``…:brackets`` and ``…:adding``.
 
-The seed's "I grew up in India … I can converse in ___" as a measurable task: every line holds one
-symbol that must be recalled ``data.delay`` symbols later, at the line's last position (the recall
-position). Nothing but memory predicts it: the remembered symbol is drawn uniformly from the task's
-recall alphabet, and what lies between is made of other symbols.
+The classic long-range example, "I grew up in India … I can converse in ___", as a measurable task:
+every line holds one symbol that must be recalled ``data.delay`` symbols later, at the line's last
+position (the recall position). Nothing but memory predicts it: the remembered symbol is drawn
+uniformly from the task's recall alphabet, and what lies between is made of other symbols.
 
 - copy: ``K`` + ``delay`` filler dots + the cue ``?`` + ``K`` again, e.g. ``C.........?C`` (a key
   from ``KEYS``; the copy/"noise-free" long-lag tasks of Hochreiter & Schmidhuber, 1997, §5). The filler

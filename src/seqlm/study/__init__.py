@@ -1,5 +1,5 @@
-"""The sequence-model study (`seqlm study`, `make study`): the seed's argument about sequence models put to
-the test as queued DVC experiments (docs/architecture.md, decision 12), judged claim by claim in
+"""The sequence-model study (`seqlm study`, `make study`): the classic argument about sequence models put
+to the test as queued DVC experiments (docs/architecture.md, decision 12), judged claim by claim in
 docs/study.md. Owns ``plan`` (families, matched sizes, the experiments), ``queue`` (dvc's experiment
 queue), ``collect`` (metrics, MLflow runs, the machine), ``results`` (what one experiment measured),
 ``claims`` (the verdicts), ``report`` (docs/study.md), ``figures`` (docs/study/*.png) and ``commands``

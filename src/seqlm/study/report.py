@@ -68,7 +68,7 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
         "",
         _provenance(results, machine, options),
         "",
-        "## The seed's argument, claim by claim",
+        "## The classic argument, claim by claim",
         "",
         f"**Verdict rule:** {RULE}. Each claim is judged only when its *positive control* shows the test can "
         "see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
