@@ -168,6 +168,24 @@ def test_recurrent_gain_is_refused_for_the_window_models():
         config.parse(raw)
 
 
+def test_stop_at_recall_needs_the_episodic_protocol_and_a_fraction():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["stop_at_recall"] = 0.95
+    with pytest.raises(SeqlmError) as err:
+        config.parse(raw)
+    assert str(err.value) == (
+        "params.yaml: train.stop_at_recall must be 0 without train.episodic: true (only the episodic "
+        "protocol validates recall), got 0.95"
+    )
+    raw["train"]["episodic"] = True
+    assert config.parse(raw).train.stop_at_recall == 0.95
+    raw["train"]["stop_at_recall"] = 1.5
+    with pytest.raises(
+        SeqlmError, match=r"train.stop_at_recall must be a number ≥ 0 and ≤ 1 \(0 means off\)"
+    ):
+        config.parse(raw)
+
+
 def test_config_is_frozen():
     cfg = config.parse({})
     with pytest.raises(ValidationError):

@@ -423,3 +423,52 @@ def test_each_epoch_reads_its_own_order_and_a_mid_epoch_resume_continues_it(in_c
             assert torch.equal(whole[epoch * per_epoch + i], x)
     resumed, _ = fit(30, ckpt=str(tmp_path / "mid.ckpt"))
     assert len(resumed) == 10 and all(torch.equal(a, b) for a, b in zip(resumed, whole[20:]))
+
+
+# ------------------------------------------------------------- updates to solve (train.stop_at_recall)
+
+
+def test_a_probe_stops_at_the_first_validation_that_solves_it(in_copy3, capsys):
+    """With train.stop_at_recall the run ends at the first validation whose recall reaches it, long before
+    max_steps, and reports those updates as solved; a run killed after it solved resumes to the same
+    report without training on; a cap too small to solve in says max_steps and not solved."""
+    paths = in_copy3.paths()
+    before = paths.params.read_text()
+    try:
+        updates_to_solve(in_copy3, paths, capsys)
+    finally:
+        paths.params.write_text(before)  # the module's other tests share the project
+
+
+def updates_to_solve(in_copy3, paths, capsys):
+    import mlflow
+
+    from seqlm.stages.train import run_train
+
+    # delay 3: 0.75 recall at 200 updates, 1.0 at 350 (a Xeon), chance 1/8
+    in_copy3.set(**{"train.max_steps": 5000, "train.val_every_steps": 25, "train.stop_at_recall": 0.6})
+    solved = run_train(in_copy3.config(), paths, fresh=True)
+    assert solved["stopped_by"] == "solved" and solved["solved"] == 1.0
+    assert solved["steps"] < 2000 and solved["steps"] % 25 == 0
+    assert json.loads(paths.train_metrics.read_text()) == solved
+    run_id = json.loads(paths.run_json.read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{paths.mlflow_db}")
+    assert client.get_run(run_id).data.metrics["final_solved"] == 1.0
+    recall = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_recall_accuracy")]
+    assert [s for s, _ in recall] == list(range(25, solved["steps"] + 1, 25))
+    assert all(v < 0.6 for _, v in recall[:-1]) and recall[-1][1] == solved["val_recall_accuracy"] >= 0.6
+
+    # killed after the checkpoint at the end, before the run was recorded finished
+    state = json.loads(paths.last_state.read_text())
+    paths.last_state.write_text(json.dumps(state | {"complete": False}))
+    capsys.readouterr()
+    resumed = run_train(in_copy3.config(), paths)
+    assert "resuming from models/last.ckpt" in capsys.readouterr().out
+    assert {k: resumed[k] for k in solved if k not in ("wall_seconds", "tokens_per_s")} == {
+        k: solved[k] for k in solved if k not in ("wall_seconds", "tokens_per_s")
+    }
+
+    in_copy3.set(**{"train.max_steps": 40, "train.stop_at_recall": 0.99})
+    capped = run_train(in_copy3.config(), paths, fresh=True)
+    assert capped["stopped_by"] == "max_steps" and capped["steps"] == 40 and capped["solved"] == 0.0
+    assert capped["val_recall_accuracy"] < 0.99

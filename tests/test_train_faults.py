@@ -51,6 +51,14 @@ def test_max_steps_is_a_budget_when_the_schedule_does_not_span_it(project):
     assert fingerprint(project, **{"train.max_steps": 999}) == before
 
 
+def test_the_recall_threshold_is_a_budget(project):
+    """stop_at_recall only decides after which validation a run ends, so a changed one resumes."""
+    project.set(**(TINY_TRAIN | {"train.episodic": True, "train.stop_at_recall": 0.9}))
+    before = fingerprint(project)
+    assert fingerprint(project, **{"train.stop_at_recall": 0.5}) == before
+    assert fingerprint(project, **{"train.stop_at_recall": 0.0}) == before
+
+
 def fake_resume_state(paths, fp: str, complete: bool = False) -> None:
     paths.models_dir.mkdir(exist_ok=True)
     paths.last_ckpt.write_bytes(b"checkpoint " + fp.encode())

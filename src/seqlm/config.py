@@ -124,6 +124,7 @@ class TrainConfig(_Frozen):
     max_minutes: float = Field(3.5, ge=0, description="0 means no limit")
     early_stopping_patience: int = Field(3, ge=0, description="0 disables early stopping")
     val_every_steps: int = Field(250, ge=0, description="0 means once per epoch")
+    stop_at_recall: float = Field(0.0, ge=0, le=1, description="0 means off")
     precision: Precision = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Literal["auto"] | PositiveInt = "auto"
@@ -277,6 +278,11 @@ def _cross_checks(cfg: Config, where: str) -> None:
         raise SeqlmError(
             f"{where}: train.variable_bptt must be false with train.episodic: true (an episode is one "
             "whole window, train.bptt only bounds its length), got true"
+        )
+    if cfg.train.stop_at_recall and not cfg.train.episodic:
+        raise SeqlmError(
+            f"{where}: train.stop_at_recall must be 0 without train.episodic: true (only the episodic "
+            f"protocol validates recall), got {_fmt(cfg.train.stop_at_recall)}"
         )
     if cfg.train.episodic and cfg.train.objective == "cloze":
         raise SeqlmError(

@@ -137,11 +137,13 @@ def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunH
 
 
 def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
-    from seqlm.training.trainer import stop_reason
+    from seqlm.training.trainer import solved, stop_reason
 
     if not lm.val_history or not math.isfinite(lm.best_val_loss):
         raise SeqlmError("training ended before any validation; raise train.max_minutes or train.max_steps")
     summary = progress.summary()
+    # with train.stop_at_recall, whether the recall reached it: then steps are the updates to solve
+    solved_flag = {} if (done := solved(trainer)) is None else {"solved": float(done)}
     # the best validation's score and the last validation's recall (the protocol's val_metrics)
     return {
         "objective": cfg.train.objective,
@@ -157,6 +159,7 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
         "num_parameters": lm.model.num_parameters(),
         "precision": precision,
         "stopped_by": stop_reason(trainer, cfg),
+        **solved_flag,
     }
 
 

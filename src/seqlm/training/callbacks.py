@@ -1,4 +1,5 @@
-"""Lightning callbacks of the train stage: step metrics and curves, best weights, periodic checkpoints."""
+"""Lightning callbacks of the train stage: step metrics and curves, best weights, periodic checkpoints,
+and the stop once a probe is solved."""
 
 from __future__ import annotations
 
@@ -174,6 +175,40 @@ class BestWeights(pl.Callback):
 
     def load_state_dict(self, state_dict):
         self.best = state_dict.get("best", math.inf)
+
+
+class StopWhenSolved(pl.Callback):
+    """Stops training after a validation whose recall accuracy reaches ``threshold``
+    (``train.stop_at_recall``; 0 is off): a probe is then measured in updates to solve (decision 22).
+
+    The recall is read from totals summed across ranks before any rank reads them, so every rank
+    decides alike and all stop at the same step. The step it solved at is kept in checkpoints: a run
+    resumed after it stops at once instead of training on (under the same threshold; another one decides
+    again at the next validation).
+    """
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.solved_at: int | None = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if not self.threshold or trainer.sanity_checking or self.solved_at is not None:
+            return
+        recall = pl_module.val_recall
+        if recall is not None and recall["accuracy"] >= self.threshold:
+            self.solved_at = trainer.global_step
+            trainer.should_stop = True
+
+    def on_train_start(self, trainer, pl_module):
+        if self.solved_at is not None:
+            trainer.should_stop = True
+
+    def state_dict(self):
+        return {"threshold": self.threshold, "solved_at": self.solved_at}
+
+    def load_state_dict(self, state_dict):
+        if state_dict.get("threshold") == self.threshold:
+            self.solved_at = state_dict.get("solved_at")
 
 
 class PeriodicCheckpoint(pl.Callback):

@@ -228,6 +228,7 @@ class LitLanguageModel(pl.LightningModule):
             "plateau_scale": self.plateau_scale,
             "best_val_loss": self.best_val_loss,
             "val_history": self.val_history,
+            "val_recall": self.val_recall,  # a run resumed at its last step reports it without validating
             "ranks": ranks,
         }
 
@@ -237,6 +238,7 @@ class LitLanguageModel(pl.LightningModule):
         self.plateau_scale = extra.get("plateau_scale", 1.0)
         self.best_val_loss = extra.get("best_val_loss", math.inf)
         self.val_history = list(extra.get("val_history", []))
+        self.val_recall = extra.get("val_recall")
         ranks = extra.get("ranks") or [extra]
         if len(ranks) != self.trainer.world_size:
             raise SeqlmError(

@@ -21,7 +21,8 @@ from seqlm.core.paths import Paths
 # Keys that bound, report or checkpoint training without changing a single step of it: a run
 # continued under new values is the run an uninterrupted one with those values would have been.
 # max_minutes only paces a cosine schedule by the clock, which is not reproducible to begin with;
-# loss_chunk_mb changes how the same loss is summed (float rounding), not what it is.
+# loss_chunk_mb changes how the same loss is summed (float rounding), not what it is; stop_at_recall,
+# like early stopping, only decides after which validation the same trajectory ends.
 # Not here: val_every_steps (it decides which weights are best, drives the plateau schedule and
 # early stopping, so a changed cadence matches no uninterrupted run).
 BUDGET_KEYS = frozenset(
@@ -30,6 +31,7 @@ BUDGET_KEYS = frozenset(
         "train.log_every_steps",
         "train.checkpoint_every_minutes",
         "train.early_stopping_patience",
+        "train.stop_at_recall",
         "train.loss_chunk_mb",
     }
 )

@@ -15,7 +15,7 @@ from seqlm.core.atomic import remove
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.tracking.run import RunHandle
-from seqlm.training.callbacks import BestWeights, PeriodicCheckpoint, TrainProgress
+from seqlm.training.callbacks import BestWeights, PeriodicCheckpoint, StopWhenSolved, TrainProgress
 
 
 def callbacks(cfg: Config, paths: Paths) -> tuple[TrainProgress, BestWeights, list]:
@@ -25,7 +25,12 @@ def callbacks(cfg: Config, paths: Paths) -> tuple[TrainProgress, BestWeights, li
     """
     progress = TrainProgress(None, cfg.train.log_every_steps)
     best = BestWeights(paths.best_weights)
-    every = [progress, best, PeriodicCheckpoint(paths.last_ckpt, cfg.train.checkpoint_every_minutes)]
+    every = [
+        progress,
+        best,
+        PeriodicCheckpoint(paths.last_ckpt, cfg.train.checkpoint_every_minutes),
+        StopWhenSolved(cfg.train.stop_at_recall),  # inert at 0
+    ]
     if cfg.train.early_stopping_patience:
         every.append(
             pl.callbacks.EarlyStopping(
@@ -78,8 +83,17 @@ def agree_on_resume(trainer: pl.Trainer, decide, peek):
     return trainer.strategy.broadcast(decide() if trainer.global_rank == 0 else None, src=0)
 
 
+def solved(trainer: pl.Trainer) -> bool | None:
+    """Whether a validation's recall reached ``train.stop_at_recall``; None when it is off."""
+    stop = next(c for c in trainer.callbacks if isinstance(c, StopWhenSolved))
+    return stop.solved_at is not None if stop.threshold else None
+
+
 def stop_reason(trainer: pl.Trainer, cfg: Config) -> str:
-    """Which budget ended training: max_steps, early_stopping, max_minutes or max_epochs."""
+    """What ended training: solved (the recall threshold), or the budget: max_steps, early_stopping,
+    max_minutes or max_epochs."""
+    if solved(trainer):
+        return "solved"
     if cfg.train.max_steps and trainer.global_step >= cfg.train.max_steps:
         return "max_steps"
     early = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.EarlyStopping)), None)
