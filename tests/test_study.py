@@ -37,15 +37,15 @@ def by_name(plan) -> dict[str, planning.Experiment]:
     return {e.name: e for e in plan}
 
 
-def test_every_cell_runs_over_three_seeds_with_its_own_name_and_seed(plan):
+def test_every_cell_runs_over_five_seeds_with_its_own_name_and_seed(plan):
     names = [e.name for e in plan]
     assert len(set(names)) == len(names)
     cells = aggregate.cells([results.Result(e) for e in plan])
-    assert all(c.seeds == 3 for c in cells.values())
+    assert OPTIONS.seeds == 5 and all(c.seeds == 5 for c in cells.values())
     for cell in cells.values():
         seeds = [r.experiment.overrides["base.seed"] for r in cell.results]
-        assert seeds == [planning.SEED, planning.SEED + 1, planning.SEED + 2]
-        assert [r.experiment.name for r in cell.results] == [f"{cell.key}-s{i}-t0" for i in range(3)]
+        assert seeds == [planning.SEED + i for i in range(5)]
+        assert [r.experiment.name for r in cell.results] == [f"{cell.key}-s{i}-t0" for i in range(5)]
         # the seeds of a cell differ in base.seed alone
         first = {k: v for k, v in cell.results[0].experiment.overrides.items() if k != "base.seed"}
         assert all(
@@ -93,7 +93,9 @@ def test_probe_is_episodic_with_a_step_budget_a_ladder_and_its_control_at_the_sh
 
 def test_explosion_is_provoked_and_run_with_and_without_clipping(plan):
     explode = [e for e in plan if e.group == "explode"]
-    assert sorted({e.label for e in explode}) == ["clipped", "unclipped"] and len(explode) == 6
+    assert (
+        sorted({e.label for e in explode}) == ["clipped", "unclipped"] and len(explode) == 2 * OPTIONS.seeds
+    )
     for e in explode:
         o = e.overrides
         assert o["model.family"] == "rnn" and o["model.nonlinearity"] == "tanh"
@@ -122,7 +124,7 @@ def test_wide_window_keeps_its_extra_parameters_and_cloze_differs_only_in_direct
     assert bi.parameters > lstm.parameters
 
 
-def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(plan, quick_plan):
+def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(plan, quick_plan, params):
     assert QUICK.seeds == 1 and len(QUICK.delays) < len(OPTIONS.delays)
     assert min(QUICK.delays) == min(OPTIONS.delays)  # the positive control stays
     assert {
@@ -132,11 +134,14 @@ def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(pla
     full_minutes = budget.estimate_minutes(plan, OPTIONS.jobs)
     quick_minutes = budget.estimate_minutes(quick_plan, QUICK.jobs)
     assert full_minutes <= budget.LIMIT_MINUTES["full"] and quick_minutes <= budget.LIMIT_MINUTES["quick"]
+    # five seeds cost five thirds of three: the estimate scales with the seeds, nothing else changed
+    three = budget.estimate_minutes(planning.plan(planning.preset("full", seeds=3), params), OPTIONS.jobs)
+    assert full_minutes == pytest.approx(three * 5 / 3, rel=0.01) and three <= 90
     assert quick_minutes < full_minutes / 3
     # the estimate counts what it should: a step budget costs more minutes at a longer delay
     probe = [e for e in plan if e.cell in ("copy5-lstm", "copy50-lstm")]
     assert budget.training_minutes(probe[-1]) > budget.training_minutes(probe[0]) > 0
-    assert "about" in budget.summary(plan, OPTIONS) and "limit 90 min" in budget.summary(plan, OPTIONS)
+    assert "about" in budget.summary(plan, OPTIONS) and "limit 150 min" in budget.summary(plan, OPTIONS)
 
 
 def test_gpu_is_one_flag_and_explicit_options_win_over_the_preset():
@@ -268,9 +273,12 @@ RECALL = {  # label -> recall at delays 5, 10, 25, 50 (and 100, where asked)
 }
 
 
+OFFSETS = (0, -1, 1, 1, -1)  # seed i's jitter in units of the spread: over 3 or 5 seeds, mean 0 and sd 1
+
+
 def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> results.Result:
     """A result as the collector builds it: metrics by the experiment's row, ± ``spread`` by seed."""
-    jitter = (seed - 1) * spread  # seeds 0, 1, 2 -> -spread, 0, +spread: sd = spread
+    jitter = OFFSETS[seed % len(OFFSETS)] * spread
     train = {
         "num_parameters": e.parameters,
         "tokens_per_s": 20000.0,
@@ -405,8 +413,9 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     }
     assert text.count(aggregate.RULE) == 1  # the rule, stated once
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
-    assert "estimated before queueing at 81 experiments, 3 seed(s) each, about" in text
-    assert "spent 80.0 minutes for 81 experiments (0 failed or diverged)" in text
+    assert "estimated before queueing at 135 experiments, 5 seed(s) each, about" in text
+    assert "spent 80.0 minutes for 135 experiments (0 failed or diverged)" in text
+    assert "every cell over 5 seeds, under 150 min on 2 cores" in text
     assert "| lstm | 1.00 ± 0.01 | 0.95 ± 0.01 | 0.85 ± 0.01 | 0.30 ± 0.01 | passed | 25 |" in text
     assert "| irnn, SGD lr 0.01 | 0.20 ± 0.01 |" in text and "| failed | none |" in text
     lstm = next(e for e in plan if e.cell == "text-lstm")
@@ -433,9 +442,9 @@ def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tm
             diverge(r)
     text = report.write(tmp_path, rows, MACHINE, OPTIONS).read_text()
     assert verdicts(text)[CLAIMS["clip"]] == "supported"
-    assert "2/3 diverged (passed)" in text  # the control: the provocation exploded
-    assert "| unclipped | 2/3 |" in text and "| 4.20 (n=1 of 3) | 1.910 (n=1 of 3) |" in text
-    assert "(2 failed or diverged)" in text
+    assert "4/5 diverged (passed)" in text  # the control: the provocation exploded
+    assert "| unclipped | 4/5 |" in text and "| 4.20 (n=1 of 5) | 1.910 (n=1 of 5) |" in text
+    assert "(4 failed or diverged)" in text
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()
 
@@ -465,7 +474,7 @@ def test_long_range_verdicts_follow_the_recall(plan):
 
 
 def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
-    rows = [fake(e, 1) for e in quick_plan]
+    rows = [fake(e, 0) for e in quick_plan]
     text = report.render(rows, MACHINE | {"wall_minutes": 12.0}, QUICK, {})
     assert "One seed: no spread, so every verdict is provisional." in text
     assert "| lstm | 1.00 | 0.85 | passed | 25 |" in text

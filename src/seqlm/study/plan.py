@@ -140,10 +140,13 @@ GPU_PROBE_SIZE = {"model.hidden_size": 256}
 @dataclass(frozen=True)
 class Options:
     name: str = "seqlm-study"  # MLflow experiment and the seqlm.study tag
-    seeds: int = 3
-    # Sized so that `make study` fits 90 minutes on 2 cores (budget.estimate_minutes: about 87). The ladder
-    # stops at 50: in the study of 2026-12-01 every family was at chance from delay 25 on at 1,200 updates,
-    # and delay 100 cost 12 experiments and a fifth of the study; --delays or --gpu go further.
+    # Five (issue 21): two cells of three seeds give Welch's test about 4 degrees of freedom, where the
+    # smallest of ~28 Holm-corrected p-values needs t > 7.4; five seeds give about 8, where it needs 4.6.
+    seeds: int = 5
+    # Sized so that `make study` fits budget.LIMIT_MINUTES["full"] on 2 cores (budget.estimate_minutes:
+    # about 145 at 5 seeds, 87 at 3). The ladder stops at 50: in the study of 2026-12-01 every family was at
+    # chance from delay 25 on at 1,200 updates, and delay 100 cost 12 experiments and a fifth of the study;
+    # --delays or --gpu go further.
     text_minutes: float = 1.5
     probe_steps: int = 1200
     delays: tuple[int, ...] = (5, 10, 25, 50)

@@ -15,7 +15,7 @@ from seqlm.study import budget
 from seqlm.study import figures as plots
 from seqlm.study.aggregate import RULE, by_label, cells, fmt, min_seeds, probe_grid
 from seqlm.study.claims import cloze_claims, text_claims
-from seqlm.study.plan import PROBE_LR, SEED
+from seqlm.study.plan import PROBE_LR, SEED, Options
 from seqlm.study.probe_claims import control, probe_claims, reach, updates_line
 from seqlm.study.results import (
     bits_per_blank,
@@ -323,7 +323,8 @@ def _footer(options, machine: dict) -> list[str]:
         "## Reproduce and extend",
         "",
         "```bash",
-        "make study                  # seqlm study: every cell over 3 seeds, under 90 min on 2 cores",
+        f"make study                  # seqlm study: every cell over {Options().seeds} seeds, under "
+        f"{budget.LIMIT_MINUTES['full']:g} min on 2 cores",
         "seqlm study --quick         # a first look: one seed, a short ladder, short budgets (under 20 min)",
         "seqlm study --gpu           # bigger models, longer delays and more updates, on a GPU",
         "seqlm study --dry-run       # the plan, its time estimate and the dvc commands; runs nothing",
