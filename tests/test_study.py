@@ -383,16 +383,16 @@ CLAIMS = {
 }
 
 
-def test_stat_and_the_verdict_rule():
-    a, b = aggregate.stat([1.0, 1.1, 1.2]), aggregate.stat([1.5, 1.6, 1.7])
+def test_stat_keeps_mean_sd_and_range_and_adds_the_interval_of_the_mean():
+    a = aggregate.stat([1.0, 1.1, 1.2])
     assert (
         a.mean == pytest.approx(1.1) and a.sd == pytest.approx(0.1) and (a.low, a.high, a.n) == (1.0, 1.2, 3)
     )
-    assert aggregate.below(a, b) and aggregate.above(b, a)  # gap 0.5 > 0.1 + 0.1
-    c = aggregate.stat([1.2, 1.4, 1.6])  # gap 0.4 from b's mean is not more than 0.2 + 0.1
-    assert not aggregate.separated(c, b) and not aggregate.below(c, b)
-    assert aggregate.stat([None, float("nan")]) is None and not aggregate.separated(None, b)
-    assert aggregate.stat([2.0]).sd == 0 and aggregate.stat([2.0]).text() == "2.000"  # one seed, no spread
+    half = 4.302652729911275 * 0.1 / 3**0.5  # t(0.975, 2) · sd / √n
+    assert (a.ci_low, a.ci_high) == (pytest.approx(1.1 - half), pytest.approx(1.1 + half))
+    assert aggregate.stat([None, float("nan")]) is None
+    one = aggregate.stat([2.0])
+    assert one.sd == 0 and one.text() == "2.000" and one.ci_low is None  # one seed, no spread, no interval
     assert a.text() == "1.100 ± 0.100"
 
 
@@ -411,7 +411,12 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
         "gated": "supported",
         "bi": "supported",
     }
-    assert text.count(aggregate.RULE) == 1  # the rule, stated once
+    assert text.count(aggregate.RULE) == 1  # the rule, stated once, with the size of the corrected family
+    assert "Welch's two-sided t-test" in aggregate.RULE and "Holm–Bonferroni" in aggregate.RULE
+    assert "This table makes 27 tests." in text
+    # each row shows its effect with the interval and the adjusted p
+    assert "| bow − ffn_window, bits/byte: +0.150 [+0.135, +0.165], p_Holm < 0.001 |" in text
+    assert "lstm − tanh rnn, recall at delay 25: +0.72 [+0.71, +0.73], p_Holm < 0.001" in text
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
     assert "estimated before queueing at 135 experiments, 5 seed(s) each, about" in text
     assert "spent 80.0 minutes for 135 experiments (0 failed or diverged)" in text
@@ -428,11 +433,16 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     assert "One seed: no spread" not in text
 
 
-def test_a_gap_inside_the_spread_is_a_tie(plan, tmp_path):
-    wide = fake_results(plan, spread=0.2)  # sd 0.2 per cell: bow 1.75 vs ffn_window 1.60 is within 0.4
-    got = verdicts(report.render(wide, MACHINE, OPTIONS, {}))
+def test_a_gap_the_test_cannot_see_is_a_tie(plan, tmp_path):
+    wide = fake_results(plan, spread=0.2)  # sd 0.2 per cell over 5 seeds
+    text = report.render(wide, MACHINE, OPTIONS, {})
+    got = verdicts(text)
+    # bow 1.75 vs ffn_window 1.60: Welch p ≈ 0.27 before any correction
     assert got[CLAIMS["bow"]] == "tie" and got[CLAIMS["window"]] == "tie"
-    assert got[CLAIMS["bi"]] == "supported"  # 5.7 vs 6.9 is still more than 0.4 apart
+    assert "bow − ffn_window, bits/byte: +0.150 [-0.142, +0.442], p_Holm 1.000" in text
+    # clipped 1.55 vs unclipped 1.90: p 0.024 alone, not after Holm's correction over the table
+    assert got[CLAIMS["clip"]] == "tie"
+    assert got[CLAIMS["bi"]] == "supported"  # 5.7 vs 6.9: t ≈ 9.5 survives the correction
 
 
 def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tmp_path):
@@ -441,10 +451,18 @@ def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tm
         if r.experiment.label == "unclipped" and r.experiment.seed != planning.SEED + 2:
             diverge(r)
     text = report.write(tmp_path, rows, MACHINE, OPTIONS).read_text()
-    assert verdicts(text)[CLAIMS["clip"]] == "supported"
     assert "4/5 diverged (passed)" in text  # the control: the provocation exploded
     assert "| unclipped | 4/5 |" in text and "| 4.20 (n=1 of 5) | 1.910 (n=1 of 5) |" in text
     assert "(4 failed or diverged)" in text
+    # 0/5 against 4/5 diverged: Fisher's p is 0.048 alone, not after the correction; the one finished
+    # unclipped seed leaves no test of bits/byte. Nothing the test can see: not "supported".
+    assert verdicts(text)[CLAIMS["clip"]] == "tie"
+    assert "clipped − unclipped, fraction diverged: -0.80 [" in text
+    assert "clipped − unclipped, bits/byte: -0.360 (no test: n=1 on one side)" in text
+    for r in rows:
+        if r.experiment.label == "unclipped" and r.experiment.seed == planning.SEED + 2:
+            diverge(r)  # all five: Fisher's p 0.008, and seen by the test after the correction
+    assert verdicts(report.render(rows, MACHINE, OPTIONS, {}))[CLAIMS["clip"]] == "supported"
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()
 
@@ -476,7 +494,8 @@ def test_long_range_verdicts_follow_the_recall(plan):
 def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
     rows = [fake(e, 0) for e in quick_plan]
     text = report.render(rows, MACHINE | {"wall_minutes": 12.0}, QUICK, {})
-    assert "One seed: no spread, so every verdict is provisional." in text
+    assert "One seed: no spread and no test (a difference counts by its sign alone), so every verdict" in text
+    assert "bow − ffn_window, bits/byte: +0.150 (no test: one seed)" in text and "p_Holm" not in text
     assert "| lstm | 1.00 | 0.85 | passed | 25 |" in text
 
 

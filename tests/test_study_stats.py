@@ -1,6 +1,7 @@
-"""The study's statistics (seqlm.study.stats): the t distribution against its closed forms and printed
-tables, Welch's test against a worked example, Fisher's exact test against counted tables, Holm's
-ordering."""
+"""The study's statistics (seqlm.study.stats, aggregate.Comparisons): the t distribution against its closed
+forms and printed tables, Welch's test against a worked example, Fisher's exact test against counted
+tables, Holm's ordering, and the comparisons the claims make: separated cells count, overlapping ones do
+not, a correction can take a lone p below 0.05 away, one seed counts by sign alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 import pytest
 
-from seqlm.study import stats
+from seqlm.study import aggregate, stats
 
 
 @pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 12.7, 300.0])
@@ -72,3 +73,50 @@ def test_holm_multiplies_by_rank_keeps_the_order_and_caps_at_one():
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([0.5, 0.6]) == [1.0, 1.0]
     assert stats.holm([0.02]) == [0.02] and stats.holm([]) == []
+
+
+def test_separated_cells_count_overlapping_ones_do_not():
+    comparisons = aggregate.Comparisons()
+    low, high = aggregate.stat([1.0, 1.1, 1.2, 1.05, 1.15]), aggregate.stat([1.5, 1.6, 1.7, 1.55, 1.65])
+    wide = aggregate.stat([1.2, 1.8, 1.4, 1.9, 1.3])
+    apart = comparisons.compare("low − high", low, high)
+    overlap = comparisons.compare("wide − high", wide, high)
+    with pytest.raises(RuntimeError, match="read before Comparisons.adjust"):
+        _ = apart.counts  # a verdict read before the correction is a bug
+    comparisons.adjust()
+    assert apart.below and not apart.above and apart.high < 0
+    assert not overlap.counts and overlap.low < 0 < overlap.high
+    assert apart.text().startswith("low − high: -0.500 [") and apart.text().endswith("p_Holm < 0.001")
+
+
+def test_a_p_below_five_percent_alone_may_not_count_among_many_tests():
+    comparisons = aggregate.Comparisons()
+    a, b = aggregate.stat([1.0, 1.2, 1.1, 1.3, 1.15]), aggregate.stat([1.2, 1.4, 1.3, 1.45, 1.35])
+    lone = comparisons.compare("a − b", a, b)
+    for i in range(9):  # nine nulls beside it: Holm multiplies its p by up to ten
+        comparisons.compare(f"null {i}", a, a)
+    comparisons.adjust()
+    assert lone.p < 0.05 and lone.adjusted == pytest.approx(min(1, 10 * lone.p)) and not lone.counts
+
+
+def test_a_threshold_is_a_one_sample_test_and_untestable_cells_do_not_count():
+    comparisons = aggregate.Comparisons()
+    ratio = aggregate.stat([-5.0, -6.0, -5.5, -4.8, -6.2])
+    vanished = comparisons.compare("ratio − (−2)", ratio, -2.0, digits=1)
+    lonely = comparisons.compare("one seed left", aggregate.stat([1.0]), ratio)
+    missing = comparisons.compare("nothing", None, ratio)
+    comparisons.adjust()
+    assert vanished.method == "one-sample t" and vanished.below
+    assert lonely.p is None and not lonely.counts and "n=1 on one side" in lonely.text()
+    assert not missing.counts and missing.text() == "nothing: — (no result)"
+    assert len(comparisons.tested) == 1  # only tests are corrected
+
+
+def test_one_seed_counts_by_sign_alone():
+    comparisons = aggregate.Comparisons()
+    d = comparisons.compare("a − b", aggregate.stat([1.0]), aggregate.stat([1.2]))
+    same = comparisons.compare("a − a", aggregate.stat([1.0]), aggregate.stat([1.0]))
+    counts = comparisons.compare_counts("diverged", 0, 1, 1, 1)
+    comparisons.adjust()
+    assert d.below and not same.counts and counts.below
+    assert d.text() == "a − b: -0.200 (no test: one seed)"

@@ -1,9 +1,10 @@
 """docs/study.md, written by `seqlm study` from the experiments' own reports.
 
 Owns the markdown: provenance (machine, commit, the budget estimated and spent, load, the verdict rule),
-the claims table (verdict, positive control, mean ± sd), one section per group with its tables and
-figures, every experiment's row, and how to reproduce the study. The verdicts come from ``claims`` and
-``probe_claims``, the PNGs from ``figures``; nothing here is written by hand.
+the claims table (verdict, positive control, mean ± sd, the effect with its interval and adjusted p), one
+section per group with its tables and figures, every experiment's row, and how to reproduce the study. The
+verdicts come from ``claims`` and ``probe_claims``, the PNGs from ``figures``; nothing here is written by
+hand.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 from seqlm.core import atomic
 from seqlm.study import budget
 from seqlm.study import figures as plots
-from seqlm.study.aggregate import RULE, by_label, cells, fmt, min_seeds, probe_grid
-from seqlm.study.claims import cloze_claims, text_claims
+from seqlm.study.aggregate import RULE, Comparisons, by_label, cells, fmt, min_seeds, probe_grid
+from seqlm.study.claims import Claim, cloze_claims, text_claims
 from seqlm.study.plan import PROBE_LR, SEED, Options
 from seqlm.study.probe_claims import control, probe_claims, reach, updates_line
 from seqlm.study.results import (
@@ -54,12 +55,21 @@ def write(docs: Path, results, machine: dict, options) -> Path:
     return path
 
 
-def all_claims(results):
-    return [*text_claims(results), *probe_claims(results), *cloze_claims(results)]
+def all_claims(results) -> tuple[list[Claim], Comparisons]:
+    """Every verdict, judged after the p-values of all the table's comparisons are adjusted together."""
+    comparisons = Comparisons()
+    judges = [
+        *text_claims(results, comparisons),
+        *probe_claims(results, comparisons),
+        *cloze_claims(results, comparisons),
+    ]
+    comparisons.adjust()
+    return [judge() for judge in judges], comparisons
 
 
 def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
     seeds = min_seeds(results)
+    claims, comparisons = all_claims(results)
     lines = [
         "# The sequence-model study",
         "",
@@ -70,24 +80,34 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
         "",
         "## The seed's argument, claim by claim",
         "",
-        f"**Verdict rule:** {RULE}. Each claim is judged only when its *positive control* shows the test can "
-        "see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
-        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the "
-        "split, "
-        "the tokenizer's sampling, the initialisation and the batch order)."
-        + (" **One seed: no spread, so every verdict is provisional.**" if seeds < 2 else ""),
+        _rule(seeds, comparisons),
         "",
-        "| claim | verdict | test | positive control | evidence |",
-        "| --- | --- | --- | --- | --- |",
+        "| claim | verdict | test | positive control | evidence | effect [95% CI], Holm-adjusted p |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {c.claim} | **{c.verdict}** | {c.test} | {c.control} | {c.evidence} |"
-        for c in all_claims(results)
+        f"| {c.claim} | **{c.verdict}** | {c.test} | {c.control} | {c.evidence} | {c.effect} |"
+        for c in claims
     ]
     for section in (_text_section, _probe_section, _explode_section, _cloze_section):
         lines += ["", *section(results, figures)]
     lines += ["", *_experiments(results), "", *_footer(options, machine)]
     return "\n".join(lines) + "\n"
+
+
+def _rule(seeds: int, comparisons: Comparisons) -> str:
+    tests = f" This table makes {len(comparisons.tested)} tests." if comparisons.tested else ""
+    one = (
+        " **One seed: no spread and no test (a difference counts by its sign alone), so every verdict is "
+        "provisional.**"
+    )
+    return (
+        f"**Verdict rule:** {RULE}.{tests} Each claim is judged only when its *positive control* shows the "
+        "test can see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
+        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the "
+        "split, the tokenizer's sampling, the initialisation and the batch order)."
+        + (one if seeds < 2 else "")
+    )
 
 
 def _provenance(results, machine: dict, options) -> str:
