@@ -491,6 +491,28 @@ def test_long_range_verdicts_follow_the_recall(plan):
     assert got[CLAIMS["gated"]] == "partly supported"
 
 
+def test_the_figures_draw_every_seed_beside_the_cells_mean(plan, tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+
+    from seqlm.study import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.setdefault(path.stem, fig.axes[0]))
+    figures.draw(fake_results(plan, spread=0.05), tmp_path)
+
+    def dots(ax) -> list:
+        return [xy for c in ax.collections if isinstance(c, PathCollection) for xy in c.get_offsets()]
+
+    probe_cells = {e.cell for e in plan if e.group == "probe"}
+    recall = dots(drawn["copy_recall"])
+    assert len(recall) == len(probe_cells) * OPTIONS.seeds
+    assert len({tuple(xy) for xy in recall}) == len(recall)  # jittered: no seed hides another
+    text_families = len(planning.TEXT_FAMILIES)
+    resets = len(fake(plan[0], 0).ablation["rows"])
+    assert len(dots(drawn["context_ablation"])) == text_families * resets * OPTIONS.seeds
+    assert len(drawn["gradient_flow"].get_lines()) == 3 * OPTIONS.seeds  # rnn, lstm, gru: a line per seed
+
+
 def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
     rows = [fake(e, 0) for e in quick_plan]
     text = report.render(rows, MACHINE | {"wall_minutes": 12.0}, QUICK, {})

@@ -37,11 +37,12 @@ from seqlm.study.results import (
 
 FIGURES = "study"  # docs/study/*.png
 CAPTIONS = {
-    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training (window "
-    "models: 0 for every k > 0).",
-    "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state.",
-    "copy_recall": "Recall at the key's second appearance, mean ± sd over seeds; every family got the "
-    "same number of updates.",
+    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training, one line "
+    "per seed (window models: 0 for every k > 0).",
+    "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state. "
+    "The line joins the seeds' means; each dot is one seed.",
+    "copy_recall": "Recall at the key's second appearance: each seed a dot, the mean with its 95% "
+    "interval (t, over seeds) as a bar; every family got the same number of updates.",
     "explosion": "Every seed's gradient norm (measured before clipping, so the clipped runs show what "
     "clipping caught) and training loss, clipped against unclipped; x marks a divergence.",
 }
