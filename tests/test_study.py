@@ -285,7 +285,7 @@ def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> 
         "steps": 1200,
         "wall_seconds": 90.0,
         "fraction_clipped": 0.02,
-        "stopped_by": "max_minutes",
+        "stopped_by": "max_steps" if e.group == "probe" else "max_minutes",
     }
     r = results.Result(e, "success", "abc123", train, {}, run_id="r")
     if e.group in ("text", "explode"):
@@ -431,9 +431,14 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
         assert f"](study/{figure}.png)" in text
         assert (tmp_path / "study" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     assert "One seed: no spread" not in text
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert "Agree with the literature: the fixed window (Bengio et al. 2003)" in limits
+    assert "Hochreiter & Schmidhuber 1997" in limits and "5 seeds per cell" in limits
+    assert "1337 is also a reported seed, so tuning is not kept apart" in limits
+    assert "The BiLSTM has 63% more parameters than its left-to-right control" in limits
 
 
-def test_a_gap_the_test_cannot_see_is_a_tie(plan, tmp_path):
+def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tmp_path):
     wide = fake_results(plan, spread=0.2)  # sd 0.2 per cell over 5 seeds
     text = report.render(wide, MACHINE, OPTIONS, {})
     got = verdicts(text)
@@ -443,6 +448,14 @@ def test_a_gap_the_test_cannot_see_is_a_tie(plan, tmp_path):
     # clipped 1.55 vs unclipped 1.90: p 0.024 alone, not after Holm's correction over the table
     assert got[CLAIMS["clip"]] == "tie"
     assert got[CLAIMS["bi"]] == "supported"  # 5.7 vs 6.9: t ≈ 9.5 survives the correction
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert "**A bag of words loses order**: *tie* here" in limits
+    assert "[-0.142, +0.442] includes 0" in limits
+    assert (
+        "[-0.642, -0.058] excludes 0 (p 0.024), but not after Holm's correction over the table's 27" in limits
+    )
+    assert "every finished text run stopped at its time budget (1,200 updates)" in limits
+    assert "**A bidirectional RNN" not in limits  # it agrees: listed, not explained
 
 
 def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tmp_path):
@@ -477,9 +490,22 @@ def test_claims_whose_control_fails_are_not_judged(plan):
             r.eval["recall_accuracy"] = 0.13  # the IRNN did not learn even the shortest delay
         if e.label in ("bilstm", "lstm (left to right)"):
             r.eval["unigram_bits_per_blank"] = 5.0  # no better than the unigram: the test sees no context
-    got = verdicts(report.render(rows, MACHINE, OPTIONS, {}))
+    text = report.render(rows, MACHINE, OPTIONS, {})
+    got = verdicts(text)
     assert got[CLAIMS["clip"]] == got[CLAIMS["irnn"]] == got[CLAIMS["bi"]] == "control failed"
     assert got[CLAIMS["gated"]] == "supported"
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert f"**{CLAIMS['irnn']}**: *control failed* here; Le, Jaitly & Hinton (2015)" in limits
+    assert "its positive control failed (irnn: recall 0.13" in limits
+    assert "every finished probe run stopped at its step cap (1,200 updates), none by converging" in limits
+
+
+def test_the_limitations_say_whether_tuning_seeds_are_kept_apart(plan, monkeypatch):
+    from seqlm.study import limitations
+
+    monkeypatch.setattr(limitations, "TUNING_SEEDS", (42,))
+    text = report.render(fake_results(plan), MACHINE, OPTIONS, {})
+    assert "with `base.seed` 42; no reported seed is among them: tuning is kept apart" in text
 
 
 def test_long_range_verdicts_follow_the_recall(plan):

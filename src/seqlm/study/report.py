@@ -3,8 +3,8 @@
 Owns the markdown: provenance (machine, commit, the budget estimated and spent, load, the verdict rule),
 the claims table (verdict, positive control, mean ± sd, the effect with its interval and adjusted p), one
 section per group with its tables and figures, every experiment's row, and how to reproduce the study. The
-verdicts come from ``claims`` and ``probe_claims``, the PNGs from ``figures``; nothing here is written by
-hand.
+verdicts come from ``claims`` and ``probe_claims``, the limitations from ``limitations``, the PNGs from
+``figures``; nothing here is written by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqlm.core import atomic
-from seqlm.study import budget
+from seqlm.study import budget, limitations
 from seqlm.study import figures as plots
 from seqlm.study.aggregate import RULE, Comparisons, by_label, cells, fmt, min_seeds, probe_grid
 from seqlm.study.claims import Claim, cloze_claims, text_claims
@@ -92,6 +92,7 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
     ]
     for section in (_text_section, _probe_section, _explode_section, _cloze_section):
         lines += ["", *section(results, figures)]
+    lines += ["", *limitations.section(claims, results, options, comparisons)]
     lines += ["", *_experiments(results), "", *_footer(options, machine)]
     return "\n".join(lines) + "\n"
 
