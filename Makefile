@@ -40,9 +40,9 @@ chromium: ## Debian's Chromium for the MLflow UI test, with sudo apt-get when it
 run: setup ## the whole pipeline: dvc repro
 	$(BIN)/dvc repro
 
-# The sequence-model study (docs/study.md): 81 queued DVC experiments (27 cells × 3 seeds), under 90 minutes
+# The sequence-model study (docs/study.md): 135 queued DVC experiments (27 cells × 5 seeds), about 145 minutes
 # on 2 CPU cores; `seqlm study --quick` is a first look in under 20, `seqlm study --gpu` the GPU path.
-study: setup ## the sequence-model study: 81 DVC experiments, docs/study.md (under 90 min)
+study: setup ## the sequence-model study: 135 DVC experiments, docs/study.md (about 2.5 h)
 	$(BIN)/seqlm study
 
 lint: setup ## ruff format --check and ruff check

@@ -37,15 +37,15 @@ def by_name(plan) -> dict[str, planning.Experiment]:
     return {e.name: e for e in plan}
 
 
-def test_every_cell_runs_over_three_seeds_with_its_own_name_and_seed(plan):
+def test_every_cell_runs_over_five_seeds_with_its_own_name_and_seed(plan):
     names = [e.name for e in plan]
     assert len(set(names)) == len(names)
     cells = aggregate.cells([results.Result(e) for e in plan])
-    assert all(c.seeds == 3 for c in cells.values())
+    assert OPTIONS.seeds == 5 and all(c.seeds == 5 for c in cells.values())
     for cell in cells.values():
         seeds = [r.experiment.overrides["base.seed"] for r in cell.results]
-        assert seeds == [planning.SEED, planning.SEED + 1, planning.SEED + 2]
-        assert [r.experiment.name for r in cell.results] == [f"{cell.key}-s{i}-t0" for i in range(3)]
+        assert seeds == [planning.SEED + i for i in range(5)]
+        assert [r.experiment.name for r in cell.results] == [f"{cell.key}-s{i}-t0" for i in range(5)]
         # the seeds of a cell differ in base.seed alone
         first = {k: v for k, v in cell.results[0].experiment.overrides.items() if k != "base.seed"}
         assert all(
@@ -93,7 +93,9 @@ def test_probe_is_episodic_with_a_step_budget_a_ladder_and_its_control_at_the_sh
 
 def test_explosion_is_provoked_and_run_with_and_without_clipping(plan):
     explode = [e for e in plan if e.group == "explode"]
-    assert sorted({e.label for e in explode}) == ["clipped", "unclipped"] and len(explode) == 6
+    assert (
+        sorted({e.label for e in explode}) == ["clipped", "unclipped"] and len(explode) == 2 * OPTIONS.seeds
+    )
     for e in explode:
         o = e.overrides
         assert o["model.family"] == "rnn" and o["model.nonlinearity"] == "tanh"
@@ -122,7 +124,7 @@ def test_wide_window_keeps_its_extra_parameters_and_cloze_differs_only_in_direct
     assert bi.parameters > lstm.parameters
 
 
-def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(plan, quick_plan):
+def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(plan, quick_plan, params):
     assert QUICK.seeds == 1 and len(QUICK.delays) < len(OPTIONS.delays)
     assert min(QUICK.delays) == min(OPTIONS.delays)  # the positive control stays
     assert {
@@ -132,11 +134,14 @@ def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(pla
     full_minutes = budget.estimate_minutes(plan, OPTIONS.jobs)
     quick_minutes = budget.estimate_minutes(quick_plan, QUICK.jobs)
     assert full_minutes <= budget.LIMIT_MINUTES["full"] and quick_minutes <= budget.LIMIT_MINUTES["quick"]
+    # five seeds cost five thirds of three: the estimate scales with the seeds, nothing else changed
+    three = budget.estimate_minutes(planning.plan(planning.preset("full", seeds=3), params), OPTIONS.jobs)
+    assert full_minutes == pytest.approx(three * 5 / 3, rel=0.01) and three <= 90
     assert quick_minutes < full_minutes / 3
     # the estimate counts what it should: a step budget costs more minutes at a longer delay
     probe = [e for e in plan if e.cell in ("copy5-lstm", "copy50-lstm")]
     assert budget.training_minutes(probe[-1]) > budget.training_minutes(probe[0]) > 0
-    assert "about" in budget.summary(plan, OPTIONS) and "limit 90 min" in budget.summary(plan, OPTIONS)
+    assert "about" in budget.summary(plan, OPTIONS) and "limit 150 min" in budget.summary(plan, OPTIONS)
 
 
 def test_gpu_is_one_flag_and_explicit_options_win_over_the_preset():
@@ -270,16 +275,19 @@ RECALL = {  # label -> recall at delays 5, 10, 25, 50 (and 100, where asked)
 }
 
 
+OFFSETS = (0, -1, 1, 1, -1)  # seed i's jitter in units of the spread: over 3 or 5 seeds, mean 0 and sd 1
+
+
 def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> results.Result:
     """A result as the collector builds it: metrics by the experiment's row, ± ``spread`` by seed."""
-    jitter = (seed - 1) * spread  # seeds 0, 1, 2 -> -spread, 0, +spread: sd = spread
+    jitter = OFFSETS[seed % len(OFFSETS)] * spread
     train = {
         "num_parameters": e.parameters,
         "tokens_per_s": 20000.0,
         "steps": 1200,
         "wall_seconds": 90.0,
         "fraction_clipped": 0.02,
-        "stopped_by": "max_minutes",
+        "stopped_by": "max_steps" if e.group == "probe" else "max_minutes",
     }
     r = results.Result(e, "success", "abc123", train, {}, run_id="r")
     if e.group in ("text", "explode"):
@@ -377,16 +385,16 @@ CLAIMS = {
 }
 
 
-def test_stat_and_the_verdict_rule():
-    a, b = aggregate.stat([1.0, 1.1, 1.2]), aggregate.stat([1.5, 1.6, 1.7])
+def test_stat_keeps_mean_sd_and_range_and_adds_the_interval_of_the_mean():
+    a = aggregate.stat([1.0, 1.1, 1.2])
     assert (
         a.mean == pytest.approx(1.1) and a.sd == pytest.approx(0.1) and (a.low, a.high, a.n) == (1.0, 1.2, 3)
     )
-    assert aggregate.below(a, b) and aggregate.above(b, a)  # gap 0.5 > 0.1 + 0.1
-    c = aggregate.stat([1.2, 1.4, 1.6])  # gap 0.4 from b's mean is not more than 0.2 + 0.1
-    assert not aggregate.separated(c, b) and not aggregate.below(c, b)
-    assert aggregate.stat([None, float("nan")]) is None and not aggregate.separated(None, b)
-    assert aggregate.stat([2.0]).sd == 0 and aggregate.stat([2.0]).text() == "2.000"  # one seed, no spread
+    half = 4.302652729911275 * 0.1 / 3**0.5  # t(0.975, 2) · sd / √n
+    assert (a.ci_low, a.ci_high) == (pytest.approx(1.1 - half), pytest.approx(1.1 + half))
+    assert aggregate.stat([None, float("nan")]) is None
+    one = aggregate.stat([2.0])
+    assert one.sd == 0 and one.text() == "2.000" and one.ci_low is None  # one seed, no spread, no interval
     assert a.text() == "1.100 ± 0.100"
 
 
@@ -405,10 +413,16 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
         "gated": "supported",
         "bi": "supported",
     }
-    assert text.count(aggregate.RULE) == 1  # the rule, stated once
+    assert text.count(aggregate.RULE) == 1  # the rule, stated once, with the size of the corrected family
+    assert "Welch's two-sided t-test" in aggregate.RULE and "Holm–Bonferroni" in aggregate.RULE
+    assert "This table makes 27 tests." in text
+    # each row shows its effect with the interval and the adjusted p
+    assert "| bow − ffn_window, bits/byte: +0.150 [+0.135, +0.165], p_Holm < 0.001 |" in text
+    assert "lstm − tanh rnn, recall at delay 25: +0.72 [+0.71, +0.73], p_Holm < 0.001" in text
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
-    assert "estimated before queueing at 81 experiments, 3 seed(s) each, about" in text
-    assert "spent 80.0 minutes for 81 experiments (0 failed or diverged)" in text
+    assert "estimated before queueing at 135 experiments, 5 seed(s) each, about" in text
+    assert "spent 80.0 minutes for 135 experiments (0 failed or diverged)" in text
+    assert "every cell over 5 seeds, under 150 min on 2 cores" in text
     assert "| lstm | 1.00 ± 0.01 | 0.95 ± 0.01 | 0.85 ± 0.01 | 0.30 ± 0.01 | passed | 25 |" in text
     assert "| irnn, SGD lr 0.01 | 0.20 ± 0.01 |" in text and "| failed | none |" in text
     lstm = next(e for e in plan if e.cell == "text-lstm")
@@ -419,13 +433,31 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
         assert f"](study/{figure}.png)" in text
         assert (tmp_path / "study" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     assert "One seed: no spread" not in text
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert "Agree with the literature: the fixed window (Bengio et al. 2003)" in limits
+    assert "Hochreiter & Schmidhuber 1997" in limits and "5 seeds per cell" in limits
+    assert "1337 is also a reported seed, so tuning is not kept apart" in limits
+    assert "The BiLSTM has 63% more parameters than its left-to-right control" in limits
 
 
-def test_a_gap_inside_the_spread_is_a_tie(plan, tmp_path):
-    wide = fake_results(plan, spread=0.2)  # sd 0.2 per cell: bow 1.75 vs ffn_window 1.60 is within 0.4
-    got = verdicts(report.render(wide, MACHINE, OPTIONS, {}))
+def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tmp_path):
+    wide = fake_results(plan, spread=0.2)  # sd 0.2 per cell over 5 seeds
+    text = report.render(wide, MACHINE, OPTIONS, {})
+    got = verdicts(text)
+    # bow 1.75 vs ffn_window 1.60: Welch p ≈ 0.27 before any correction
     assert got[CLAIMS["bow"]] == "tie" and got[CLAIMS["window"]] == "tie"
-    assert got[CLAIMS["bi"]] == "supported"  # 5.7 vs 6.9 is still more than 0.4 apart
+    assert "bow − ffn_window, bits/byte: +0.150 [-0.142, +0.442], p_Holm 1.000" in text
+    # clipped 1.55 vs unclipped 1.90: p 0.024 alone, not after Holm's correction over the table
+    assert got[CLAIMS["clip"]] == "tie"
+    assert got[CLAIMS["bi"]] == "supported"  # 5.7 vs 6.9: t ≈ 9.5 survives the correction
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert "**A bag of words loses order**: *tie* here" in limits
+    assert "[-0.142, +0.442] includes 0" in limits
+    assert (
+        "[-0.642, -0.058] excludes 0 (p 0.024), but not after Holm's correction over the table's 27" in limits
+    )
+    assert "every finished text run stopped at its time budget (1,200 updates)" in limits
+    assert "**A bidirectional RNN" not in limits  # it agrees: listed, not explained
 
 
 def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tmp_path):
@@ -434,10 +466,18 @@ def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tm
         if r.experiment.label == "unclipped" and r.experiment.seed != planning.SEED + 2:
             diverge(r)
     text = report.write(tmp_path, rows, MACHINE, OPTIONS).read_text()
-    assert verdicts(text)[CLAIMS["clip"]] == "supported"
-    assert "2/3 diverged (passed)" in text  # the control: the provocation exploded
-    assert "| unclipped | 2/3 |" in text and "| 4.20 (n=1 of 3) | 1.910 (n=1 of 3) |" in text
-    assert "(2 failed or diverged)" in text
+    assert "4/5 diverged (passed)" in text  # the control: the provocation exploded
+    assert "| unclipped | 4/5 |" in text and "| 4.20 (n=1 of 5) | 1.910 (n=1 of 5) |" in text
+    assert "(4 failed or diverged)" in text
+    # 0/5 against 4/5 diverged: Fisher's p is 0.048 alone, not after the correction; the one finished
+    # unclipped seed leaves no test of bits/byte. Nothing the test can see: not "supported".
+    assert verdicts(text)[CLAIMS["clip"]] == "tie"
+    assert "clipped − unclipped, fraction diverged: -0.80 [" in text
+    assert "clipped − unclipped, bits/byte: -0.360 (no test: n=1 on one side)" in text
+    for r in rows:
+        if r.experiment.label == "unclipped" and r.experiment.seed == planning.SEED + 2:
+            diverge(r)  # all five: Fisher's p 0.008, and seen by the test after the correction
+    assert verdicts(report.render(rows, MACHINE, OPTIONS, {}))[CLAIMS["clip"]] == "supported"
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()
 
@@ -452,9 +492,22 @@ def test_claims_whose_control_fails_are_not_judged(plan):
             r.eval["recall_accuracy"] = 0.13  # the IRNN did not learn even the shortest delay
         if e.label in ("bilstm", "lstm (left to right)"):
             r.eval["unigram_bits_per_blank"] = 5.0  # no better than the unigram: the test sees no context
-    got = verdicts(report.render(rows, MACHINE, OPTIONS, {}))
+    text = report.render(rows, MACHINE, OPTIONS, {})
+    got = verdicts(text)
     assert got[CLAIMS["clip"]] == got[CLAIMS["irnn"]] == got[CLAIMS["bi"]] == "control failed"
     assert got[CLAIMS["gated"]] == "supported"
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert f"**{CLAIMS['irnn']}**: *control failed* here; Le, Jaitly & Hinton (2015)" in limits
+    assert "its positive control failed (irnn: recall 0.13" in limits
+    assert "every finished probe run stopped at its step cap (1,200 updates), none by converging" in limits
+
+
+def test_the_limitations_say_whether_tuning_seeds_are_kept_apart(plan, monkeypatch):
+    from seqlm.study import limitations
+
+    monkeypatch.setattr(limitations, "TUNING_SEEDS", (42,))
+    text = report.render(fake_results(plan), MACHINE, OPTIONS, {})
+    assert "with `base.seed` 42; no reported seed is among them: tuning is kept apart" in text
 
 
 def test_long_range_verdicts_follow_the_recall(plan):
@@ -466,10 +519,33 @@ def test_long_range_verdicts_follow_the_recall(plan):
     assert got[CLAIMS["gated"]] == "partly supported"
 
 
+def test_the_figures_draw_every_seed_beside_the_cells_mean(plan, tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+
+    from seqlm.study import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.setdefault(path.stem, fig.axes[0]))
+    figures.draw(fake_results(plan, spread=0.05), tmp_path)
+
+    def dots(ax) -> list:
+        return [xy for c in ax.collections if isinstance(c, PathCollection) for xy in c.get_offsets()]
+
+    probe_cells = {e.cell for e in plan if e.group == "probe"}
+    recall = dots(drawn["copy_recall"])
+    assert len(recall) == len(probe_cells) * OPTIONS.seeds
+    assert len({tuple(xy) for xy in recall}) == len(recall)  # jittered: no seed hides another
+    text_families = len(planning.TEXT_FAMILIES)
+    resets = len(fake(plan[0], 0).ablation["rows"])
+    assert len(dots(drawn["context_ablation"])) == text_families * resets * OPTIONS.seeds
+    assert len(drawn["gradient_flow"].get_lines()) == 3 * OPTIONS.seeds  # rnn, lstm, gru: a line per seed
+
+
 def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
-    rows = [fake(e, 1) for e in quick_plan]
+    rows = [fake(e, 0) for e in quick_plan]
     text = report.render(rows, MACHINE | {"wall_minutes": 12.0}, QUICK, {})
-    assert "One seed: no spread, so every verdict is provisional." in text
+    assert "One seed: no spread and no test (a difference counts by its sign alone), so every verdict" in text
+    assert "bow − ffn_window, bits/byte: +0.150 (no test: one seed)" in text and "p_Holm" not in text
     assert "| lstm | 1.00 | 0.85 | passed | 25 |" in text
 
 

@@ -2,8 +2,9 @@
 to the test as queued DVC experiments (docs/architecture.md, decision 12), judged claim by claim in
 docs/study.md. Owns ``plan`` (families, matched sizes, the experiments), ``queue`` (dvc's experiment
 queue), ``collect`` (metrics, MLflow runs, the machine), ``results`` (what one experiment measured),
-``claims`` (the verdicts), ``report`` (docs/study.md), ``figures`` (docs/study/*.png) and ``commands``
-(the orchestration and the `seqlm study` command). It is a top layer: it may import ``seqlm.core``,
-``seqlm.config``, ``seqlm.tracking``, ``seqlm.models`` and ``seqlm.data``, and nothing in seqlm imports it
-except ``seqlm.cli``.
+``aggregate`` (seeds into cells, the comparisons), ``stats`` (the tests and the correction), ``claims``
+and ``probe_claims`` (the verdicts), ``report`` (docs/study.md), ``limitations`` (its section on the
+literature), ``figures`` (docs/study/*.png) and ``commands`` (the orchestration and the `seqlm study`
+command). It is a top layer: it may import ``seqlm.core``, ``seqlm.config``, ``seqlm.tracking``,
+``seqlm.models`` and ``seqlm.data``, and nothing in seqlm imports it except ``seqlm.cli``.
 """

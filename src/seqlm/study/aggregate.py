@@ -1,9 +1,12 @@
-"""Seeds into cells: each cell's results over its seeds, a metric's mean ± standard deviation, and the
-study's one rule for calling a difference.
+"""Seeds into cells: each cell's results over its seeds, a metric's mean ± sd and 95% interval, and the
+study's one way of calling a difference (RULE, printed once in the report).
 
-The verdict rule (RULE, printed once in the report): a gap between two cells counts only when it is larger
-than the sum of their two standard deviations over seeds. With one seed (``--quick``) there is no spread
-and every verdict is marked provisional.
+Every comparison a verdict rests on goes through ``Comparisons``: a Welch t-test between two cells'
+per-seed values, a one-sample t-test against a fixed threshold, or Fisher's exact test between two counts
+of seeds (``seqlm.study.stats``). The claims register their comparisons first; ``Comparisons.adjust`` then
+corrects the p-values of all of them together (Holm–Bonferroni), and only then are verdicts read. With one
+seed there is nothing to test: a difference counts by its sign alone and the report calls every verdict
+provisional.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from seqlm.study import stats
+
+ALPHA = 0.05  # family-wise: a difference counts when its Holm-adjusted p is below this
 RULE = (
-    "a difference between two cells counts only when the gap between their means is larger than the sum of "
-    "their two standard deviations over seeds (sample sd); a smaller gap is a tie"
+    "two cells differ when Welch's two-sided t-test on their per-seed values (unequal variances, "
+    "Welch–Satterthwaite degrees of freedom) gives a Holm–Bonferroni-adjusted p below 0.05; rates such as "
+    "recall accuracy are tested the same way on their per-seed values, a threshold (such as 'vanished') "
+    "by a one-sample t-test against it, and counts of diverged seeds by Fisher's exact test. The correction "
+    "runs over every test the claims table makes, positive controls included; each effect is shown as the "
+    "difference of means with its 95% confidence interval and adjusted p"
 )
 
 
@@ -25,6 +35,8 @@ class Stat:
     n: int
     low: float
     high: float
+    ci_low: float | None = None  # the t-based 95% interval of the mean; None for one value
+    ci_high: float | None = None
 
     def text(self, digits: int = 3) -> str:
         if self.n == 1:
@@ -33,30 +45,120 @@ class Stat:
 
 
 def stat(values) -> Stat | None:
-    """Mean, sample sd (0 for one value), count and range of the finite values; None when there are none."""
+    """Mean, sample sd (0 for one value), count, range and 95% interval of the mean of the finite values;
+    None when there are none."""
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not xs:
         return None
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return Stat(statistics.fmean(xs), sd, len(xs), min(xs), max(xs))
-
-
-def separated(a: Stat | None, b: Stat | None) -> bool:
-    """RULE: |mean a − mean b| > sd a + sd b."""
-    return a is not None and b is not None and abs(a.mean - b.mean) > a.sd + b.sd
-
-
-def below(a: Stat | None, b: Stat | None) -> bool:
-    """a is lower than b by more than the spread (RULE)."""
-    return separated(a, b) and a.mean < b.mean
-
-
-def above(a: Stat | None, b: Stat | None) -> bool:
-    return separated(a, b) and a.mean > b.mean
+    if len(xs) == 1:
+        return Stat(xs[0], 0.0, 1, xs[0], xs[0])
+    mean, sd = statistics.fmean(xs), statistics.stdev(xs)
+    return Stat(mean, sd, len(xs), min(xs), max(xs), *stats.mean_interval(mean, sd, len(xs)))
 
 
 def fmt(s: Stat | None, digits: int = 3) -> str:
     return "—" if s is None else s.text(digits)
+
+
+@dataclass
+class Difference:
+    """One comparison of the claims table: a − b (or a − a threshold), its 95% interval and its p, raw
+    and Holm-adjusted. ``p`` is None when there is nothing to test (a side with fewer than two seeds)."""
+
+    name: str  # what was compared, as the table shows it
+    effect: float
+    low: float = math.nan
+    high: float = math.nan
+    p: float | None = None
+    method: str = ""
+    untested: str = ""  # why there is no test: "one seed", "no result", "n=1 of 5"
+    digits: int = 3
+    adjusted: float | None = None  # set by Comparisons.adjust
+
+    @property
+    def counts(self) -> bool:
+        """The difference is real: its adjusted p is below ALPHA (one seed: it is not zero, provisionally)."""
+        if self.p is None:
+            return self.untested == "one seed" and self.effect != 0
+        if self.adjusted is None:
+            raise RuntimeError(f"{self.name}: read before Comparisons.adjust (a bug in the claims)")
+        return self.adjusted < ALPHA
+
+    @property
+    def above(self) -> bool:
+        return self.counts and self.effect > 0
+
+    @property
+    def below(self) -> bool:
+        return self.counts and self.effect < 0
+
+    @property
+    def p_note(self) -> str:
+        """ "p_Holm 0.003", or why there is no test."""
+        return f"p_Holm {pvalue(self.adjusted)}" if self.p is not None else f"no test: {self.untested}"
+
+    def text(self) -> str:
+        """ "gru − ffn_window: −0.050 [−0.081, −0.019], p_Holm 0.003"."""
+        if self.p is None and not math.isfinite(self.effect):
+            return f"{self.name}: — ({self.untested})"
+        shown = f"{self.name}: {self.effect:+.{self.digits}f}"
+        if self.p is None:
+            return f"{shown} (no test: {self.untested})"
+        interval = f"[{self.low:+.{self.digits}f}, {self.high:+.{self.digits}f}]"
+        return f"{shown} {interval}, {self.p_note}"
+
+
+def pvalue(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+class Comparisons:
+    """Every comparison the claims table makes, so that their p-values are corrected together."""
+
+    def __init__(self) -> None:
+        self.made: list[Difference] = []
+
+    def compare(self, name: str, a: Stat | None, b: Stat | float | None, digits: int = 3) -> Difference:
+        """a − b: Welch's t-test between two cells, or a one-sample t-test when b is a fixed number."""
+        if a is None or b is None:
+            return self._add(Difference(name, math.nan, untested="no result", digits=digits))
+        fixed = not isinstance(b, Stat)
+        effect = a.mean - (b if fixed else b.mean)
+        if a.n == 1 and (fixed or b.n == 1):
+            return self._add(Difference(name, effect, untested="one seed", digits=digits))
+        if a.n < 2 or (not fixed and b.n < 2):
+            n = a.n if a.n < 2 else b.n
+            return self._add(Difference(name, effect, untested=f"n={n} on one side", digits=digits))
+        if fixed:
+            test = stats.one_sample(a.mean, a.sd, a.n, b)
+        else:
+            test = stats.welch(a.mean, a.sd, a.n, b.mean, b.sd, b.n)
+        return self._add(Difference(name, effect, test.low, test.high, test.p, test.method, digits=digits))
+
+    def compare_counts(self, name: str, k_a: int, n_a: int, k_b: int, n_b: int) -> Difference:
+        """k_a/n_a − k_b/n_b (seeds with an outcome, e.g. diverged), by Fisher's exact test."""
+        if n_a == 0 or n_b == 0:
+            return self._add(Difference(name, math.nan, untested="no seeds", digits=2))
+        if n_a == 1 and n_b == 1:
+            return self._add(Difference(name, k_a - k_b, untested="one seed", digits=2))
+        test = stats.fisher(k_a, n_a, k_b, n_b)
+        return self._add(Difference(name, test.effect, test.low, test.high, test.p, test.method, digits=2))
+
+    def _add(self, d: Difference) -> Difference:
+        self.made.append(d)
+        return d
+
+    @property
+    def tested(self) -> list[Difference]:
+        return [d for d in self.made if d.p is not None]
+
+    def adjust(self) -> None:
+        """Holm–Bonferroni over every test made (untested comparisons have no p to adjust)."""
+        tested = self.tested
+        for d, adjusted in zip(tested, stats.holm([d.p for d in tested])):
+            d.adjusted = adjusted
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The study's figures, docs/study/*.png: gradient flow, context ablation, copy-probe recall (mean ± sd over
-seeds) and the provoked explosion's gradient-norm and loss traces, clipped against unclipped.
+"""The study's figures, docs/study/*.png: gradient flow, context ablation, copy-probe recall and the
+provoked explosion's gradient-norm and loss traces, clipped against unclipped. Every seed is drawn (a line
+or a dot beside its cell's mean), so the spread the verdicts test is visible.
 
 Each plot returns whether it drew anything (nothing to draw: no file, and the report leaves its
 image out). Drawn in the figure style of ``seqlm.core.figures``.
@@ -7,6 +8,7 @@ image out). Drawn in the figure style of ``seqlm.core.figures``.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from seqlm.core.figures import figure, save
@@ -28,27 +30,38 @@ def draw(results, folder: Path) -> dict[str, bool]:
     }
 
 
+def spread(x: float, i: int, n: int, width: float = 0.08) -> float:
+    """``x`` moved to the i-th of n evenly spaced places on a log axis, so that seeds (or families) at one
+    x stay apart; by index, not at random, so the figure is the same on every run."""
+    return x * 10 ** (width * ((i - (n - 1) / 2) / max(n - 1, 1)))
+
+
 def plot_gradient_flow(results, path: Path) -> bool:
-    """One curve per text family: its first finished seed (the seeds' curves differ little on a log scale)."""
+    """One colour per text family, one thin line per finished seed."""
     curves = []
     for label, cell in by_label(results, "text").items():
-        r = next((r for r in cell.results if ok(r) and r.gradient and r.gradient.get("rows")), None)
-        if r is not None:
-            curves.append((label, r.gradient["rows"]))
+        rows = [r.gradient["rows"] for r in cell.results if ok(r) and r.gradient and r.gradient.get("rows")]
+        if rows:
+            curves.append((label, rows))
     if not curves:
         return False
     fig, ax = figure(SIZE)
     flat = []
-    for label, rows in curves:
-        points = [(row["k"], row["gradient_norm"]) for row in rows if row["gradient_norm"] > 0]
-        if len(points) > 1:
-            ax.plot(*zip(*points), label=label)
-        else:
+    for label, seeds in curves:
+        colour = None
+        for rows in seeds:
+            points = [(row["k"], row["gradient_norm"]) for row in rows if row["gradient_norm"] > 0]
+            if len(points) > 1:
+                (line,) = ax.plot(
+                    *zip(*points), color=colour, linewidth=1, alpha=0.8, label=None if colour else label
+                )
+                colour = line.get_color()
+        if colour is None:
             flat.append(label)
     ax.set_yscale("log")
     ax.set_xlabel("k (steps back)")
     ax.set_ylabel(r"mean $\|\partial \ell_t \,/\, \partial h_{t-k}\|$")
-    title = "Gradient flow, text (first seed)"
+    title = "Gradient flow, text (one line per seed)"
     ax.set_title(title + (f" ({', '.join(flat)}: 0 for k > 0)" if flat else ""), fontsize=10)
     ax.legend(fontsize=8)
     save(fig, path)
@@ -56,24 +69,36 @@ def plot_gradient_flow(results, path: Path) -> bool:
 
 
 def plot_context_ablation(results, path: Path) -> bool:
+    """The seeds' mean per reset interval as a line, each seed's value as a dot beside it."""
     curves = []
     for label, cell in by_label(results, "text").items():
         tables = [ablation(r) for r in cell.results if ablation(r)]
         if tables:
             keys = [k for k in tables[0] if all(k in t for t in tables)]
-            curves.append((label, {k: sum(t[k] for t in tables) / len(tables) for k in keys}))
+            curves.append((label, {k: [t[k] for t in tables] for k in keys}))
     if not curves:
         return False
     fig, ax = figure(SIZE)
     largest = max(int(k) for _, rows in curves for k in rows if k != "none")
     for label, rows in curves:
         ks = sorted(int(k) for k in rows if k != "none")
-        ax.plot([*ks, 2 * largest], [*(rows[str(k)] for k in ks), rows["none"]], marker="o", label=label)
+        xs, keys = [*ks, 2 * largest], [*map(str, ks), "none"]
+        (line,) = ax.plot(xs, [statistics.fmean(rows[k]) for k in keys], marker="o", label=label)
+        for x, k in zip(xs, keys):
+            seeds = rows[k]
+            ax.scatter(
+                [spread(x, i, len(seeds)) for i in range(len(seeds))],
+                seeds,
+                s=9,
+                color=line.get_color(),
+                alpha=0.6,
+                linewidths=0,
+            )
     ax.set_xscale("log", base=2)
     ticks = sorted({int(k) for _, rows in curves for k in rows if k != "none"})
     ax.set_xticks([*ticks, 2 * largest], [*map(str, ticks), "∞"])
     ax.set_xlabel("K: state reset every K tokens (∞: carried)")
-    ax.set_ylabel("test bits per byte (mean of the seeds)")
+    ax.set_ylabel("test bits per byte (line: mean; dots: seeds)")
     ax.set_title("Context ablation, text", fontsize=10)
     ax.legend(fontsize=8)
     save(fig, path)
@@ -81,23 +106,32 @@ def plot_context_ablation(results, path: Path) -> bool:
 
 
 def plot_recall(results, path: Path) -> bool:
+    """Each seed's recall as a dot, each family's mean with its 95% interval over seeds as a bar."""
     grid = probe_grid(results)
     if not grid:
         return False
     fig, ax = figure(SIZE)
     chance = None
-    for label, probes in grid.items():
-        points = [(d, c.stat(recall)) for d, c in sorted(probes.items()) if c.stat(recall) is not None]
+    for f, (label, probes) in enumerate(grid.items()):
+        points = [(d, c) for d, c in sorted(probes.items()) if c.stat(recall) is not None]
         if points:
-            xs = [d for d, _ in points]
-            ax.errorbar(
-                xs,
-                [s.mean for _, s in points],
-                yerr=[s.sd for _, s in points],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
+            xs = [spread(d, f, len(grid), 0.1) for d, _ in points]  # families side by side at a delay
+            means = [c.stat(recall) for _, c in points]
+            bars = [
+                [s.mean - (s.ci_low if s.ci_low is not None else s.mean) for s in means],
+                [(s.ci_high if s.ci_high is not None else s.mean) - s.mean for s in means],
+            ]
+            bar = ax.errorbar(xs, [s.mean for s in means], yerr=bars, marker="o", capsize=3, label=label)
+            for x, (_, c) in zip(xs, points):
+                seeds = [v for v in c.values(recall) if v is not None]
+                ax.scatter(
+                    [spread(x, i, len(seeds), 0.03) for i in range(len(seeds))],
+                    seeds,
+                    s=9,
+                    color=bar.lines[0].get_color(),
+                    alpha=0.6,
+                    linewidths=0,
+                )
         for c in probes.values():
             chance = chance or next((r.eval["recall_chance"] for r in c.results if ok(r)), None)
     if chance is not None:
@@ -105,9 +139,10 @@ def plot_recall(results, path: Path) -> bool:
     delays = sorted({d for probes in grid.values() for d in probes})
     ax.set_xscale("log")
     ax.set_xticks(delays, [str(d) for d in delays])
+    ax.set_xticks([], minor=True)  # the log axis's own minor labels would crowd the delays
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("delay (filler symbols between key and recall)")
-    ax.set_ylabel("recall accuracy (test, mean ± sd over seeds)")
+    ax.set_ylabel("recall accuracy (test; dots: seeds, bars: 95% CI of the mean)")
     ax.set_title("Episodic copy probe: recall against delay, equal updates", fontsize=10)
     ax.legend(fontsize=8)
     save(fig, path)

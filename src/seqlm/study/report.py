@@ -1,9 +1,10 @@
 """docs/study.md, written by `seqlm study` from the experiments' own reports.
 
 Owns the markdown: provenance (machine, commit, the budget estimated and spent, load, the verdict rule),
-the claims table (verdict, positive control, mean ± sd), one section per group with its tables and
-figures, every experiment's row, and how to reproduce the study. The verdicts come from ``claims`` and
-``probe_claims``, the PNGs from ``figures``; nothing here is written by hand.
+the claims table (verdict, positive control, mean ± sd, the effect with its interval and adjusted p), one
+section per group with its tables and figures, every experiment's row, and how to reproduce the study. The
+verdicts come from ``claims`` and ``probe_claims``, the limitations from ``limitations``, the PNGs from
+``figures``; nothing here is written by hand.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqlm.core import atomic
-from seqlm.study import budget
+from seqlm.study import budget, limitations
 from seqlm.study import figures as plots
-from seqlm.study.aggregate import RULE, by_label, cells, fmt, min_seeds, probe_grid
-from seqlm.study.claims import cloze_claims, text_claims
-from seqlm.study.plan import PROBE_LR, SEED
+from seqlm.study.aggregate import RULE, Comparisons, by_label, cells, fmt, min_seeds, probe_grid
+from seqlm.study.claims import Claim, cloze_claims, text_claims
+from seqlm.study.plan import PROBE_LR, SEED, Options
 from seqlm.study.probe_claims import control, probe_claims, reach, updates_line
 from seqlm.study.results import (
     bits_per_blank,
@@ -36,11 +37,12 @@ from seqlm.study.results import (
 
 FIGURES = "study"  # docs/study/*.png
 CAPTIONS = {
-    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training (window "
-    "models: 0 for every k > 0).",
-    "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state.",
-    "copy_recall": "Recall at the key's second appearance, mean ± sd over seeds; every family got the "
-    "same number of updates.",
+    "gradient_flow": "Mean ‖∂ℓ_t/∂h_(t−k)‖ over k steps back, on the valid split after training, one line "
+    "per seed (window models: 0 for every k > 0).",
+    "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state. "
+    "The line joins the seeds' means; each dot is one seed.",
+    "copy_recall": "Recall at the key's second appearance: each seed a dot, the mean with its 95% "
+    "interval (t, over seeds) as a bar; every family got the same number of updates.",
     "explosion": "Every seed's gradient norm (measured before clipping, so the clipped runs show what "
     "clipping caught) and training loss, clipped against unclipped; x marks a divergence.",
 }
@@ -54,12 +56,21 @@ def write(docs: Path, results, machine: dict, options) -> Path:
     return path
 
 
-def all_claims(results):
-    return [*text_claims(results), *probe_claims(results), *cloze_claims(results)]
+def all_claims(results) -> tuple[list[Claim], Comparisons]:
+    """Every verdict, judged after the p-values of all the table's comparisons are adjusted together."""
+    comparisons = Comparisons()
+    judges = [
+        *text_claims(results, comparisons),
+        *probe_claims(results, comparisons),
+        *cloze_claims(results, comparisons),
+    ]
+    comparisons.adjust()
+    return [judge() for judge in judges], comparisons
 
 
 def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
     seeds = min_seeds(results)
+    claims, comparisons = all_claims(results)
     lines = [
         "# The sequence-model study",
         "",
@@ -70,24 +81,35 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
         "",
         "## The classic argument, claim by claim",
         "",
-        f"**Verdict rule:** {RULE}. Each claim is judged only when its *positive control* shows the test can "
-        "see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
-        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the "
-        "split, "
-        "the tokenizer's sampling, the initialisation and the batch order)."
-        + (" **One seed: no spread, so every verdict is provisional.**" if seeds < 2 else ""),
+        _rule(seeds, comparisons),
         "",
-        "| claim | verdict | test | positive control | evidence |",
-        "| --- | --- | --- | --- | --- |",
+        "| claim | verdict | test | positive control | evidence | effect [95% CI], Holm-adjusted p |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {c.claim} | **{c.verdict}** | {c.test} | {c.control} | {c.evidence} |"
-        for c in all_claims(results)
+        f"| {c.claim} | **{c.verdict}** | {c.test} | {c.control} | {c.evidence} | {c.effect} |"
+        for c in claims
     ]
     for section in (_text_section, _probe_section, _explode_section, _cloze_section):
         lines += ["", *section(results, figures)]
+    lines += ["", *limitations.section(claims, results, options, comparisons)]
     lines += ["", *_experiments(results), "", *_footer(options, machine)]
     return "\n".join(lines) + "\n"
+
+
+def _rule(seeds: int, comparisons: Comparisons) -> str:
+    tests = f" This table makes {len(comparisons.tested)} tests." if comparisons.tested else ""
+    one = (
+        " **One seed: no spread and no test (a difference counts by its sign alone), so every verdict is "
+        "provisional.**"
+    )
+    return (
+        f"**Verdict rule:** {RULE}.{tests} Each claim is judged only when its *positive control* shows the "
+        "test can see the effect; otherwise it reads **control failed**. Numbers are mean ± sd over "
+        f"{seeds} seed{'s' if seeds != 1 else ''} (`base.seed` {SEED}, {SEED + 1}, …; a seed changes the "
+        "split, the tokenizer's sampling, the initialisation and the batch order)."
+        + (one if seeds < 2 else "")
+    )
 
 
 def _provenance(results, machine: dict, options) -> str:
@@ -323,7 +345,8 @@ def _footer(options, machine: dict) -> list[str]:
         "## Reproduce and extend",
         "",
         "```bash",
-        "make study                  # seqlm study: every cell over 3 seeds, under 90 min on 2 cores",
+        f"make study                  # seqlm study: every cell over {Options().seeds} seeds, under "
+        f"{budget.LIMIT_MINUTES['full']:g} min on 2 cores",
         "seqlm study --quick         # a first look: one seed, a short ladder, short budgets (under 20 min)",
         "seqlm study --gpu           # bigger models, longer delays and more updates, on a GPU",
         "seqlm study --dry-run       # the plan, its time estimate and the dvc commands; runs nothing",

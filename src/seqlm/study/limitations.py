@@ -1,0 +1,211 @@
+"""The report's "Limitations and the literature" section, written from the numbers like the rest of it.
+
+Every claim of the study is a published one; LITERATURE says where each was shown and what was found.
+Where this run's verdict is not "supported", the section says so and names the likely reasons from what
+the run measured: a failed control, an effect whose interval holds zero at this many seeds, runs that all
+stopped at their budget, the models' size, failed seeds. Then the caveats every verdict shares: the CPU
+budget, the number of seeds and the correction, whether the tuning seeds are kept apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seqlm.study import stats
+from seqlm.study.aggregate import ALPHA, Comparisons, by_label, cells, min_seeds, pvalue
+from seqlm.study.claims import Claim
+from seqlm.study.plan import TUNING_SEEDS
+from seqlm.study.results import ok
+
+
+@dataclass(frozen=True)
+class Published:
+    short: str  # the claim and its source in a few words
+    paper: str
+    found: str  # what the paper showed, in a clause
+    group: str  # the study's experiments that test it
+
+
+LITERATURE = {
+    "window": Published(
+        "the fixed window (Bengio et al. 2003)",
+        "Bengio, Ducharme, Vincent & Jauvin (2003), *A Neural Probabilistic Language Model*",
+        "the fixed-window model conditions on its n − 1 preceding words only; history beyond them is lost",
+        "text",
+    ),
+    "big_window": Published(
+        "the wide window's parameters (Bengio et al. 2003)",
+        "Bengio, Ducharme, Vincent & Jauvin (2003)",
+        "the fixed-window model's hidden layer reads the concatenated window, so its weights grow with it",
+        "text",
+    ),
+    "bow": Published(
+        "the bag of words",
+        "by construction (no paper needed)",
+        "a sum of embeddings is the same for every order of its words",
+        "text",
+    ),
+    "vanish": Published(
+        "vanishing gradients (Bengio et al. 1994)",
+        "Bengio, Simard & Frasconi (1994), *Learning long-term dependencies with gradient descent is "
+        "difficult*",
+        "in a recurrent net that stores information robustly, gradients through time shrink exponentially",
+        "text",
+    ),
+    "clipping": Published(
+        "explosion and clipping (Pascanu et al. 2013)",
+        "Pascanu, Mikolov & Bengio (2013), *On the difficulty of training recurrent neural networks*",
+        "gradients can explode, and clipping their norm keeps training stable",
+        "explode",
+    ),
+    "irnn": Published(
+        "the IRNN (Le et al. 2015)",
+        "Le, Jaitly & Hinton (2015), *A Simple Way to Initialize Recurrent Networks of Rectified Linear "
+        "Units*",
+        "a ReLU RNN initialised at the identity learns long-range toy problems (the adding problem) and "
+        "pixel-by-pixel MNIST about as well as an LSTM",
+        "probe",
+    ),
+    "gated": Published(
+        "gated cells (Hochreiter & Schmidhuber 1997)",
+        "Hochreiter & Schmidhuber (1997), *Long Short-Term Memory*",
+        "the LSTM bridges time lags of over 1,000 steps where a plain RNN fails",
+        "probe",
+    ),
+    "bidirectional": Published(
+        "the bidirectional RNN (Schuster & Paliwal 1997)",
+        "Schuster & Paliwal (1997), *Bidirectional recurrent neural networks*",
+        "reading the future as well as the past improves prediction where both are available",
+        "cloze",
+    ),
+}
+BUDGETS = {"max_steps": "its step cap", "max_minutes": "its time budget"}  # train metrics' stopped_by
+
+
+def section(claims: list[Claim], results, options, comparisons: Comparisons) -> list[str]:
+    differ = [c for c in claims if c.key in LITERATURE and c.verdict != "supported"]
+    agree = [LITERATURE[c.key].short for c in claims if c.key in LITERATURE and c.verdict == "supported"]
+    lines = [
+        "## Limitations and the literature",
+        "",
+        "Each claim is a published result. Where this run's verdict is not *supported* it differs from the "
+        "paper, and the line says why as far as the run can tell: the reasons are read off its own "
+        "measurements, like every other sentence here.",
+        "",
+    ]
+    for c in differ:
+        lit = LITERATURE[c.key]
+        reasons = _reasons(c, results, len(comparisons.tested))
+        lines.append(
+            f"- **{c.claim}**: *{c.verdict}* here; {lit.paper}: {lit.found}. Likely reasons: "
+            + ("; ".join(reasons) if reasons else "none the run measured")
+            + "."
+        )
+    if agree:
+        lines += ([""] if differ else []) + ["Agree with the literature: " + ", ".join(agree) + "."]
+    return lines + ["", *_caveats(results, options, comparisons)]
+
+
+def _reasons(claim: Claim, results, tests: int) -> list[str]:
+    if claim.verdict == "not tested":
+        return [f"the test did not run ({claim.evidence})"]
+    out = []
+    if claim.verdict == "control failed":
+        out.append(f"its positive control failed ({claim.control}), so the test could not see the effect")
+    if claim.verdict == "not supported":
+        out.append("a difference the test can see goes against the claim (the effect column)")
+    for d in claim.effects:
+        interval = f"[{d.low:+.{d.digits}f}, {d.high:+.{d.digits}f}]"
+        if d.p is None:
+            out.append(f"{d.name}: no test ({d.untested})")
+        elif d.counts:
+            continue
+        elif d.low <= 0 <= d.high:
+            out.append(
+                f"{d.name}: its 95% interval {interval} includes 0, so at these seeds the test cannot tell "
+                "the effect from none"
+            )
+        else:
+            out.append(
+                f"{d.name}: its 95% interval {interval} excludes 0 (p {pvalue(d.p)}), but not after Holm's "
+                f"correction over the table's {tests} tests (p_Holm {pvalue(d.adjusted)}): more seeds "
+                "could tell"
+            )
+    return out + _measured(LITERATURE[claim.key].group, results)
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def _measured(group: str, results) -> list[str]:
+    """What the group's runs say about their own budget, size and failures."""
+    runs = [r for r in results if r.experiment.group == group]
+    done = [r for r in runs if ok(r) and r.train]
+    out = []
+    capped = [r for r in done if r.train.get("stopped_by") in BUDGETS]
+    if done and len(capped) == len(done):
+        steps = [int(r.train["steps"]) for r in done if r.train.get("steps") is not None]
+        why = BUDGETS[capped[0].train["stopped_by"]]
+        span = f"{_span(steps)} updates" if steps else "its budget"
+        out.append(
+            f"every finished {group} run stopped at {why} ({span}), none by converging: the verdict measures "
+            "what a family learns within this budget"
+        )
+    elif capped:
+        out.append(f"{len(capped)} of {len(done)} finished {group} runs stopped at their budget")
+    sizes = [r.experiment.parameters for r in runs if r.experiment.parameters]
+    if sizes:
+        out.append(f"models of {_span(sizes)} parameters")
+    failed = len(runs) - len(done)
+    if failed:
+        out.append(f"{failed} of {len(runs)} {group} runs failed or diverged")
+    return out
+
+
+def _caveats(results, options, comparisons: Comparisons) -> list[str]:
+    n = min_seeds(results)
+    seeds = sorted({r.experiment.seed for r in results})
+    m = len(comparisons.tested)
+    lines = [
+        f"- **Budget.** Every run is a small model trained on {'a GPU' if options.gpu else 'CPU cores'} "
+        f"for a fixed budget (text {options.text_minutes:g} min, probe {options.probe_steps:,} updates, "
+        f"explosion {options.explode_minutes:g} min, cloze {options.cloze_minutes:g} min), far smaller and "
+        "shorter than the papers' models and training: a verdict here holds at this budget.",
+    ]
+    if n >= 2:
+        t = stats.t_quantile(0.975, n - 1)
+        lines.append(
+            f"- **Seeds.** {n} seeds per cell: a mean's 95% interval is ±{t:.2f} sd/√{n}, and Holm's "
+            f"correction over the table's {m} tests asks the smallest p to fall below "
+            f"{ALPHA / max(m, 1):.4f}: a real but small effect can read *tie*."
+        )
+    else:
+        lines.append(
+            "- **Seeds.** One seed per cell: no test is possible, a difference counts by its sign alone and "
+            "every verdict is provisional."
+        )
+    if cells(results, "probe"):
+        shared = sorted(set(TUNING_SEEDS) & set(seeds))
+        lines.append(
+            "- **Tuning.** The probe's learning rates (`PROBE_LR`) were chosen by a sweep on the valid split "
+            f"with `base.seed` {', '.join(map(str, TUNING_SEEDS))}; "
+            + (
+                f"{', '.join(map(str, shared))} is also a reported seed, so tuning is not kept apart: the "
+                "rates were chosen on runs the probe verdicts also count, which flatters them."
+                if shared
+                else "no reported seed is among them: tuning is kept apart from the reported seeds."
+            )
+        )
+    cloze = by_label(results, "cloze")
+    if "bilstm" in cloze and "lstm (left to right)" in cloze:
+        ratio = cloze["bilstm"].experiment.parameters / max(
+            cloze["lstm (left to right)"].experiment.parameters, 1
+        )
+        if ratio > 1.15:  # beyond the 15% the text families are matched to
+            lines.append(
+                f"- **Size.** The BiLSTM has {ratio - 1:.0%} more parameters than its left-to-right control: "
+                "part of its gain may be its size."
+            )
+    return lines
