@@ -40,9 +40,10 @@ chromium: ## Debian's Chromium for the MLflow UI test, with sudo apt-get when it
 run: setup ## the whole pipeline: dvc repro
 	$(BIN)/dvc repro
 
-# The sequence-model study (docs/study.md): 135 queued DVC experiments (27 cells × 5 seeds), about 145 minutes
-# on 2 CPU cores; `seqlm study --quick` is a first look in under 20, `seqlm study --gpu` the GPU path.
-study: setup ## the sequence-model study: 135 DVC experiments, docs/study.md (about 2.5 h)
+# The sequence-model study (docs/study.md): 320 queued DVC experiments (64 cells × 5 seeds), at most about 30 h
+# on 2 CPU cores (probes stop when solved); `seqlm study --gpu` the GPU path, `seqlm study --quick` a first look
+# in under 20 minutes.
+study: setup ## the sequence-model study, docs/study.md (hours: see seqlm study --dry-run; --quick 20 min)
 	$(BIN)/seqlm study
 
 lint: setup ## ruff format --check and ruff check

@@ -3,8 +3,9 @@ study's one way of calling a difference (RULE, printed once in the report).
 
 Every comparison a verdict rests on goes through ``Comparisons``: a Welch t-test between two cells'
 per-seed values, a one-sample t-test against a fixed threshold, or Fisher's exact test between two counts
-of seeds (``seqlm.study.stats``). The claims register their comparisons first; ``Comparisons.adjust`` then
-corrects the p-values of all of them together (Holm–Bonferroni), and only then are verdicts read. With one
+of seeds (``seqlm.study.stats``). The claims register their comparisons first, each claim as one family of
+hypotheses (``Comparisons.claim``); ``Comparisons.adjust`` then corrects the p-values within each claim
+(Holm–Bonferroni), and only then are verdicts read. With one
 seed there is nothing to test: a difference counts by its sign alone and the report calls every verdict
 provisional.
 """
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 
 from seqlm.study import stats
 
-ALPHA = 0.05  # family-wise: a difference counts when its Holm-adjusted p is below this
+ALPHA = 0.05  # family-wise per claim: a difference counts when its Holm-adjusted p is below this
 RULE = (
     "two cells differ when Welch's two-sided t-test on their per-seed values (unequal variances, "
     "Welch–Satterthwaite degrees of freedom) gives a Holm–Bonferroni-adjusted p below 0.05; rates such as "
     "recall accuracy are tested the same way on their per-seed values, a threshold (such as 'vanished') "
-    "by a one-sample t-test against it, and counts of diverged seeds by Fisher's exact test. The correction "
-    "runs over every test the claims table makes, positive controls included; each effect is shown as the "
+    "by a one-sample t-test against it, and counts of diverged seeds by Fisher's exact test. Each claim is "
+    "one family of hypotheses: the correction runs over every test its verdict rests on, its positive "
+    "control included, so each verdict keeps a 5% family-wise error; each effect is shown as the "
     "difference of means with its 95% confidence interval and adjusted p"
 )
 
@@ -74,6 +76,7 @@ class Difference:
     untested: str = ""  # why there is no test: "one seed", "no result", "n=1 of 5"
     digits: int = 3
     adjusted: float | None = None  # set by Comparisons.adjust
+    family: str = ""  # the claim whose tests are corrected together
 
     @property
     def counts(self) -> bool:
@@ -117,8 +120,13 @@ def pvalue(p: float | None) -> str:
 class Comparisons:
     """Every comparison the claims table makes, so that their p-values are corrected together."""
 
-    def __init__(self) -> None:
-        self.made: list[Difference] = []
+    def __init__(self, made: list[Difference] | None = None, family: str = "") -> None:
+        self.made: list[Difference] = [] if made is None else made
+        self.family = family
+
+    def claim(self, key: str) -> "Comparisons":
+        """The comparisons of claim ``key``: one family for the correction, in this table's list."""
+        return Comparisons(self.made, key)
 
     def compare(self, name: str, a: Stat | None, b: Stat | float | None, digits: int = 3) -> Difference:
         """a − b: Welch's t-test between two cells, or a one-sample t-test when b is a fixed number."""
@@ -147,6 +155,7 @@ class Comparisons:
         return self._add(Difference(name, test.effect, test.low, test.high, test.p, test.method, digits=2))
 
     def _add(self, d: Difference) -> Difference:
+        d.family = self.family
         self.made.append(d)
         return d
 
@@ -154,11 +163,16 @@ class Comparisons:
     def tested(self) -> list[Difference]:
         return [d for d in self.made if d.p is not None]
 
+    def family_size(self, d: Difference) -> int:
+        """The tests corrected together with ``d``: its claim's."""
+        return sum(1 for t in self.tested if t.family == d.family)
+
     def adjust(self) -> None:
-        """Holm–Bonferroni over every test made (untested comparisons have no p to adjust)."""
-        tested = self.tested
-        for d, adjusted in zip(tested, stats.holm([d.p for d in tested])):
-            d.adjusted = adjusted
+        """Holm–Bonferroni within each claim's tests (untested comparisons have no p to adjust)."""
+        for family in {d.family for d in self.tested}:
+            tested = [d for d in self.tested if d.family == family]
+            for d, adjusted in zip(tested, stats.holm([d.p for d in tested])):
+                d.adjusted = adjusted
 
 
 @dataclass

@@ -59,16 +59,16 @@ def not_tested(key: str, claim: str, test: str, why: str) -> Judge:
 def text_claims(results, comparisons: Comparisons) -> list[Judge]:
     text = by_label(results, "text")
     return [
-        _window(text, comparisons),
-        _big_window(text, comparisons),
-        _bow(text, comparisons),
-        _vanish(text, comparisons),
-        _clipping(by_label(results, "explode"), text.get("rnn"), comparisons),
+        _window(text, comparisons.claim("window")),
+        _big_window(text, comparisons.claim("big")),
+        _bow(text, comparisons.claim("bow")),
+        _vanish(text, comparisons.claim("vanish")),
+        _clipping(by_label(results, "explode"), text.get("rnn"), comparisons.claim("clip")),
     ]
 
 
 def cloze_claims(results, comparisons: Comparisons) -> list[Judge]:
-    return [_bidirectional(by_label(results, "cloze"), comparisons)]
+    return [_bidirectional(by_label(results, "cloze"), comparisons.claim("bi"))]
 
 
 def passed(seen: bool, d: Difference) -> str:

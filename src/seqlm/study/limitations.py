@@ -95,7 +95,7 @@ def section(claims: list[Claim], results, options, comparisons: Comparisons) -> 
     ]
     for c in differ:
         lit = LITERATURE[c.key]
-        reasons = _reasons(c, results, len(comparisons.tested))
+        reasons = _reasons(c, results, comparisons)
         lines.append(
             f"- **{c.claim}**: *{c.verdict}* here; {lit.paper}: {lit.found}. Likely reasons: "
             + ("; ".join(reasons) if reasons else "none the run measured")
@@ -106,7 +106,7 @@ def section(claims: list[Claim], results, options, comparisons: Comparisons) -> 
     return lines + ["", *_caveats(results, options, comparisons)]
 
 
-def _reasons(claim: Claim, results, tests: int) -> list[str]:
+def _reasons(claim: Claim, results, comparisons: Comparisons) -> list[str]:
     if claim.verdict == "not tested":
         return [f"the test did not run ({claim.evidence})"]
     out = []
@@ -127,9 +127,9 @@ def _reasons(claim: Claim, results, tests: int) -> list[str]:
             )
         else:
             out.append(
-                f"{d.name}: its 95% interval {interval} excludes 0 (p {pvalue(d.p)}), but not after Holm's "
-                f"correction over the table's {tests} tests (p_Holm {pvalue(d.adjusted)}): more seeds "
-                "could tell"
+                f"{d.name}: its 95% interval {interval} excludes 0 (p {pvalue(d.p)}), but not after "
+                f"Holm's correction over the claim's {comparisons.family_size(d)} tests "
+                f"(p_Holm {pvalue(d.adjusted)}): more seeds could tell"
             )
     return out + _measured(LITERATURE[claim.key].group, results)
 
@@ -167,7 +167,7 @@ def _measured(group: str, results) -> list[str]:
 def _caveats(results, options, comparisons: Comparisons) -> list[str]:
     n = min_seeds(results)
     seeds = sorted({r.experiment.seed for r in results})
-    m = len(comparisons.tested)
+    m = max((comparisons.family_size(d) for d in comparisons.tested), default=1)
     lines = [
         f"- **Budget.** Every run is a small model trained on {'a GPU' if options.gpu else 'CPU cores'} "
         f"for a fixed budget (text {options.text_minutes:g} min, probe {options.probe_steps:,} updates, "
@@ -178,7 +178,7 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
         t = stats.t_quantile(0.975, n - 1)
         lines.append(
             f"- **Seeds.** {n} seeds per cell: a mean's 95% interval is ±{t:.2f} sd/√{n}, and Holm's "
-            f"correction over the table's {m} tests asks the smallest p to fall below "
+            f"correction within a claim of up to {m} tests asks its smallest p to fall below "
             f"{ALPHA / max(m, 1):.4f}: a real but small effect can read *tie*."
         )
     else:
@@ -189,7 +189,8 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
     if cells(results, "probe"):
         shared = sorted(set(TUNING_SEEDS) & set(seeds))
         lines.append(
-            "- **Tuning.** The probe's learning rates (`PROBE_LR`) were chosen by a sweep on the valid split "
+            "- **Tuning.** The probe's learning rate (`PROBE_LR`, one for every family) was chosen by a "
+            "sweep on the valid split "
             f"with `base.seed` {', '.join(map(str, TUNING_SEEDS))}; "
             + (
                 f"{', '.join(map(str, shared))} is also a reported seed, so tuning is not kept apart: the "

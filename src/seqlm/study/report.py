@@ -9,6 +9,7 @@ verdicts come from ``claims`` and ``probe_claims``, the limitations from ``limit
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from seqlm.core import atomic
@@ -16,8 +17,8 @@ from seqlm.study import budget, limitations
 from seqlm.study import figures as plots
 from seqlm.study.aggregate import RULE, Comparisons, by_label, cells, fmt, min_seeds, probe_grid
 from seqlm.study.claims import Claim, cloze_claims, text_claims
-from seqlm.study.plan import PROBE_LR, SEED, Options
-from seqlm.study.probe_claims import control, probe_claims, reach, updates_line
+from seqlm.study.plan import PROBE_LR, SEED, SOLVED_RECALL, Options
+from seqlm.study.probe_claims import SOLVES, cell_text, control, probe_claims, reach, updates_line
 from seqlm.study.results import (
     bits_per_blank,
     bpb,
@@ -28,7 +29,6 @@ from seqlm.study.results import (
     loss_spikes,
     minutes,
     ok,
-    recall,
     top1,
     top5,
     train_value,
@@ -90,7 +90,8 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
         f"| {c.claim} | **{c.verdict}** | {c.test} | {c.control} | {c.evidence} | {c.effect} |"
         for c in claims
     ]
-    for section in (_text_section, _probe_section, _explode_section, _cloze_section):
+    probe = partial(_probe_section, options=options)
+    for section in (_text_section, probe, _explode_section, _cloze_section):
         lines += ["", *section(results, figures)]
     lines += ["", *limitations.section(claims, results, options, comparisons)]
     lines += ["", *_experiments(results), "", *_footer(options, machine)]
@@ -98,7 +99,12 @@ def render(results, machine: dict, options, figures: dict[str, bool]) -> str:
 
 
 def _rule(seeds: int, comparisons: Comparisons) -> str:
-    tests = f" This table makes {len(comparisons.tested)} tests." if comparisons.tested else ""
+    families = {d.family for d in comparisons.tested}
+    tests = (
+        f" This table makes {len(comparisons.tested)} tests in {len(families)} claims."
+        if comparisons.tested
+        else ""
+    )
     one = (
         " **One seed: no spread and no test (a difference counts by its sign alone), so every verdict is "
         "provisional.**"
@@ -203,43 +209,32 @@ def _ratio(c) -> str:
     return "n/a (no recurrence)" if window else _cell(c, log10_gradient_ratio, 1)
 
 
-def _probe_section(results, figures) -> list[str]:
+def _probe_section(results, figures, options: Options) -> list[str]:
     grid = probe_grid(results)
     if not grid:
         return []
     delays = sorted({d for probes in grid.values() for d in probes})
-    irnn = next(
-        (c.experiment.overrides for p in grid.values() for c in p.values() if c.experiment.label == "irnn"),
-        {},
-    )
     lines = [
         "## Episodic copy probe: how far back does each family remember?",
         "",
         "`data.source: synthetic:copy` with `train.episodic: true`: every line (a key, `data.delay` "
-        "filler dots, "
-        "the cue `?`, the key again) is an independent episode from a fresh state, B whole episodes per "
-        "batch, "
-        "the loss on every target; recall is scored at each test episode's recall position. Every family "
-        "gets "
-        "the same number of updates (a step budget); the minutes they took are reported. A family "
-        "*remembers* a "
-        "delay when its mean recall is at least halfway from chance to perfect; the positive control is "
-        "that it "
-        "remembers the shortest delay. Each family trains with AdamW at its own learning rate, chosen on the "
-        "valid split before the study (`PROBE_LR` in seqlm.study.plan: "
-        + ", ".join(f"{f} {lr:g}" for f, lr in PROBE_LR.items())
-        + "). The IRNN runs under its own protocol (Le et al. 2015): gradients clipped at "
-        f"{irnn.get('train.grad_clip', '—')}, learning rate {irnn.get('train.lr', '—')} (inside the paper's "
-        "range) on the ladder, and the paper's optimiser, plain SGD at the top of its range, as a row of its "
-        "own at the shortest delay.",
+        "filler dots, the cue `?`, the key again) is an independent episode from a fresh state, B whole "
+        "episodes per batch, the loss on every target. Every family trains alike (AdamW at learning rate "
+        f"{PROBE_LR:g}, the pipeline's gradient clipping) and each run stops at the first validation whose "
+        f"recall reaches {SOLVED_RECALL:g} (`train.stop_at_recall`), or at {options.probe_steps:,} updates. "
+        f"A cell shows the seeds that solved it and their median updates to solve; a family *solves* a delay "
+        f"when at least {SOLVES:.0%} of its seeds did, and the positive control is that it solves the "
+        "shortest delay. The IRNN is a 2 × 2 (tanh or ReLU, default or identity W_hh); the LSTM runs with "
+        "forget-gate bias 1 and, as `lstm-bias0`, PyTorch's 0; `ffn_window` and `bow` are negative controls "
+        "that see only their window.",
         "",
         "| family | "
         + " | ".join(f"delay {d}" for d in delays)
-        + " | control (shortest delay) | remembers up to |",
+        + " | control (shortest delay) | solves up to |",
         "| --- | " + " | ".join("---:" for _ in delays) + " | --- | ---: |",
     ]
     for label, probes in grid.items():
-        row = [_recall_cell(probes.get(d)) for d in delays]
+        row = [_solved_cell(probes.get(d)) for d in delays]
         passed, _ = control(probes)
         lines.append(
             f"| {label} | "
@@ -248,17 +243,16 @@ def _probe_section(results, figures) -> list[str]:
         )
     return lines + [
         "",
-        updates_line(grid),
+        updates_line(grid, options.probe_steps),
         "",
         *_figure(figures, "copy_recall", "Copy-probe recall against delay"),
     ]
 
 
-def _recall_cell(c) -> str:
+def _solved_cell(c) -> str:
     if c is None:
         return ""
-    s = c.stat(recall)
-    text = fmt(s, 2) if s is not None else "—"
+    text = cell_text(c)
     if c.failed:
         text += f" ({c.failed}/{c.seeds} {'diverged' if c.diverged else 'failed'})"
     return text
@@ -345,8 +339,8 @@ def _footer(options, machine: dict) -> list[str]:
         "## Reproduce and extend",
         "",
         "```bash",
-        f"make study                  # seqlm study: every cell over {Options().seeds} seeds, under "
-        f"{budget.LIMIT_MINUTES['full']:g} min on 2 cores",
+        f"make study                  # seqlm study: every cell over {Options().seeds} seeds, the ladder to "
+        f"delay {max(Options().delays)} (hours on 2 cores: see the estimate)",
         "seqlm study --quick         # a first look: one seed, a short ladder, short budgets (under 20 min)",
         "seqlm study --gpu           # bigger models, longer delays and more updates, on a GPU",
         "seqlm study --dry-run       # the plan, its time estimate and the dvc commands; runs nothing",

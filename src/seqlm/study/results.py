@@ -46,6 +46,17 @@ def recall(r) -> float | None:
     return r.eval.get("recall_accuracy") if ok(r) else None
 
 
+def solved(r) -> float | None:
+    """1 when the probe run stopped because its valid recall reached train.stop_at_recall, 0 when it met its
+    cap first (the study's probes: updates to solve)."""
+    return (1.0 if r.train and r.train.get("stopped_by") == "solved" else 0.0) if ok(r) else None
+
+
+def updates_to_solve(r) -> float | None:
+    """The updates a solved probe run took; None when it did not solve."""
+    return float(r.train["steps"]) if solved(r) else None
+
+
 def bits_per_blank(r) -> float | None:
     return r.eval.get("bits_per_blank") if ok(r) else None
 
