@@ -4,6 +4,7 @@ episodic copy probe at a short delay (the positive control)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -328,11 +329,18 @@ def test_kill_9_then_rerun_resumes_an_episodic_run_exactly(in_copy3, capsys):
     """The resume state holds no carried state (None) but the epoch's episode order and batch index: a
     run killed mid-epoch and resumed ends where the uninterrupted one does."""
     paths = in_copy3.paths()
+    with params_restored(paths):
+        kill_and_resume(in_copy3, paths, capsys)
+
+
+@contextlib.contextmanager
+def params_restored(paths):
+    """params.yaml as it was after the block: the module's other tests share the project."""
     before = paths.params.read_text()
     try:
-        kill_and_resume(in_copy3, paths, capsys)
+        yield
     finally:
-        paths.params.write_text(before)  # the module's other tests share the project
+        paths.params.write_text(before)
 
 
 def kill_and_resume(in_copy3, paths, capsys):
@@ -433,11 +441,8 @@ def test_a_probe_stops_at_the_first_validation_that_solves_it(in_copy3, capsys):
     max_steps, and reports those updates as solved; a run killed after it solved resumes to the same
     report without training on; a cap too small to solve in says max_steps and not solved."""
     paths = in_copy3.paths()
-    before = paths.params.read_text()
-    try:
+    with params_restored(paths):
         updates_to_solve(in_copy3, paths, capsys)
-    finally:
-        paths.params.write_text(before)  # the module's other tests share the project
 
 
 def updates_to_solve(in_copy3, paths, capsys):

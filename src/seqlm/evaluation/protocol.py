@@ -37,6 +37,7 @@ class Protocol:
     score_name = "bits_per_byte"  # validation reports val_<score_name>, evaluation <score_name>
     scales_lr_by_window = True  # a variable-length window scales the learning rate (AWD-LSTM)
     not_registrable: str | None = None  # why the registry refuses this protocol's models, if it does
+    _recall_note = ""  # after the evaluate stage's recall line
 
     # ------------------------------------------------------------------------------------- layout
 
@@ -119,7 +120,8 @@ class Protocol:
 
     def val_metrics(self, val_loss: float, valid_split: dict, recall: dict | None) -> dict:
         """What a validation reports (MLflow step metrics, reports/train/metrics.json's val_*)."""
-        scores = {"val_loss": val_loss, "val_bits_per_byte": bits_per_byte(val_loss, **_counts(valid_split))}
+        bpb = bits_per_byte(val_loss, valid_split["tokens"], valid_split["bytes"])
+        scores = {"val_loss": val_loss, "val_bits_per_byte": bpb}
         return scores | {f"val_recall_{k}": v for k, v in (recall or {}).items()}
 
     def recall(self, totals: Totals) -> dict | None:
@@ -161,9 +163,3 @@ class Protocol:
                 + self._recall_note
             )
         return "\n".join(lines)
-
-    _recall_note = ""
-
-
-def _counts(split: dict) -> dict:
-    return {"tokens": split["tokens"], "bytes_": split["bytes"]}

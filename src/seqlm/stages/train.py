@@ -100,7 +100,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         if not rank0:
             return {}
         metrics = _metrics(cfg, trainer, lm, progress, precision)
-        _export(paths, lm, best, meta, metrics, device, run.run_id, cfg)
+        _export(paths, lm, best, meta, metrics, device, run.run_id)
         _write_reports(paths, metrics, progress, lm)
         _log_and_close(paths, run, metrics, progress, trainer.global_step)
         write_run_json(paths, run.run_id, cfg.base.experiment, uri)
@@ -163,7 +163,7 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
     }
 
 
-def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str, cfg: Config) -> None:
+def _export(paths: Paths, lm, best, meta: dict, metrics: dict, device, run_id: str) -> None:
     from seqlm.models import export
 
     training = {k: metrics[k] for k in ("val_loss", "val_" + lm.protocol.score_name, "steps", "precision")}
