@@ -26,12 +26,6 @@ SAME_NAME_OTHER_THING = {
     # the study's own figures in docs/study/, named after the diagnostics they summarise
     "seqlm/study/figures.py": {"context_ablation.png", "gradient_flow.png"},
 }
-# Modules that still spell a name Paths owns; an entry goes when its module takes the name from
-# seqlm.core.paths (the test fails while an entry names what its module no longer spells).
-NOT_YET_MOVED = {
-    "seqlm/registry/rescoring.py": {'f"{split}.bin"'},  # a re-scored split's tokens, in a temporary folder
-    "seqlm/tracking/store.py": {"mlflow.db"},  # Paths(store_root(paths)).mlflow_db
-}
 
 
 def owned_paths(root: Path) -> set[Path]:
@@ -133,7 +127,7 @@ def test_no_module_but_core_paths_spells_a_path_that_paths_owns():
             continue
         module = path.relative_to(PACKAGE.parent).as_posix()
         found = spelled(path.read_text(encoding="utf-8"), names)
-        allowed = SAME_NAME_OTHER_THING.get(module, set()) | NOT_YET_MOVED.get(module, set())
+        allowed = SAME_NAME_OTHER_THING.get(module, set())
         if found - allowed:
             problems.append(f"{module} spells {sorted(found - allowed)}: take it from seqlm.core.paths")
         if allowed - found:

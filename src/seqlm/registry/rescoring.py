@@ -31,7 +31,8 @@ def rescore(name: str, version: int, protocol: dict, paths: Paths, split: str = 
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / export.TOKENIZER))
     text = paths.raw_split(split)
     with tempfile.TemporaryDirectory(prefix="seqlm-rescore-") as tmp:
-        dest, dtype = Path(tmp) / f"{split}.bin", token_dtype(sp.GetPieceSize())
+        dest, dtype = Paths(Path(tmp)).tokens(split), token_dtype(sp.GetPieceSize())
+        dest.parent.mkdir(parents=True)
         stats = encode_file(sp, text, dest, dtype)
         tokens = open_tokens(dest, dtype.name)
         if len(tokens) < protocol["batch_size"] + 1:

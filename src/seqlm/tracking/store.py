@@ -27,7 +27,7 @@ def store_root(paths: Paths) -> Path:
 
 
 def tracking_uri(paths: Paths) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(paths) / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Paths(store_root(paths)).mlflow_db}"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -100,7 +100,7 @@ def experiment_id(mlflow_client, name: str, paths: Paths) -> str:
         return found.experiment_id
     artifact_location = None
     if mlflow_client.tracking_uri.startswith("sqlite:"):
-        artifact_location = (store_root(paths) / "mlartifacts").as_uri()
+        artifact_location = Paths(store_root(paths)).mlflow_artifacts.as_uri()
     from mlflow.exceptions import MlflowException
 
     try:
