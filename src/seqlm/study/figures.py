@@ -143,7 +143,7 @@ def plot_recall(results, path: Path) -> bool:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("delay (filler symbols between key and recall)")
     ax.set_ylabel("recall accuracy (test; dots: seeds, bars: 95% CI of the mean)")
-    ax.set_title("Episodic copy probe: recall against delay, equal updates", fontsize=10)
+    ax.set_title("Episodic copy probe: recall against delay (runs stop once solved)", fontsize=10)
     ax.legend(fontsize=8)
     save(fig, path)
     return True

@@ -42,7 +42,8 @@ CAPTIONS = {
     "context_ablation": "Test bits per byte when the state is reset every K tokens; ∞ is the carried state. "
     "The line joins the seeds' means; each dot is one seed.",
     "copy_recall": "Recall at the key's second appearance: each seed a dot, the mean with its 95% "
-    "interval (t, over seeds) as a bar; every family got the same number of updates.",
+    "interval (t, over seeds) as a bar; a run stops once its valid recall reaches the threshold, or at "
+    "the cap.",
     "explosion": "Every seed's gradient norm (measured before clipping, so the clipped runs show what "
     "clipping caught) and training loss, clipped against unclipped; x marks a divergence.",
 }
