@@ -309,7 +309,7 @@ def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> 
     r = results.Result(e, "success", "abc123", train, {}, run_id="r")
     if e.group in ("text", "explode"):
         value = TEXT_BPB.get(e.family, {"clipped": 1.55, "unclipped": 1.90}.get(e.label, 1.5))
-        r.eval = {"bits_per_byte": value + jitter}
+        r.eval = {"bits_per_byte": value + jitter, "unigram_bits_per_byte": 2.44}
         window = e.family.startswith("ffn_window") or e.family == "bow"
         wide = e.family == "ffn_window-wide"
         gains = {
@@ -436,7 +436,7 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     }
     assert text.count(aggregate.RULE) == 1  # the rule, stated once, with the size of the corrected family
     assert "Welch's two-sided t-test" in aggregate.RULE and "Holm–Bonferroni" in aggregate.RULE
-    assert "This table makes 33 tests in 8 claims." in text  # the window controls compare nothing
+    assert "This table makes 34 tests in 8 claims." in text  # the window controls compare nothing
     # each row shows its effect with the interval and the adjusted p
     assert "| bow − ffn_window, bits/byte: +0.150 [+0.135, +0.165], p_Holm < 0.001 |" in text
     assert "lstm − tanh rnn, recall at delay 100: +0.86 [+0.85, +0.87], p_Holm < 0.001" in text
@@ -506,6 +506,18 @@ def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tm
     assert "clipped − unclipped, bits/byte: -0.360 (no test: n=1 on one side)" in text
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()
+
+
+def test_clipping_that_keeps_runs_finite_but_above_the_unigram_floor_fixed_nothing(plan):
+    rows = fake_results(plan)
+    for r in rows:
+        if r.experiment.label == "unclipped":
+            diverge(r)
+        if r.experiment.label == "clipped":
+            r.eval["bits_per_byte"] += 1.59  # 3.14: finite, every seed, but above the unigram's 2.44
+    text = report.render(rows, MACHINE, OPTIONS, {})
+    assert verdicts(text)[CLAIMS["clip"]] == "not supported"
+    assert "the clipped runs do not end below the unigram floor 2.440" in text
 
 
 def test_claims_whose_control_fails_are_not_judged(plan):

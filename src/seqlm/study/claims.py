@@ -25,6 +25,7 @@ from seqlm.study.results import (
     loss_spikes,
     top1,
     unigram_bits_per_blank,
+    unigram_bpb,
 )
 
 VANISHED_LOG10 = -2.0  # "vanished": the gradient 128 steps back is below 1% of the one at the loss
@@ -251,6 +252,12 @@ def _clipping(explode: dict[str, Cell], reference: Cell | None, comparisons: Com
         unclipped.seeds,
     )
     lower = comparisons.compare("clipped − unclipped, bits/byte", clipped.stat(bpb), unclipped.stat(bpb))
+    # Fixed means trained, not only finite: a clipped run must also end below what counting alone scores
+    # (Pascanu et al. 2013 count a run as rescued when it learns the task); one that stays finite but above
+    # the unigram floor has had its explosion hidden, not fixed
+    floor = comparisons.compare(
+        "clipped − unigram floor, bits/byte", clipped.stat(bpb), clipped.stat(unigram_bpb)
+    )
 
     def judge() -> Claim:
         exploded = unclipped.diverged > 0 or (higher.above and higher.effect >= EXPLODED_LOG10)
@@ -264,15 +271,22 @@ def _clipping(explode: dict[str, Cell], reference: Cell | None, comparisons: Com
             f"spikes, test bits/byte {fmt(cell.stat(bpb))}"
             for cell in (clipped, unclipped)
         )
+        below_floor = clipped.diverged == 0 and floor.below
+        evidence += (
+            f"; the clipped runs {'end below' if below_floor else 'do not end below'} the unigram floor "
+            f"{fmt(clipped.stat(unigram_bpb))} ({floor.p_note})"
+        )
         if not exploded:
             verdict = "control failed"
+        elif not below_floor and (fewer.below or lower.below):
+            verdict = "not supported"  # tamed (finite) but not trained: the explosion is hidden, not fixed
         elif fewer.below or lower.below:
             verdict = "supported"
         elif fewer.above or lower.above:
             verdict = "not supported"
         else:
             verdict = "tie"
-        return Claim("clipping", claim, verdict, test, control, evidence, (fewer, lower))
+        return Claim("clipping", claim, verdict, test, control, evidence, (fewer, lower, floor))
 
     return judge
 

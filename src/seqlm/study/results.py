@@ -57,6 +57,11 @@ def updates_to_solve(r) -> float | None:
     return float(r.train["steps"]) if solved(r) else None
 
 
+def unigram_bpb(r) -> float | None:
+    """The add-one unigram's test bits per byte: what counting alone scores, the floor a model must beat."""
+    return r.eval.get("unigram_bits_per_byte") if ok(r) else None
+
+
 def bits_per_blank(r) -> float | None:
     return r.eval.get("bits_per_blank") if ok(r) else None
 
