@@ -130,6 +130,9 @@ def test_wide_window_keeps_its_extra_parameters_and_cloze_differs_only_in_direct
     differ = {k for k in lstm.overrides if lstm.overrides[k] != bi.overrides.get(k)}
     assert differ == {"model.bidirectional"} and bi.overrides["model.bidirectional"] is True
     assert bi.parameters > lstm.parameters
+    matched = names["cloze-lstm-matched-s0-t0"]  # left to right, as big as the BiLSTM
+    assert matched.overrides["model.bidirectional"] is False
+    assert abs(matched.parameters - bi.parameters) <= 0.15 * bi.parameters
 
 
 def test_quick_is_one_seed_a_short_ladder_and_both_presets_fit_their_budgets(plan, quick_plan, params):
@@ -344,7 +347,7 @@ def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> 
             "recall_positions": 1024,
         }
     else:
-        blank = {"bilstm": 5.7, "lstm (left to right)": 6.9}[e.label] + jitter
+        blank = {"bilstm": 5.7, "lstm (left to right)": 6.9, "lstm (size-matched)": 6.8}[e.label] + jitter
         r.eval = {
             "bits_per_blank": blank,
             "top1_accuracy": 0.2,
@@ -436,13 +439,13 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     }
     assert text.count(aggregate.RULE) == 1  # the rule, stated once, with the size of the corrected family
     assert "Welch's two-sided t-test" in aggregate.RULE and "Holm–Bonferroni" in aggregate.RULE
-    assert "This table makes 34 tests in 8 claims." in text  # the window controls compare nothing
+    assert "This table makes 35 tests in 8 claims." in text  # the window controls compare nothing
     # each row shows its effect with the interval and the adjusted p
     assert "| bow − ffn_window, bits/byte: +0.150 [+0.135, +0.165], p_Holm < 0.001 |" in text
     assert "lstm − tanh rnn, recall at delay 100: +0.86 [+0.85, +0.87], p_Holm < 0.001" in text
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
-    assert "estimated before queueing at 320 experiments, 5 seed(s) each, at most about" in text
-    assert "spent 80.0 minutes for 320 experiments (0 failed or diverged)" in text
+    assert "estimated before queueing at 325 experiments, 5 seed(s) each, at most about" in text
+    assert "spent 80.0 minutes for 325 experiments (0 failed or diverged)" in text
     assert "every cell over 5 seeds, the ladder to delay 200" in text
     # seeds solved and their median updates to solve, per delay; the reach is the longest delay solved
     assert (
@@ -468,7 +471,9 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     assert "Agree with the literature: the fixed window (Bengio et al. 2003)" in limits
     assert "Hochreiter & Schmidhuber 1997" in limits and "5 seeds per cell" in limits
     assert "1337 is also a reported seed, so tuning is not kept apart" in limits
-    assert "The BiLSTM has 63% more parameters than its left-to-right control" in limits
+    # the size-matched left-to-right control answers the BiLSTM's size, so no caveat is left to state
+    assert "more parameters than its left-to-right control" not in limits
+    assert "bilstm − size-matched lstm, bits per blank: -1.100" in text
 
 
 def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tmp_path):
@@ -518,6 +523,14 @@ def test_clipping_that_keeps_runs_finite_but_above_the_unigram_floor_fixed_nothi
     text = report.render(rows, MACHINE, OPTIONS, {})
     assert verdicts(text)[CLAIMS["clip"]] == "not supported"
     assert "the clipped runs do not end below the unigram floor 2.440" in text
+
+
+def test_a_bilstm_that_only_beats_the_smaller_lstm_is_not_shown_to_use_the_future(plan):
+    rows = fake_results(plan)
+    for r in rows:
+        if r.experiment.label == "lstm (size-matched)":
+            r.eval["bits_per_blank"] -= 1.2  # 5.6: as big as the BiLSTM and better: the gain was size
+    assert verdicts(report.render(rows, MACHINE, OPTIONS, {}))[CLAIMS["bi"]] == "not supported"
 
 
 def test_claims_whose_control_fails_are_not_judged(plan):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from seqlm.study.aggregate import Cell, Comparisons, Difference, by_label, fmt
+from seqlm.study.plan import CLOZE_MATCHED
 from seqlm.study.results import (
     bits_per_blank,
     bpb,
@@ -304,6 +305,11 @@ def _bidirectional(cloze: dict[str, Cell], comparisons: Comparisons) -> Judge:
     )
     context = comparisons.compare("lstm − unigram, bits per blank", left, unigram)
     gap = comparisons.compare("bilstm − lstm, bits per blank", both, left)
+    matched = cloze.get(CLOZE_MATCHED)  # as many parameters as the BiLSTM: its gain is not its size
+    wide = matched.stat(bits_per_blank) if matched is not None else None
+    gap_matched = (
+        comparisons.compare("bilstm − size-matched lstm, bits per blank", both, wide) if wide else None
+    )
 
     def judge() -> Claim:
         control = (
@@ -314,10 +320,15 @@ def _bidirectional(cloze: dict[str, Cell], comparisons: Comparisons) -> Judge:
             f"bits per blank: bilstm {fmt(both)} vs lstm {fmt(left)}; top-1 {fmt(bi.stat(top1))} vs "
             f"{fmt(lstm.stat(top1))}"
         )
+        gaps = (gap,) if gap_matched is None else (gap, gap_matched)
+        if gap_matched is not None:
+            evidence += f"; the size-matched lstm ({matched.experiment.parameters:,} parameters) {fmt(wide)}"
         if not context.below:
             verdict = "control failed"
+        elif all(g.below for g in gaps):
+            verdict = "supported"
         else:
-            verdict = "supported" if gap.below else ("not supported" if gap.above else "tie")
-        return Claim("bidirectional", claim, verdict, test, control, evidence, (gap,))
+            verdict = "not supported" if any(g.above for g in gaps) else "tie"
+        return Claim("bidirectional", claim, verdict, test, control, evidence, gaps)
 
     return judge

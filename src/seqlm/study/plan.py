@@ -149,6 +149,9 @@ CLOZE = {
     "evaluate.bptt": 64,
 }
 CLOZE_ROWS = {"lstm (left to right)": False, "bilstm": True}
+# A left-to-right LSTM as wide as the BiLSTM is big: without it, part of the BiLSTM's gain could be its size
+# (it has about 60% more parameters than the LSTM of the same hidden size)
+CLOZE_MATCHED = "lstm (size-matched)"
 
 # The minutes are the text budget: no step limit, no early stopping, an epoch limit no run reaches.
 TIME_BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
@@ -173,6 +176,7 @@ class Options:
     delays: tuple[int, ...] = (5, 10, 25, 50, 100, 200)
     explode_minutes: float = 0.75
     cloze_minutes: float = 0.75
+    cloze_matched: bool = True  # the size-matched left-to-right control beside the BiLSTM
     text_families: tuple[str, ...] = TEXT_FAMILIES
     probe_families: tuple[str, ...] = PROBE_FAMILIES
     jobs: int = 2  # experiments at a time, one thread each
@@ -189,6 +193,7 @@ QUICK = {
     "probe_families": ("rnn", "irnn", "lstm", "gru", "ffn_window"),
     "explode_minutes": 0.5,
     "cloze_minutes": 0.5,
+    "cloze_matched": False,  # a first look: the two rows, within 20 minutes
     "preset": "quick",
 }
 GPU_PRESET = {"gpu": True, "probe_steps": 20_000, "delays": (5, 10, 25, 50, 100, 200, 400), "preset": "gpu"}
@@ -311,11 +316,26 @@ def _explode_cells(params: dict, options: Options, common: dict, vocab: int, hid
 def _cloze_cells(params: dict, options: Options, common: dict) -> list[Experiment]:
     keys = {**common, **TIME_BUDGET, **CLOZE, "train.max_minutes": options.cloze_minutes}
     out = []
+    vocab = CLOZE["tokenizer.vocab_size"]
     for label, bidirectional in CLOZE_ROWS.items():
         o = {**keys, "model.bidirectional": bidirectional}
-        count = count_parameters(params, o, CLOZE["tokenizer.vocab_size"])
+        count = count_parameters(params, o, vocab)
         name = "cloze-bilstm" if bidirectional else "cloze-lstm"
         out.append(Experiment("", "cloze", label, o, count, name, label))
+    if options.cloze_matched:
+        left = {**keys, "model.bidirectional": False}
+        o = {**left, "model.hidden_size": matched_hidden_size(params, left, vocab, out[-1].parameters)}
+        out.append(
+            Experiment(
+                "",
+                "cloze",
+                CLOZE_MATCHED,
+                o,
+                count_parameters(params, o, vocab),
+                "cloze-lstm-matched",
+                CLOZE_MATCHED,
+            )
+        )
     return out
 
 
