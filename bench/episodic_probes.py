@@ -69,6 +69,10 @@ def run(
     seed: int = 0,
     forget_bias: float = 0.0,
     lr: float = 3e-3,
+    chrono_max: int = 0,
+    stop_at: float = 0.0,
+    input_dropout: float = 0.1,
+    tie_weights: bool = True,
 ) -> dict:
     import torch
     import torch.nn.functional as F
@@ -86,7 +90,18 @@ def run(
     limit = synthetic.line_length(task, delay) + 1
     batches = EpisodeBatches(train, EOS, 32, limit, ("train", "train.bptt"), shuffle=True, seed=seed)
     scoring = list(EpisodeBatches(test, EOS, 256, limit, ("test", "evaluate.bptt")))
-    cfg = ModelConfig(family=family, embedding_size=32, hidden_size=64, dropout=0.0, forget_bias=forget_bias)
+    gates = {"forget_bias": forget_bias, "chrono_max": chrono_max} if family in ("lstm", "gru") else {}
+    if family == "gru":
+        gates.pop("forget_bias")
+    cfg = ModelConfig(
+        family=family,
+        embedding_size=32,
+        hidden_size=64,
+        dropout=0.0,
+        input_dropout=input_dropout,
+        tie_weights=tie_weights,
+        **gates,
+    )
     model = build_model(cfg, 3 + len(alphabet))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     first_90 = first_95 = None
@@ -108,15 +123,18 @@ def run(
                 first_90 = step
             if first_95 is None and accuracy >= 0.95:
                 first_95 = step
-        if step == steps:
+        if step == steps or (stop_at and accuracy >= stop_at):
             break
     return {
         "task": task,
         "delay": delay,
         "family": family,
         "loss": loss_on,
-        "steps": steps,
+        "steps": step,
         "forget_bias": forget_bias,
+        "chrono_max": chrono_max,
+        "input_dropout": input_dropout,
+        "tie_weights": tie_weights,
         "lr": lr,
         "first_90": first_90,
         "first_95": first_95,
@@ -139,6 +157,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--forget-bias", type=float, default=0.0, help="lstm: forget-gate bias at init")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
+    parser.add_argument(
+        "--chrono-max",
+        type=int,
+        default=0,
+        help="lstm, gru: chrono initialisation up to this many steps (0 off)",
+    )
+    parser.add_argument(
+        "--input-dropout", type=float, default=0.1, help="model.input_dropout (params.yaml's 0.1 by default)"
+    )
+    parser.add_argument("--untied", action="store_true", help="model.tie_weights false")
+    parser.add_argument("--tasks", nargs="+", default=["copy", "adding"], help="tasks: copy adding")
+    parser.add_argument(
+        "--stop-at", type=float, default=0.0, help="stop a run at this recall (steps then = updates to solve)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "loss":
@@ -146,9 +178,22 @@ def main() -> None:
             ("copy", d, f, loss) for d in args.delays for f in args.families for loss in ("all", "recall")
         ]
     else:
-        grid = [(t, d, f, "all") for t in ("copy", "adding") for d in args.delays for f in args.families]
+        grid = [(t, d, f, "all") for t in args.tasks for d in args.delays for f in args.families]
     for task, delay, family, loss_on in grid:
-        row = run(task, delay, family, loss_on, args.steps, args.seed, args.forget_bias, args.lr)
+        row = run(
+            task,
+            delay,
+            family,
+            loss_on,
+            args.steps,
+            args.seed,
+            args.forget_bias,
+            args.lr,
+            args.chrono_max,
+            args.stop_at,
+            args.input_dropout,
+            not args.untied,
+        )
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
 

@@ -89,10 +89,10 @@ def test_flat_keeps_params_yaml_order_and_turns_tuples_into_lists():
 def test_section_hash_is_unchanged_by_the_move_to_pydantic():
     # Recorded with the pre-pydantic implementation: a changed hash would make every run restart from scratch.
     # The model section's value was re-recorded when it gained the regularisation keys (decision 21) and
-    # model.recurrent_gain (the study's provoked explosion); the tokenizer section's when it gained
-    # tokenizer.add_dummy_prefix (the study's probes).
+    # model.recurrent_gain (the study's provoked explosion), and model.chrono_max (the probes' long delays);
+    # the tokenizer section's when it gained tokenizer.add_dummy_prefix (the study's probes).
     cfg = config.parse({})
-    assert cfg.section_hash("model") == "9aa3f3dc51c86baa"
+    assert cfg.section_hash("model") == "633479d9a2e487cc"
     assert (
         cfg.section_hash("tokenizer") == "abdf6562353c7704"
     )  # data gained keys since; its hash only tags versions
@@ -156,6 +156,21 @@ def test_bidirectional_is_refused_with_the_reason():
     raw["model"]["bidirectional"] = True
     with pytest.raises(SeqlmError, match="reads the tokens it is asked to predict"):
         config.parse(raw)
+
+
+def test_chrono_max_is_for_the_gated_families_and_not_beside_a_forget_bias():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"] |= {"family": "rnn", "chrono_max": 100}
+    with pytest.raises(SeqlmError, match="model.chrono_max applies to the gated families"):
+        config.parse(raw)
+    raw["model"] |= {"family": "lstm", "forget_bias": 1.0}
+    with pytest.raises(SeqlmError, match="use it .* or model.forget_bias, not both"):
+        config.parse(raw)
+    raw["model"] |= {"forget_bias": 0.0, "chrono_max": 1}
+    with pytest.raises(SeqlmError, match="at least 2"):
+        config.parse(raw)
+    raw["model"]["chrono_max"] = 100
+    assert config.parse(raw).model.chrono_max == 100
 
 
 def test_recurrent_gain_is_refused_for_the_window_models():

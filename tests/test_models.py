@@ -151,6 +151,25 @@ def test_forget_bias_starts_the_lstm_forget_gate_open():
     torch.testing.assert_close(make("gru", forget_bias=1.0).rnn.bias_ih_l0, make("gru").rnn.bias_ih_l0)
 
 
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_chrono_init_spreads_the_gates_memories_over_one_to_t_steps(family):
+    default, chrono = make(family), make(family, chrono_max=100)
+    for layer in range(2):
+        ih, hh = getattr(chrono.rnn, f"bias_ih_l{layer}"), getattr(chrono.rnn, f"bias_hh_l{layer}")
+        keep = (ih + hh)[16:32]  # LSTM i, f, g, o: f; GRU r, z, n: z (the gate that keeps h)
+        assert torch.all(keep >= 0) and torch.all(keep <= torch.log(torch.tensor(99.0)))
+        assert keep.std() > 0.5  # spread, not one constant
+        if family == "lstm":  # the input gate opens as little as the forget gate keeps
+            torch.testing.assert_close((ih + hh)[:16], -keep)
+            rest = slice(32, 64)
+        else:
+            rest = slice(32, 48)
+            torch.testing.assert_close(ih[:16], getattr(default.rnn, f"bias_ih_l{layer}")[:16])  # r untouched
+        torch.testing.assert_close(ih[rest], getattr(default.rnn, f"bias_ih_l{layer}")[rest])
+    # a gate kept near 1 for many steps: the mean memory 1 / (1 − sigmoid(b)) is tens of steps, not ~4
+    assert (1 / (1 - torch.sigmoid(keep))).mean() > 20
+
+
 @pytest.mark.parametrize("family,gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
 def test_orthogonal_init_per_gate_block(family, gates):
     model = make(family, recurrent_init="orthogonal")

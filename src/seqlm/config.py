@@ -98,6 +98,9 @@ class ModelConfig(_Frozen):
     nonlinearity: Literal["tanh", "relu"] = "tanh"
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"
     forget_bias: float = 0.0
+    chrono_max: int = Field(
+        0, ge=0, description="0: off; else the longest dependency the gates start tuned to"
+    )
     recurrent_gain: float = Field(1.0, gt=0, description="1 keeps the initialisation's scale")
     window: int = Field(8, ge=1)
     bidirectional: bool = False
@@ -309,6 +312,17 @@ def _cross_checks(cfg: Config, where: str) -> None:
         raise SeqlmError(
             f"{where}: model.recurrent_gain must be 1 for model.family {cfg.model.family} "
             f"(it has no recurrent weights), got {_fmt(cfg.model.recurrent_gain)}"
+        )
+    if cfg.model.chrono_max and cfg.model.family not in ("lstm", "gru"):
+        raise SeqlmError(
+            f"{where}: model.chrono_max applies to the gated families (lstm | gru), got family "
+            f"{_fmt(cfg.model.family)}; set it to 0"
+        )
+    if cfg.model.chrono_max == 1 or (cfg.model.chrono_max and cfg.model.forget_bias):
+        raise SeqlmError(
+            f"{where}: model.chrono_max sets the gate biases itself: use it (at least 2) or "
+            f"model.forget_bias, not both; got chrono_max {cfg.model.chrono_max}, "
+            f"forget_bias {_fmt(cfg.model.forget_bias)}"
         )
     if cfg.model.recurrent_init == "identity" and cfg.model.family != "rnn":
         raise SeqlmError(

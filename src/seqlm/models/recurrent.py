@@ -66,6 +66,8 @@ class RecurrentLM(LanguageModel):
             self._init_identity()
         if self.is_lstm and config.get("forget_bias", 0.0):
             self._init_forget_bias(config["forget_bias"])
+        if config.get("chrono_max", 0):
+            self._init_chrono(config["chrono_max"])
         if config.get("recurrent_gain", 1.0) != 1.0:
             self._scale_recurrent(config["recurrent_gain"])
 
@@ -98,6 +100,25 @@ class RecurrentLM(LanguageModel):
             for layer in self._layer_names():
                 getattr(self.rnn, f"bias_ih_{layer}")[hidden : 2 * hidden].fill_(value)
                 getattr(self.rnn, f"bias_hh_{layer}")[hidden : 2 * hidden].zero_()
+
+    def _init_chrono(self, longest: int) -> None:
+        # Chrono initialisation (Tallec & Ollivier, 2018, arXiv:1804.11188): a gate that keeps a fraction f
+        # of the state each step remembers for about 1 / (1 − f) steps, so biases log(u), u ~ U[1, T − 1],
+        # start the units' memories spread over 1 … T steps. A forget bias of 1 (f ≈ 0.73) remembers for
+        # about 4 steps, and 0.73^100 ≈ 2e-14 leaves the first gradients nothing to learn a delay of 100 from.
+        # LSTM: forget bias log(u), input bias −log(u). GRU (PyTorch's h' = (1 − z) n + z h, gates r, z, n):
+        # the update gate z plays the forget gate, bias log(u). The two biases add, so one carries the value.
+        hidden = self.config["hidden_size"]
+        keep = slice(hidden, 2 * hidden)  # the forget gate (LSTM: i, f, g, o) or update gate (GRU: r, z, n)
+        with torch.no_grad():
+            for layer in self._layer_names():
+                bias = torch.log(torch.empty(hidden).uniform_(1.0, float(longest - 1)))
+                ih, hh = getattr(self.rnn, f"bias_ih_{layer}"), getattr(self.rnn, f"bias_hh_{layer}")
+                ih[keep] = bias
+                hh[keep] = 0.0
+                if self.is_lstm:
+                    ih[:hidden] = -bias
+                    hh[:hidden] = 0.0
 
     def _scale_recurrent(self, gain: float) -> None:
         # W_hh times a gain after its initialisation; with the orthogonal init every singular value, and
