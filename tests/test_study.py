@@ -4,6 +4,8 @@ results (no training here; `make study` is the real run)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 from seqlm_testing import REPO
@@ -79,9 +81,8 @@ def test_probe_is_episodic_with_a_step_budget_a_ladder_and_its_control_at_the_sh
     # one optimiser for every family (the same rate, the pipeline's clipping), each run stopping once solved
     for e in probes:
         o = e.overrides
-        assert (
-            o["train.lr"] == planning.PROBE_LR and "train.grad_clip" not in o and "train.optimizer" not in o
-        )
+        assert o["train.lr"] == planning.PROBE_LR  # untuned: no docs/study/probe_lr.json given
+        assert "train.grad_clip" not in o and "train.optimizer" not in o
         assert o["train.stop_at_recall"] == planning.SOLVED_RECALL and o["train.val_every_steps"] > 0
     assert {e.delay for e in probes if e.family == "rnn"} >= {shortest, 100, 200}  # a ladder past 100
     # the IRNN as a 2 × 2, the LSTM's forget-gate bias at 1 with 0 as its ablation, the window controls
@@ -94,7 +95,11 @@ def test_probe_is_episodic_with_a_step_budget_a_ladder_and_its_control_at_the_sh
     biases = {
         e.family: e.overrides["model.forget_bias"] for e in probes if e.overrides["model.family"] == "lstm"
     }
-    assert biases == {"lstm": 1.0, "lstm-bias0": 0.0}
+    assert biases == {"lstm": 1.0, "lstm-bias0": 0.0, "lstm-chrono": 0.0}
+    # chrono initialisation up to the episode's length, each delay its own; no other family has it
+    chrono = {e.delay: e.overrides["model.chrono_max"] for e in probes if "model.chrono_max" in e.overrides}
+    assert {e.family for e in probes if "model.chrono_max" in e.overrides} == {"lstm-chrono"}
+    assert chrono == {e.delay: e.overrides["train.bptt"] for e in probes}  # the whole episode
     windows = [e for e in probes if e.family in ("ffn_window", "bow")]
     assert windows and all(e.overrides["model.window"] == 8 for e in windows)
 
@@ -288,6 +293,7 @@ RECALL = {  # label -> recall at delays 5, 10, 25, 50, 100, 200; at least 0.97 s
     "irnn": (0.99, 0.98, 0.40, 0.13, 0.12, 0.12),
     "lstm": (1.0, 0.99, 0.99, 0.98, 0.98, 0.30),
     "lstm-bias0": (1.0, 0.99, 0.98, 0.50, 0.13, 0.12),
+    "lstm-chrono": (1.0, 0.99, 0.99, 0.99, 0.98, 0.98),
     "gru": (1.0, 0.99, 0.98, 0.98, 0.60, 0.12),
     "ffn_window": (0.99, 0.13, 0.12, 0.13, 0.12, 0.12),  # window 8: delay 5's key is inside it
     "bow": (0.98, 0.12, 0.13, 0.12, 0.12, 0.12),
@@ -444,8 +450,8 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     assert "| bow − ffn_window, bits/byte: +0.150 [+0.135, +0.165], p_Holm < 0.001 |" in text
     assert "lstm − tanh rnn, recall at delay 100: +0.86 [+0.85, +0.87], p_Holm < 0.001" in text
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
-    assert "estimated before queueing at 325 experiments, 5 seed(s) each, at most about" in text
-    assert "spent 80.0 minutes for 325 experiments (0 failed or diverged)" in text
+    assert "estimated before queueing at 355 experiments, 5 seed(s) each, at most about" in text
+    assert "spent 80.0 minutes for 355 experiments (0 failed or diverged)" in text
     assert "every cell over 5 seeds, the ladder to delay 200" in text
     # seeds solved and their median updates to solve, per delay; the reach is the longest delay solved
     assert (
@@ -470,7 +476,7 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
     assert "Agree with the literature: the fixed window (Bengio et al. 2003)" in limits
     assert "Hochreiter & Schmidhuber 1997" in limits and "5 seeds per cell" in limits
-    assert "1337 is also a reported seed, so tuning is not kept apart" in limits
+    assert "Not tuned: every probe family trained at `PROBE_LR` (0.003)" in limits
     # the size-matched left-to-right control answers the BiLSTM's size, so no caveat is left to state
     assert "more parameters than its left-to-right control" not in limits
     assert "bilstm − size-matched lstm, bits per blank: -1.100" in text
@@ -551,15 +557,22 @@ def test_claims_whose_control_fails_are_not_judged(plan):
     limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
     assert f"**{CLAIMS['irnn']}**: *control failed* here; Le, Jaitly & Hinton (2015)" in limits
     assert "its positive control failed (irnn: 0/5 seeds solved delay 5" in limits
-    assert "180 of 270 finished probe runs stopped at their budget" in limits  # the rest solved theirs
+    assert "180 of 300 finished probe runs stopped at their budget" in limits  # the rest solved theirs
 
 
 def test_the_limitations_say_whether_tuning_seeds_are_kept_apart(plan, monkeypatch):
     from seqlm.study import limitations
 
-    monkeypatch.setattr(limitations, "TUNING_SEEDS", (42,))
     text = report.render(fake_results(plan), MACHINE, OPTIONS, {})
-    assert "with `base.seed` 42; no reported seed is among them: tuning is kept apart" in text
+    assert "Not tuned: every probe family trained at `PROBE_LR` (0.003)" in text
+    assert "also a reported seed: the rate was chosen on runs the probe verdicts count" in text
+    tuned = replace(OPTIONS, probe_lrs=(("gru", 0.01), ("rnn", 0.003)))
+    text = report.render(fake_results(plan), MACHINE, tuned, {})
+    assert "at the rate `seqlm study --tune` chose (gru 0.01, rnn 0.003) from 0.001, 0.003, 0.01" in text
+    assert "with `base.seed` 2337, 2338; no reported seed is among them: tuning is kept apart" in text
+    monkeypatch.setattr(limitations.tuning, "TUNING_SEEDS", (1338,))
+    text = report.render(fake_results(plan), MACHINE, tuned, {})
+    assert "1338 is also a reported seed, so tuning is not kept apart" in text
 
 
 def test_long_range_verdicts_follow_the_recall(plan):

@@ -29,6 +29,7 @@ PROBE_TOKENS_PER_S = {
     "irnn": 50_000,
     "lstm": 80_000,
     "lstm-bias0": 80_000,
+    "lstm-chrono": 80_000,
     "gru": 30_000,
 }
 STEP_OVERHEAD_S = 0.02

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from seqlm.core.git import git
 from seqlm.core.paths import Paths
-from seqlm.study import budget, collect, queue, report
+from seqlm.study import budget, collect, queue, report, tuning
 from seqlm.study.plan import (
     FAMILIES,
     PROBE_FAMILIES,
@@ -41,7 +41,12 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
     params = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
     if not options.stamp:
         options = replace(options, stamp=dt.datetime.now().strftime("%m%d%H%M"))
-    experiments = plan(options, params)
+    if options.tune:
+        experiments = tuning.tuning_plan(options, params)
+    else:
+        if not options.probe_lrs:  # the rates `seqlm study --tune` chose, if it has run
+            options = replace(options, probe_lrs=tuning.rates(tuning.read(paths.root)))
+        experiments = plan(options, params)
     check_comparable(comparable(experiments))
     print(f"study: {budget.summary(experiments, options)}", flush=True)
     copies = queue.untracked_sources(paths)
@@ -63,8 +68,21 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
     _prepare_store(paths, options.name)
     baseline = git(paths.root, "rev-parse", "HEAD") or ""
     load = _queue_and_wait(paths, options, experiments, commands)
-    _write_report(paths, options, experiments, baseline, started, load)
+    if options.tune:
+        _write_tuning(paths, options, experiments, baseline, started)
+    else:
+        _write_report(paths, options, experiments, baseline, started, load)
     return experiments
+
+
+def _write_tuning(
+    paths: Paths, options: Options, experiments: list[Experiment], baseline: str, started: float
+) -> None:
+    results = collect.collect(paths, options, experiments, baseline, started)
+    chosen = tuning.choose([r for r in results if r.status == "success"])
+    path = tuning.write(paths.root, chosen, options, baseline)
+    rates = ", ".join(f"{family} {entry['lr']:g}" for family, entry in sorted(chosen.items()))
+    print(f"study: wrote {path.relative_to(paths.root)} ({rates}); commit it, then run `seqlm study`")
 
 
 def _prepare_store(paths: Paths, experiment: str) -> None:
@@ -148,6 +166,12 @@ def add_arguments(p) -> None:
         "--gpu",
         action="store_true",
         help="bigger models, longer delays and more updates, on a GPU (train.accelerator gpu)",
+    )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each probe family's learning rate over one grid on seeds kept apart from the reported "
+        "ones and write docs/study/probe_lr.json, which `seqlm study` then reads",
     )
     p.add_argument("--seeds", type=int, help=f"seeds per cell (default {d.seeds}; --quick {q.seeds})")
     p.add_argument(

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seqlm.study import stats
+from seqlm.study import stats, tuning
 from seqlm.study.aggregate import ALPHA, Comparisons, by_label, cells, min_seeds, pvalue
 from seqlm.study.claims import Claim
-from seqlm.study.plan import CLOZE_MATCHED, TUNING_SEEDS
+from seqlm.study.plan import CLOZE_MATCHED, PROBE_LR, SEED
 from seqlm.study.results import ok
 
 
@@ -187,18 +187,7 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
             "every verdict is provisional."
         )
     if cells(results, "probe"):
-        shared = sorted(set(TUNING_SEEDS) & set(seeds))
-        lines.append(
-            "- **Tuning.** The probe's learning rate (`PROBE_LR`, one for every family) was chosen by a "
-            "sweep on the valid split "
-            f"with `base.seed` {', '.join(map(str, TUNING_SEEDS))}; "
-            + (
-                f"{', '.join(map(str, shared))} is also a reported seed, so tuning is not kept apart: the "
-                "rates were chosen on runs the probe verdicts also count, which flatters them."
-                if shared
-                else "no reported seed is among them: tuning is kept apart from the reported seeds."
-            )
-        )
+        lines.append(_tuning(options, seeds))
     cloze = by_label(results, "cloze")
     if "bilstm" in cloze and "lstm (left to right)" in cloze:
         ratio = cloze["bilstm"].experiment.parameters / max(
@@ -210,3 +199,31 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
                 "part of its gain may be its size."
             )
     return lines
+
+
+def _tuning(options, seeds) -> str:
+    """Which rates the probes ran at, and whether they were chosen on seeds the report also shows."""
+    if not options.probe_lrs:
+        shared = SEED in seeds
+        return (
+            f"- **Tuning.** Not tuned: every probe family trained at `PROBE_LR` ({PROBE_LR:g}), chosen "
+            f"before the study by a sweep on the valid split with `base.seed` {SEED}"
+            + (
+                ", also a reported seed: the rate was chosen on runs the probe verdicts count, which "
+                "flatters them. `seqlm study --tune` chooses a rate per family on seeds kept apart."
+                if shared
+                else "; no reported seed is among them."
+            )
+        )
+    shared = sorted(set(tuning.TUNING_SEEDS) & set(seeds))
+    rates = ", ".join(f"{family} {lr:g}" for family, lr in options.probe_lrs)
+    return (
+        f"- **Tuning.** Each probe family trained at the rate `seqlm study --tune` chose ({rates}) from "
+        f"{', '.join(f'{lr:g}' for lr in tuning.LR_GRID)} at delay {tuning.TUNING_DELAY} by seeds solved and "
+        f"updates to solve on the valid split, with `base.seed` {', '.join(map(str, tuning.TUNING_SEEDS))}; "
+        + (
+            f"{', '.join(map(str, shared))} is also a reported seed, so tuning is not kept apart."
+            if shared
+            else "no reported seed is among them: tuning is kept apart from the reported seeds."
+        )
+    )

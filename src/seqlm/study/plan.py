@@ -8,10 +8,10 @@ where the task allows it. Each step is put to the test as DVC experiments, every
 
 - text (the default corpus, equal minutes): ffn_window at two windows, bow, rnn (tanh), lstm, gru, with
   matched parameter counts (the wide window excepted: its extra parameters are the point);
-- probe (``synthetic:copy``, episodic, one optimiser for all): PROBE_FAMILIES × a ladder of delays, each
-  run stopping once solved (valid recall SOLVED_RECALL) or at its cap: updates to solve are the measurement;
-  the IRNN as a 2 × 2 ({tanh, ReLU} × {default, identity}), the LSTM with forget bias 1 and 0, and the
-  window models as negative controls;
+- probe (``synthetic:copy``, episodic, one optimiser for all, each family at its tuned rate): PROBE_FAMILIES
+  × a ladder of delays, each run stopping once solved (valid recall SOLVED_RECALL) or at its cap: updates to
+  solve are the measurement; the IRNN as a 2 × 2 ({tanh, ReLU} × {default, identity}), the LSTM with forget
+  bias 1, 0 and chrono initialisation, and the window models as negative controls;
 - explode: a tanh RNN provoked to explode (orthogonal W_hh with spectral radius EXPLODE_GAIN, SGD), with
   and without ``train.grad_clip``;
 - cloze (``train.objective: cloze``): a BiLSTM against a left-to-right LSTM on the same blanks.
@@ -72,23 +72,43 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "model.recurrent_init": "default",
         "model.forget_bias": 0.0,
     },
+    # Chrono initialisation (Tallec & Ollivier 2018): gate biases spread the units' memories over 1 … T steps,
+    # T the probe's episode length (set per delay by _probe_cells); a forget bias of 1 remembers ~4 steps
+    "lstm-chrono": {
+        "model.family": "lstm",
+        "model.nonlinearity": "tanh",
+        "model.recurrent_init": "default",
+        "model.forget_bias": 0.0,
+    },
     "gru": {"model.family": "gru", "model.nonlinearity": "tanh", "model.recurrent_init": "default"},
 }
+CHRONO_FAMILIES = ("lstm-chrono",)  # probe only: their model.chrono_max is the episode's length
 TEXT_FAMILIES = ("ffn_window", "ffn_window-wide", "bow", "rnn", "lstm", "gru")
 UNMATCHED = {"ffn_window-wide": "ffn_window"}  # keeps that family's hidden size, not the parameter count
 # The window models run the probe as negative controls: they must solve a delay inside their window and
 # none past it.
-PROBE_FAMILIES = ("rnn", "rnn-identity", "rnn-relu", "irnn", "lstm", "lstm-bias0", "gru", "ffn_window", "bow")
+PROBE_FAMILIES = (
+    "rnn",
+    "rnn-identity",
+    "rnn-relu",
+    "irnn",
+    "lstm",
+    "lstm-bias0",
+    "lstm-chrono",
+    "gru",
+    "ffn_window",
+    "bow",
+)
 WINDOW_FAMILIES = ("ffn_window", "ffn_window-wide", "bow")
 SEED = 1337  # params.yaml's base.seed; seed i of a cell is SEED + i
 
-# Every probe family trains alike: AdamW at one rate with the pipeline's clipping (train.grad_clip 0.5), so
-# a difference between rows is the cell's, not its optimiser's. 3e-3: the rate at which the tanh rnn learned
-# delay 5 in a sweep on the valid split (1e-2 left it at chance), and the LSTM delay 10 with the whole-episode
-# loss (bench/episodic_probes.py loss). It was chosen on base.seed TUNING_SEEDS, the study's first seed;
-# the report's limitations say so (a rate tuned on a reported seed flatters that seed).
+# Every probe family trains with AdamW and the pipeline's clipping (train.grad_clip 0.5) at a rate chosen over
+# one grid on seeds kept apart (`seqlm study --tune`, study.tuning), so a difference between rows is the
+# cell's, not its optimiser's. Untuned, every family trains at PROBE_LR: the rate at which the tanh rnn
+# learned delay 5 in a sweep on the valid split (1e-2 left it at chance) and the LSTM delay 10 with the
+# whole-episode loss (bench/episodic_probes.py loss), chosen on base.seed SEED, a reported seed; the
+# report's limitations say which.
 PROBE_LR = 3e-3
-TUNING_SEEDS = (SEED,)
 # A probe is solved when the valid recall reaches SOLVED_RECALL (train.stop_at_recall): training stops
 # there, and the updates it took are the measurement; a run that reaches its cap (probe_steps) did not solve.
 SOLVED_RECALL = 0.95
@@ -183,6 +203,9 @@ class Options:
     gpu: bool = False
     preset: str = "full"  # "full" | "quick" | "gpu": which limit the budget is held to
     stamp: str = ""  # suffix that keeps DVC experiment names unique across runs of the study
+    # (family, learning rate) from `seqlm study --tune` (study.tuning); a family not named trains at PROBE_LR
+    probe_lrs: tuple[tuple[str, float], ...] = ()
+    tune: bool = False  # run study.tuning's plan and write its record instead of the study
 
 
 QUICK = {
@@ -233,13 +256,19 @@ def plan(options: Options, params: dict) -> list[Experiment]:
     for family in (*options.text_families, *options.probe_families):
         if family not in FAMILIES:
             raise SeqlmError(f"seqlm study: no family {family!r}; families: {', '.join(FAMILIES)}")
+    chrono_text = [f for f in options.text_families if f in CHRONO_FAMILIES]
+    if chrono_text:
+        raise SeqlmError(
+            f"seqlm study: {chrono_text[0]} is a probe family (its chrono horizon is the probe's episode), "
+            "not a text family; leave it out of --text-families"
+        )
     if options.seeds < 1:
         raise SeqlmError(f"seqlm study: --seeds must be at least 1, got {options.seeds}")
     text_vocab = config.parse(params).tokenizer.vocab_size  # bpe and unigram vocabularies have exactly this
     common = {"base.experiment": options.name, **(GPU if options.gpu else {})}
     cells = _text_cells(params, options, common, text_vocab)
     rnn_hidden = next((c.overrides["model.hidden_size"] for c in cells if c.family == "rnn"), None)
-    cells += _probe_cells(params, options, common)
+    cells += probe_cells(params, options)
     cells += _explode_cells(params, options, common, text_vocab, rnn_hidden)
     cells += _cloze_cells(params, options, common)
     return [_seeded(c, i, options.stamp) for c in cells for i in range(options.seeds)]
@@ -257,7 +286,10 @@ def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> lis
     return _matched(params, "text", "text", options.text_families, text, vocab)
 
 
-def _probe_cells(params: dict, options: Options, common: dict) -> list[Experiment]:
+def probe_cells(params: dict, options: Options) -> list[Experiment]:
+    """The copy probe's cells, one per family and delay, each at its family's rate (``Options.probe_lrs``)."""
+    common = {"base.experiment": options.name, **(GPU if options.gpu else {})}
+    rates = dict(options.probe_lrs)
     out = []
     vocab = probe_vocab_size(PROBE_TASK)
     for delay in options.delays:
@@ -268,6 +300,9 @@ def _probe_cells(params: dict, options: Options, common: dict) -> list[Experimen
         for c in cells:
             if c.family in WINDOW_FAMILIES:  # the report reads the window the control is judged against
                 c.overrides.setdefault("model.window", config_value(params, "model.window"))
+            if c.family in CHRONO_FAMILIES:
+                c.overrides["model.chrono_max"] = probe["train.bptt"]  # the episode: key, gap, cue, recall
+            c.overrides["train.lr"] = rates.get(c.family, PROBE_LR)
         out += cells
     return out
 
@@ -287,8 +322,8 @@ def _probe_overrides(common: dict, delay: int, options: Options) -> dict[str, An
         # the gradient-flow curve reaches back past the key
         "evaluate.gradient_flow_steps": max(32, span + 8),
         **PROBE_EVALUATE,
-        # one optimiser for every family; stop once solved, so the updates taken are the measurement
-        "train.lr": PROBE_LR,
+        # one optimiser for every family (its rate: probe_cells); stop once solved, so the updates taken are
+        # the measurement
         "train.stop_at_recall": SOLVED_RECALL,
         "train.val_every_steps": PROBE_VAL_EVERY,
     }

@@ -75,7 +75,7 @@ def probe_claims(results, comparisons: Comparisons) -> list[Judge]:
     gated = "Gated cells (LSTM, GRU) keep long-term dependencies"
     return [
         _long_term("irnn", irnn, ["irnn"], grid, comparisons.claim("irnn"), _irnn_2x2),
-        _long_term("gated", gated, ["lstm", "gru"], grid, comparisons.claim("gated"), _forget_bias),
+        _long_term("gated", gated, ["lstm", "gru"], grid, comparisons.claim("gated"), _lstm_gates),
         _window("window-probe", grid, comparisons.claim("window-probe")),
     ]
 
@@ -144,10 +144,15 @@ def _irnn_2x2(grid) -> str:
     return "the 2 × 2 (nonlinearity, W_hh init) reaches: " + ", ".join(shown) if shown else ""
 
 
-def _forget_bias(grid) -> str:
-    if not grid.get("lstm-bias0"):
-        return ""
-    return f"lstm with forget bias 0 (PyTorch's) solves up to delay {reach(grid['lstm-bias0']) or 'none'}"
+def _lstm_gates(grid) -> str:
+    """How far the LSTM's gate-bias ablations reach: PyTorch's forget bias 0, and chrono initialisation."""
+    rows = {"lstm-bias0": "with forget bias 0 (PyTorch's)", "lstm-chrono": "with chrono initialisation"}
+    shown = [
+        f"lstm {what} solves up to delay {reach(grid[f]) or 'none'}"
+        for f, what in rows.items()
+        if grid.get(f)
+    ]
+    return "; ".join(shown)
 
 
 def _window(key: str, grid, comparisons: Comparisons) -> Judge:

@@ -220,14 +220,16 @@ def _probe_section(results, figures, options: Options) -> list[str]:
         "",
         "`data.source: synthetic:copy` with `train.episodic: true`: every line (a key, `data.delay` "
         "filler dots, the cue `?`, the key again) is an independent episode from a fresh state, B whole "
-        "episodes per batch, the loss on every target. Every family trains alike (AdamW at learning rate "
-        f"{PROBE_LR:g}, the pipeline's gradient clipping) and each run stops at the first validation whose "
-        f"recall reaches {SOLVED_RECALL:g} (`train.stop_at_recall`), or at {options.probe_steps:,} updates. "
-        f"A cell shows the seeds that solved it and their median updates to solve; a family *solves* a delay "
-        f"when at least {SOLVES:.0%} of its seeds did, and the positive control is that it solves the "
-        "shortest delay. The IRNN is a 2 × 2 (tanh or ReLU, default or identity W_hh); the LSTM runs with "
-        "forget-gate bias 1 and, as `lstm-bias0`, PyTorch's 0; `ffn_window` and `bow` are negative controls "
-        "that see only their window.",
+        "episodes per batch, the loss on every target. Every family trains alike (AdamW "
+        f"{_rates(options)}, the pipeline's gradient clipping) and each run stops at the first "
+        f"validation whose recall reaches {SOLVED_RECALL:g} (`train.stop_at_recall`), or at "
+        f"{options.probe_steps:,} updates. A cell shows the seeds that solved it and their median updates "
+        f"to solve; a family *solves* a delay when at least {SOLVES:.0%} of its seeds did, and the "
+        "positive control is that it solves the shortest delay. The IRNN is a 2 × 2 (tanh or ReLU, "
+        "default or identity W_hh); the LSTM runs with forget-gate bias 1, as `lstm-bias0` with "
+        "PyTorch's 0, and as `lstm-chrono` with chrono initialisation up to the episode's length "
+        "(Tallec & Ollivier 2018); `ffn_window` and `bow` are negative controls that see only their "
+        "window.",
         "",
         "| family | "
         + " | ".join(f"delay {d}" for d in delays)
@@ -354,3 +356,10 @@ def _footer(options, machine: dict) -> list[str]:
         "--text-minutes … "
         "--probe-steps … --delays …`.",
     ]
+
+
+def _rates(options: Options) -> str:
+    if not options.probe_lrs:
+        return f"at learning rate {PROBE_LR:g} for every family, not tuned"
+    rates = ", ".join(f"{family} {lr:g}" for family, lr in options.probe_lrs)
+    return f"at the learning rate `seqlm study --tune` chose per family on seeds kept apart: {rates}"
