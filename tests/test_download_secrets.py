@@ -2,7 +2,8 @@
 
 Credentials come from the environment (SEQLM_HTTP_TOKEN, SEQLM_URL_QUERY, ~/.netrc or $NETRC) and go
 to the source's host alone; an https download never continues over http; the deadline covers the
-connection; a gzip cannot inflate past data.max_download_mb; DVC's and git's stores are never a source.
+connection; a gzip cannot inflate past data.max_download_mb; DVC's and git's stores are never a source;
+an hf: source records the commit it read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import check_reachable
 
 # test_download's https server on 127.0.0.1 (a self-signed certificate trusted through SSL_CERT_FILE)
-certificate, served = test_download.certificate, test_download.served
+certificate, served, hf_cache = test_download.certificate, test_download.served, test_download.hf_cache
 
 SECRET = "s3cr3t"
 
@@ -294,6 +295,70 @@ def test_a_hidden_store_does_not_stop_a_pattern_that_cannot_reach_it(project):
     for i in range(5):
         (project.root / "corpus" / f"{i}.txt").write_text(f"file {i}\n")
     download(project, "files:corpus/*.txt")
+
+
+# ------------------------------------------------------------------------------------------- hf
+
+
+def fake_hub_cache(project, commit: str) -> None:
+    """What `datasets` leaves in its cache after loading the hub dataset someone/corpus at ``commit``: made
+    offline by loading a local folder and filing its prepared splits under the hub name and commit."""
+    import datasets
+
+    data = project.root / "made"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{split} row {i}"}) + "\n" for i in range(3))
+        )
+    builder = datasets.load_dataset_builder(str(data))
+    builder.download_and_prepare()
+    cached = Path(datasets.config.HF_DATASETS_CACHE) / "someone___corpus" / "default" / "0.0.0" / commit
+    cached.mkdir(parents=True)
+    for f in Path(builder.cache_dir).iterdir():
+        shutil.copy(f, cached / f.name.replace("made", "corpus"))
+    shutil.rmtree(data)
+
+
+def test_a_cached_hub_dataset_records_its_commit_and_a_pin_must_match_it(project, hf_cache):
+    commit = "ab12" * 10
+    fake_hub_cache(project, commit)
+    manifest = download(project, "hf:someone/corpus")
+    assert (manifest["details"]["revision"], manifest["details"]["commit"]) == (None, commit)
+    assert "files" not in manifest["details"]
+    manifest = download(project, "hf:someone/corpus@ab12ab1")
+    assert (manifest["details"]["revision"], manifest["details"]["commit"]) == ("ab12ab1", commit)
+    assert manifest["source"] == "hf:someone/corpus@ab12ab1"
+    for revision in ("cdcdcdc", "main"):
+        expect_failure(
+            project,
+            f"hf:someone/corpus@{revision}",
+            f"data.source hf:someone/corpus@{revision}: offline, revision {revision} cannot be checked "
+            f"against the cache (the cached copy is commit {commit}); "
+            "go online once, or pin the cached commit",
+        )
+
+
+def test_a_local_dataset_folder_records_its_files_and_takes_no_revision(project, hf_cache):
+    data = project.root / "mydata"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.jsonl").write_text(json.dumps({"text": f"a {split} row"}) + "\n")
+    manifest = download(project, "hf:mydata")
+    assert (manifest["details"]["revision"], manifest["details"]["commit"]) == (None, None)
+    assert manifest["details"]["files"] == [
+        {
+            "path": f"mydata/{s}.jsonl",
+            "bytes": (data / f"{s}.jsonl").stat().st_size,
+            "sha256": hashlib.sha256((data / f"{s}.jsonl").read_bytes()).hexdigest(),
+        }
+        for s in ("test", "train", "validation")
+    ]
+    expect_failure(
+        project,
+        "hf:mydata@v1",
+        "data.source hf:mydata@v1: mydata is a local folder, which has no revision; remove @v1",
+    )
 
 
 # ----------------------------------------------------------------------------- dvc.lock and MLflow
