@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import test_download
+import test_mlflow_server
 import yaml
 from seqlm_testing import REPO
 from test_download import Handler, download, expect_failure
@@ -33,6 +34,8 @@ from seqlm.tracking.store import check_reachable
 
 # test_download's https server on 127.0.0.1 (a self-signed certificate trusted through SSL_CERT_FILE)
 certificate, served, hf_cache = test_download.certificate, test_download.served, test_download.hf_cache
+# test_mlflow_server's `mlflow server` on 127.0.0.1
+tracking_server = test_mlflow_server.tracking_server
 
 SECRET = "s3cr3t"
 
@@ -422,3 +425,18 @@ def test_dvc_repro_with_a_credential_in_the_source_writes_nothing_and_dvc_lock_h
     assert project / "dvc.lock" in written and project / "data" / "raw" / "manifest.json" in written
     leaks = [p for p in written if SECRET.encode() in p.read_bytes()]
     assert leaks == []
+
+
+@pytest.mark.slow  # an MLflow server
+def test_mlflow_never_prints_a_password_in_the_tracking_uri(tracking_server, capsys, monkeypatch):
+    """MLflow prints "View run … at: <tracking URI>/#/…" when a run on a server ends."""
+    from seqlm.tracking.store import connect
+
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")  # undone after the test
+
+    uri = tracking_server.replace("http://", "http://bob:pa55word@")
+    client = connect(uri)
+    run = client.create_run(client.create_experiment("secrets"))
+    client.set_terminated(run.info.run_id)
+    out = capsys.readouterr().out
+    assert "pa55word" not in out

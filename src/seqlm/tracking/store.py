@@ -60,10 +60,14 @@ def connect(uri: str):
     """A client for ``uri``, also made MLflow's current store (``mlflow.start_run``, ``log_model`` use it).
 
     ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI; the user's own value (or its absence)
-    is kept, so a later project in the same process is not sent to this one's store.
+    is kept, so a later project in the same process is not sent to this one's store. A URI holding a
+    ``user:password@`` or a query also turns off MLflow's printing of run links, which would repeat it.
     """
     import mlflow
 
+    if redact_url(uri) != uri:
+        # MLflow prints "View run … at: <tracking URI>/#/…" to stdout as a run ends, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     user_choice = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if user_choice is None:
