@@ -54,6 +54,11 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def credential_key(key: str) -> bool:
+    """Whether a query key names a credential (``_CREDENTIAL_KEY``, separators and case ignored)."""
+    return _CREDENTIAL_KEY.search(re.sub(r"[^A-Za-z0-9]", "", key)) is not None
+
+
 def url_credential(url: str) -> str | None:
     """What in ``url`` is a credential, said without repeating it; None when nothing is.
 
@@ -70,7 +75,7 @@ def url_credential(url: str) -> str | None:
     except ValueError:
         return "an authority that is not host[:port] (a user:password@ with an unencoded / or # in it?)"
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if _CREDENTIAL_KEY.search(re.sub(r"[^A-Za-z0-9]", "", key)):
+        if credential_key(key):
             # a key without a value may be the secret itself: name it only when it is a name
             return f"the query key {key!r}" if value else "a query key that looks like a credential"
     return None

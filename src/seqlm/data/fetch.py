@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from seqlm.core.errors import SeqlmError
-from seqlm.core.redact import redact_url, scrub
+from seqlm.core.redact import credential_key, redact_url, scrub
 
 CHUNK_BYTES = 1 << 20
 READ_TIMEOUT_S = 60  # the longest one wait may last; data.download_timeout_minutes bounds the whole download
@@ -184,7 +184,10 @@ def _origin(parts: urllib.parse.SplitResult) -> tuple:
 def _credentials(url: str, where: str) -> tuple[str, dict[str, str], list[str]]:
     """(the URL to fetch, the headers to send its host, every secret in them) from the environment."""
     query = os.environ.get(QUERY_ENV, "").lstrip("?")
-    secrets = [query, *(value for _, value in urllib.parse.parse_qsl(query))]
+    # the signature's values, not X-Amz-Expires=3600 or X-Amz-SignedHeaders=host, which would blot out
+    # every "3600" and "host" of a message
+    signed = (value for key, value in urllib.parse.parse_qsl(query) if credential_key(key))
+    secrets = [query, *signed]
     if query:
         base, _ = urllib.parse.urldefrag(url)
         url = f"{base}{'&' if urllib.parse.urlsplit(base).query else '?'}{query}"
