@@ -13,6 +13,7 @@ import json
 import ssl
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -354,7 +355,11 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+            # localhost too: another host name for the same server, to test where credentials go
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
@@ -380,7 +385,7 @@ def served(tmp_path, monkeypatch, certificate):
     handler = functools.partial(Handler, directory=str(tmp_path / "www"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    Handler.sent = 0
+    Handler.sent, Handler.seen = 0, []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"https://127.0.0.1:{server.server_address[1]}"
@@ -393,11 +398,27 @@ ENDLESS_BYTES = 200_000_000
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     """Files from the folder, plus /endless (200 MB as fast as it goes, no length), /announced (a
-    Content-Length of 10 GB) and /trickle (a few bytes every 10 ms until the client gives up)."""
+    Content-Length of 10 GB), /trickle (a few bytes every 10 ms until the client gives up),
+    /redirect?to=<quoted URL> (302 there), /silent (never answers) and /fail (HTTP 500 whose reason
+    repeats the request's path and Authorization header, as a careless server's might). ``seen`` lists
+    (path, Authorization) of each request."""
 
     sent = 0
+    seen: list = []
 
     def do_GET(self):
+        Handler.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", urllib.parse.unquote(self.path.removeprefix("/redirect?to=")))
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        if self.path.startswith("/fail"):
+            self.send_response(500, f"cannot serve {self.path} to {self.headers.get('Authorization')}")
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        if self.path == "/silent":
+            return time.sleep(5)  # longer than any deadline a test sets
         if self.path not in ("/endless", "/announced", "/trickle"):
             return super().do_GET()
         self.send_response(200)
@@ -541,24 +562,29 @@ def test_a_full_disk_says_so_and_leaves_no_data_raw(project, served, monkeypatch
     expect_failure(project, "builtin:kjv", disk_full)
 
 
-def test_a_presigned_token_is_neither_recorded_nor_printed(project, served, capsys):
+def test_a_presigned_query_from_the_environment_is_sent_and_neither_recorded_nor_printed(
+    project, served, capsys, monkeypatch
+):
     data = "\n\n".join(f"document {i}" for i in range(10)).encode()
     (project.root / "www" / "corpus.txt").write_bytes(data)
-    source = f"url:{served}/corpus.txt?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t"
-    manifest = download(project, source, **{"data.sha256": hashlib.sha256(data).hexdigest()})
-    assert manifest["source"] == f"url:{served}/corpus.txt?<redacted>"
-    assert manifest["details"]["url"] == f"{served}/corpus.txt?<redacted>"
+    monkeypatch.setenv("SEQLM_URL_QUERY", "X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t")
+    manifest = download(
+        project, f"url:{served}/corpus.txt", **{"data.sha256": hashlib.sha256(data).hexdigest()}
+    )
+    assert Handler.seen == [("/corpus.txt?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t", None)]
+    assert manifest["source"] == f"url:{served}/corpus.txt"
+    assert manifest["details"]["url"] == f"{served}/corpus.txt"
     assert "s3cr3t" not in project.paths().manifest.read_text() + capsys.readouterr().out
-    for path, sha256 in (("corpus.txt", "0" * 64), ("missing.txt", "0" * 64), ("endless", "0" * 64)):
-        params = {"data.sha256": sha256, "data.max_download_mb": 0.5}
-        message = expect_failure(project, f"url:{served}/{path}?sig=s3cr3t", "", **params)
-        assert "s3cr3t" not in message and "?<redacted>" in message
+    for path in ("corpus.txt", "missing.txt", "endless", "fail"):
+        params = {"data.sha256": "0" * 64, "data.max_download_mb": 0.5}
+        message = expect_failure(project, f"url:{served}/{path}", "", **params)
+        assert "s3cr3t" not in message
     (project.root / "www" / "bad.txt").write_bytes(b"ok\n\xff\n")
     sha256 = hashlib.sha256(b"ok\n\xff\n").hexdigest()
     expect_failure(
         project,
-        f"url:{served}/bad.txt?sig=s3cr3t",
-        f"{served}/bad.txt?<redacted>: invalid UTF-8 at byte 3",
+        f"url:{served}/bad.txt",
+        f"{served}/bad.txt: invalid UTF-8 at byte 3",
         **{"data.sha256": sha256},
     )
 

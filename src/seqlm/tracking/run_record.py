@@ -7,6 +7,7 @@ import json
 from seqlm.core.atomic import write_json
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
+from seqlm.core.redact import redact_url
 
 RUN_FORMAT = "seqlm-run/1"
 
@@ -14,7 +15,8 @@ RUN_FORMAT = "seqlm-run/1"
 def write_run_json(paths: Paths, run_id: str, experiment: str, uri: str) -> None:
     write_json(
         paths.run_json,
-        {"format": RUN_FORMAT, "run_id": run_id, "experiment": experiment, "tracking_uri": uri},
+        # redacted: a server's URI may hold user:password@, and models/ travels to DVC remotes
+        {"format": RUN_FORMAT, "run_id": run_id, "experiment": experiment, "tracking_uri": redact_url(uri)},
     )
 
 

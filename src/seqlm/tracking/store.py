@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
+from seqlm.core.redact import redact_url
 
 
 def store_root(paths: Paths) -> Path:
@@ -40,9 +42,11 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 reason = f"HTTP {resp.status}"
         except (urllib.error.URLError, OSError) as exc:
             reason = str(getattr(exc, "reason", exc))
+        except (http.client.InvalidURL, ValueError):  # the message would repeat the URL, password and all
+            reason = "not a valid URL; check the host and port"
         raise SeqlmError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
-            "or unset it to use the local sqlite store"
+            f"MLflow tracking server {redact_url(uri)} is unreachable ({redact_url(reason)}); start it, fix "
+            "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store"
         )
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -56,10 +60,14 @@ def connect(uri: str):
     """A client for ``uri``, also made MLflow's current store (``mlflow.start_run``, ``log_model`` use it).
 
     ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI; the user's own value (or its absence)
-    is kept, so a later project in the same process is not sent to this one's store.
+    is kept, so a later project in the same process is not sent to this one's store. A URI holding a
+    ``user:password@`` or a query also turns off MLflow's printing of run links, which would repeat it.
     """
     import mlflow
 
+    if redact_url(uri) != uri:
+        # MLflow prints "View run … at: <tracking URI>/#/…" to stdout as a run ends, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     user_choice = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if user_choice is None:
