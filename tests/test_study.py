@@ -99,21 +99,25 @@ def test_probe_is_episodic_with_a_step_budget_a_ladder_and_its_control_at_the_sh
     assert windows and all(e.overrides["model.window"] == 8 for e in windows)
 
 
-def test_explosion_is_provoked_and_run_with_and_without_clipping(plan):
+def test_explosion_is_a_grid_of_gains_and_clip_thresholds_with_an_unprovoked_baseline(plan, quick_plan):
     explode = [e for e in plan if e.group == "explode"]
-    assert (
-        sorted({e.label for e in explode}) == ["clipped", "unclipped"] and len(explode) == 2 * OPTIONS.seeds
-    )
+    grid = {(e.overrides["model.recurrent_gain"], e.overrides["train.grad_clip"]) for e in explode}
+    assert grid == {(g, c) for g in planning.EXPLODE_GAINS for c in planning.EXPLODE_CLIPS}
+    assert 1.0 in planning.EXPLODE_GAINS and 0.0 in planning.EXPLODE_CLIPS  # the baseline and no clipping
+    assert len(explode) == len(grid) * OPTIONS.seeds
     for e in explode:
         o = e.overrides
         assert o["model.family"] == "rnn" and o["model.nonlinearity"] == "tanh"
-        assert (
-            o["model.recurrent_init"] == "orthogonal" and o["model.recurrent_gain"] > 1
-        )  # spectral radius > 1
+        assert o["model.recurrent_init"] == "orthogonal"  # spectral radius = the gain
         assert o["train.optimizer"] == "sgd"  # a gradient's size is its step's size
-        assert (o["train.grad_clip"] > 0) == (e.label == "clipped")
+        gain, clip = o["model.recurrent_gain"], o["train.grad_clip"]
+        assert e.cell == f"explode-g{gain:g}-c{clip:g}" and e.name.startswith(e.cell + "-s")
+        assert e.label == f"gain {gain:g}, " + (f"clip {clip:g}" if clip else "unclipped")
+    assert "explode-g3-c0.5" in {e.cell for e in explode} and "explode-g1-c0" in {e.cell for e in explode}
     text_rnn = next(e for e in plan if e.cell == "text-rnn")
-    assert explode[0].parameters == text_rnn.parameters  # the same model as the text rnn but its W_hh
+    assert {e.parameters for e in explode} == {text_rnn.parameters}  # the text rnn's model but its W_hh
+    # --quick keeps the provocation with and without the pipeline's clipping, no more
+    assert sorted(e.cell for e in quick_plan if e.group == "explode") == ["explode-g3-c0", "explode-g3-c0.5"]
 
 
 def test_wide_window_keeps_its_extra_parameters_and_cloze_differs_only_in_direction(plan, params):
@@ -225,8 +229,8 @@ def test_runs_are_found_by_their_params_and_tagged(project, params):
     experiments = planning.plan(options, params)
     client = connect(tracking_uri(project.paths()))
     exp_id = experiment_id(client, OPTIONS.name, project.paths())
-    # In plan order, so the newest run (searched first) of the explosion pair is the unclipped one's, whose
-    # params include every override of the clipped one's but train.grad_clip; seeds differ in base.seed alone.
+    # In plan order, so the newest run (searched first) of the explosion pair is the clipped one's, whose
+    # params equal the unclipped one's but train.grad_clip; seeds differ in base.seed alone.
     for e in experiments:  # as the train stage logs them: every key, as str
         time.sleep(0.01)  # distinct start times
         run = client.create_run(exp_id, run_name=e.family)
@@ -261,7 +265,7 @@ def test_a_diverged_runs_traces_are_read_up_to_its_divergence(project, params):
     e = next(
         e
         for e in planning.plan(planning.preset("quick", stamp="t2", delays=(5,)), params)
-        if e.label == "unclipped"
+        if e.label == "gain 3, unclipped"
     )
     client = connect(tracking_uri(project.paths()))
     run = client.create_run(experiment_id(client, OPTIONS.name, project.paths()))
@@ -310,8 +314,10 @@ def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> 
         "stopped_by": "max_steps" if e.group == "probe" else "max_minutes",
     }
     r = results.Result(e, "success", "abc123", train, {}, run_id="r")
+    gain, clip = e.overrides.get("model.recurrent_gain", 1.0), e.overrides.get("train.grad_clip", 0.5)
+    provoked = e.group == "explode" and gain > 1
     if e.group in ("text", "explode"):
-        value = TEXT_BPB.get(e.family, {"clipped": 1.55, "unclipped": 1.90}.get(e.label, 1.5))
+        value = TEXT_BPB.get(e.family, 1.5) if e.group == "text" else (1.55 if clip or not provoked else 1.90)
         r.eval = {"bits_per_byte": value + jitter, "unigram_bits_per_byte": 2.44}
         window = e.family.startswith("ffn_window") or e.family == "bow"
         wide = e.family == "ffn_window-wide"
@@ -328,8 +334,8 @@ def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> 
         r.gradient = {
             "rows": [{"k": k, "gradient_norm": 0.0 if window and k else decay**k} for k in range(129)]
         }
-        peak = {"unclipped": 3e6, "clipped": 2e6}.get(e.label, 5.0)
-        losses = [5.0, 3.0, 2.5, 2.4] if e.label != "unclipped" else [5.0, 4.0, 4.9, 4.2]
+        peak = (3e6 if not clip else 2e6) if provoked else 5.0
+        losses = [5.0, 4.0, 4.9, 4.2] if provoked and not clip else [5.0, 3.0, 2.5, 2.4]
         r.traces = {
             "grad_norm": [(2 * i, peak / (i + 1)) for i in range(4)],
             "train_loss": list(enumerate(losses)),
@@ -439,13 +445,13 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     }
     assert text.count(aggregate.RULE) == 1  # the rule, stated once, with the size of the corrected family
     assert "Welch's two-sided t-test" in aggregate.RULE and "Holm–Bonferroni" in aggregate.RULE
-    assert "This table makes 35 tests in 8 claims." in text  # the window controls compare nothing
+    assert "This table makes 46 tests in 8 claims." in text  # the window controls compare nothing
     # each row shows its effect with the interval and the adjusted p
     assert "| bow − ffn_window, bits/byte: +0.150 [+0.135, +0.165], p_Holm < 0.001 |" in text
     assert "lstm − tanh rnn, recall at delay 100: +0.86 [+0.85, +0.87], p_Holm < 0.001" in text
     assert "Test CPU, 2 cores" in text and "`0123456789ab`" in text
-    assert "estimated before queueing at 325 experiments, 5 seed(s) each, at most about" in text
-    assert "spent 80.0 minutes for 325 experiments (0 failed or diverged)" in text
+    assert "estimated before queueing at 415 experiments, 5 seed(s) each, at most about" in text
+    assert "spent 80.0 minutes for 415 experiments (0 failed or diverged)" in text
     assert "every cell over 5 seeds, the ladder to delay 200" in text
     # seeds solved and their median updates to solve, per delay; the reach is the longest delay solved
     assert (
@@ -483,9 +489,9 @@ def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tm
     # bow 1.75 vs ffn_window 1.60: Welch p ≈ 0.27 before any correction
     assert got[CLAIMS["bow"]] == "tie" and got[CLAIMS["window"]] == "tie"
     assert "bow − ffn_window, bits/byte: +0.150 [-0.142, +0.442], p_Holm 0.270" in text
-    # clipped 1.55 vs unclipped 1.90: p 0.024 alone; the claim's correction runs over its own three tests
-    # (the provocation's peak, the diverged counts, bits/byte), not the table's 33: p_Holm 0.049
-    assert "clipped − unclipped, bits/byte: -0.350 [-0.642, -0.058], p_Holm 0.049" in text
+    # a clipped cell 1.55 against the unigram's 2.44: p 0.0006 alone, 12 times that after Holm over the
+    # claim's own 15 tests (three provoked peaks, whose p is smaller, then twelve floors), not the table's 46
+    assert "gain 3 clip 0.5 − unigram floor, bits/byte: -0.890 [-1.138, -0.642], p_Holm 0.007" in text
     assert got[CLAIMS["clip"]] == "supported"
     assert got[CLAIMS["bi"]] == "supported"  # 5.7 vs 6.9: t ≈ 9.5 survives the correction
     limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
@@ -495,34 +501,74 @@ def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tm
     assert "**A bidirectional RNN" not in limits  # it agrees: listed, not explained
 
 
+def explode_at(r: results.Result) -> tuple[float, float] | None:
+    """(gain, clip) of an explosion result; None for every other group."""
+    o = r.experiment.overrides
+    return (o["model.recurrent_gain"], o["train.grad_clip"]) if r.experiment.group == "explode" else None
+
+
 def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tmp_path):
     rows = fake_results(plan)
     for r in rows:
-        if r.experiment.label == "unclipped" and r.experiment.seed != planning.SEED + 2:
+        at = explode_at(r)
+        if at in ((2.0, 0.0), (4.0, 0.0)):
+            r.max_grad_norm = 6.0  # as calm as gain 1: these gains did not explode
+        if at == (3.0, 0.0) and r.experiment.seed != planning.SEED + 2:
             diverge(r)
     text = report.write(tmp_path, rows, MACHINE, OPTIONS).read_text()
-    assert "4/5 diverged (passed)" in text  # the control: the provocation exploded
-    assert "| unclipped | 4/5 |" in text and "| 4.20 (n=1 of 5) | 1.910 (n=1 of 5) |" in text
-    assert "(4 failed or diverged)" in text
-    # 0/5 against 4/5 diverged: Fisher's p 0.048, and 0.048 after the claim's correction (the peak's p is
-    # far smaller); the one finished unclipped seed leaves no test of bits/byte
+    # the control: gain 3 exploded (4 of 5 seeds diverged), the others did not, and only gain 3 is judged
+    assert "gain 3 10^6.5 ± 0.0 vs gain 1 10^0.7 ± 0.0 (p_Holm < 0.001), 4/5 diverged (exploded)" in text
+    assert "gain 2 10^0.8 ± 0.0 vs gain 1 10^0.7 ± 0.0" in text and "0/5 diverged (did not explode)" in text
+    assert "gain 2: unclipped 0/5 diverged, 1.900 ± 0.010 bits/byte (no explosion to fix)" in text
     assert verdicts(text)[CLAIMS["clip"]] == "supported"
-    assert "clipped − unclipped, fraction diverged: -0.80 [" in text
-    assert "clipped − unclipped, bits/byte: -0.360 (no test: n=1 on one side)" in text
+    assert "fixed (finite, below the unigram floor 2.440 ± 0.000) by clip 0.25, 0.5, 1, 5" in text
+    # the grid: gain rows × clip columns, seeds finite, mean test bits/byte, mean log10 peak norm
+    assert "| gain | unclipped | clip 0.25 | clip 0.5 | clip 1 | clip 5 |" in text
+    assert "| 3 | 1/5 finite · 1.910 (n=1 of 5) · 10^6.5 ± 0.0 | 5/5 finite · 1.550 ± 0.010 · 10^6.3" in text
+    assert "| 1 | 5/5 finite · 1.550 ± 0.010 · 10^0.7 ± 0.0 |" in text
+    assert "(4 failed or diverged)" in text
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()
+
+
+def test_clipping_reads_which_clip_values_fix_each_gain(plan):
+    rows = fake_results(plan)
+    for r in rows:
+        at = explode_at(r)
+        if at and at[0] > 1 and at[1] >= 1:
+            r.eval["bits_per_byte"] += 1.59  # 3.14: finite, every seed, but above the unigram's 2.44
+        if at == (4.0, 0.25) and r.experiment.seed == planning.SEED:
+            diverge(r)  # one seed of five lost: not a fix
+        if at == (4.0, 0.5):
+            r.eval["bits_per_byte"] += 1.59
+    text = report.render(rows, MACHINE, OPTIONS, {})
+    # gains 2 and 3 are fixed by the small thresholds only; gain 4 by none: the claim holds in part
+    assert verdicts(text)[CLAIMS["clip"]] == "partly supported"
+    assert (
+        "gain 3: unclipped 0/5 diverged, 1.900 ± 0.010 bits/byte; fixed (finite, below the unigram floor "
+        "2.440 ± 0.000) by clip 0.25, 0.5;" in text
+    )
+    assert (
+        "gain 4: unclipped 0/5 diverged, 1.900 ± 0.010 bits/byte; no clip value keeps every run finite and "
+        "below the unigram floor 2.440 ± 0.000" in text
+    )
+    assert "gain 3 clip 5 − unigram floor, bits/byte: +0.700 [" in text  # seen above it: hidden, not fixed
+    assert "| 4 | 5/5 finite · 1.900 ± 0.010 · 10^6.5 ± 0.0 | 4/5 finite · 1.550 ± 0.012 (n=4 of 5) ·" in text
 
 
 def test_clipping_that_keeps_runs_finite_but_above_the_unigram_floor_fixed_nothing(plan):
     rows = fake_results(plan)
     for r in rows:
-        if r.experiment.label == "unclipped":
+        at = explode_at(r)
+        if at and at[0] > 1 and at[1] == 0:
             diverge(r)
-        if r.experiment.label == "clipped":
+        elif at and at[0] > 1:
             r.eval["bits_per_byte"] += 1.59  # 3.14: finite, every seed, but above the unigram's 2.44
     text = report.render(rows, MACHINE, OPTIONS, {})
     assert verdicts(text)[CLAIMS["clip"]] == "not supported"
-    assert "the clipped runs do not end below the unigram floor 2.440" in text
+    assert "gain 3: unclipped 5/5 diverged, — bits/byte; no clip value keeps every run finite" in text
+    limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+    assert f"**{CLAIMS['clip']}**: *not supported* here; Pascanu, Mikolov & Bengio (2013)" in limits
 
 
 def test_a_bilstm_that_only_beats_the_smaller_lstm_is_not_shown_to_use_the_future(plan):
@@ -596,6 +642,8 @@ def test_the_figures_draw_every_seed_beside_the_cells_mean(plan, tmp_path, monke
 def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
     rows = [fake(e, 0) for e in quick_plan]
     text = report.render(rows, MACHINE | {"wall_minutes": 12.0}, QUICK, {})
+    # --quick has no gain-1 cell: the provocation is measured against the text tanh rnn
+    assert "gain 3 unclipped − the text tanh rnn, log10 peak gradient norm: +5.8 (no test: one seed)" in text
     assert "One seed: no spread and no test (a difference counts by its sign alone), so every verdict" in text
     assert "bow − ffn_window, bits/byte: +0.150 (no test: one seed)" in text and "p_Holm" not in text
     assert "| lstm | 1/1 · 300 | 1/1 · 1,500 | passed | 25 |" in text
