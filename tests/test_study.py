@@ -57,10 +57,42 @@ def test_every_cell_runs_over_five_seeds_with_its_own_name_and_seed(plan):
     text = [k for k in cells if k.startswith("text-")]
     assert text == [f"text-{f}" for f in ("ffn_window", "ffn_window-wide", "bow", "rnn", "lstm", "gru")]
     for e in plan:
-        assert e.overrides["base.experiment"] == OPTIONS.name
-        if e.group != "probe":  # minutes decide: no step limit, no early stopping, epochs no run reaches
-            assert e.overrides["train.max_steps"] == 0 and e.overrides["train.early_stopping_patience"] == 0
-            assert e.overrides["train.max_epochs"] >= 100_000
+        o = e.overrides
+        assert o["base.experiment"] == OPTIONS.name
+        if e.group in ("explode", "cloze"):  # minutes decide: no step limit, no early stopping
+            assert o["train.max_steps"] == 0 and o["train.max_minutes"] > 0
+        if e.group == "text":  # tokens decide: a step limit, no minute limit, no early stopping
+            assert o["train.max_steps"] > 0 and o["train.max_minutes"] == 0
+        if e.group != "probe":
+            assert o["train.early_stopping_patience"] == 0 and o["train.max_epochs"] >= 100_000
+
+
+def test_every_text_family_trains_on_the_same_tokens_and_the_wide_window_is_the_slowest(
+    plan, quick_plan, params
+):
+    text = [e for e in plan if e.group == "text"]
+    steps = planning.text_steps(params, OPTIONS.text_tokens)
+    per_step = params["train"]["batch_size"] * params["train"]["bptt"]
+    assert {
+        (e.overrides["train.max_steps"], e.overrides["train.batch_size"] * e.overrides["train.bptt"])
+        for e in text
+    } == {(steps, per_step)}
+    assert steps * per_step >= OPTIONS.text_tokens > (steps - 1) * per_step  # rounded up to whole updates
+    # more updates than the warm-up, so every family's schedule reaches its peak and anneals
+    assert steps > params["train"]["warmup_steps"]
+    # the same tokens cost the families different minutes; the wide window's 2.6M parameters the most
+    minutes = {e.family: budget.training_minutes(e) for e in text if e.seed == planning.SEED}
+    assert max(minutes, key=minutes.get) == "ffn_window-wide" and min(minutes.values()) > 0
+    assert minutes["ffn_window-wide"] == pytest.approx(
+        steps * per_step / budget.TEXT_TOKENS_PER_S["ffn_window-wide"] / 60
+    )
+    quick_steps = {e.overrides["train.max_steps"] for e in quick_plan if e.group == "text"}
+    assert (
+        quick_steps == {planning.text_steps(params, QUICK.text_tokens)}
+        and QUICK.text_tokens < OPTIONS.text_tokens
+    )
+    with pytest.raises(SeqlmError, match="--text-tokens must be at least 1, got 0"):
+        planning.plan(planning.preset("quick", text_tokens=0), params)
 
 
 def test_probe_is_episodic_with_a_step_budget_a_ladder_and_its_control_at_the_shortest_delay(plan):
@@ -169,6 +201,7 @@ def test_gpu_is_one_flag_and_explicit_options_win_over_the_preset():
     assert options_from(p.parse_args([])) == planning.Options()
     quick = options_from(p.parse_args(["--quick", "--seeds", "2"]))
     assert (quick.seeds, quick.delays, quick.preset) == (2, QUICK.delays, "quick")
+    assert options_from(p.parse_args(["--text-tokens", "100000"])).text_tokens == 100_000
     gpu = options_from(p.parse_args(["--gpu"]))
     assert gpu.gpu and max(gpu.delays) > max(OPTIONS.delays) and gpu.probe_steps > OPTIONS.probe_steps
 
@@ -200,6 +233,7 @@ def test_dry_run_prints_the_estimate_and_the_dvc_commands_and_runs_nothing(proje
     assert len(commands) == 6 + 2 + 2 + 2 + 1
     assert commands[0].startswith("dvc exp run --queue -n text-ffn_window-s0-")
     assert commands[0].endswith(" evaluate")  # up to evaluate: study models are never registered
+    assert "-S train.max_steps=123" in commands[0] and "-S train.max_minutes=0" in commands[0]
     assert "-S train.episodic=true" in commands[6]
     assert commands[-1] == "dvc queue start -j 2"
     assert not (project.root / ".dvc").exists() and not (project.root / "docs").exists()
@@ -311,14 +345,22 @@ def fake(e: planning.Experiment, seed: int, spread: float = 0.01, **changes) -> 
         "steps": 1200,
         "wall_seconds": 90.0,
         "fraction_clipped": 0.02,
-        "stopped_by": "max_steps" if e.group == "probe" else "max_minutes",
+        "stopped_by": "max_steps" if e.group in ("probe", "text") else "max_minutes",
     }
+    if e.group == "text":  # the same tokens, each family at its own speed
+        steps = e.overrides["train.max_steps"]
+        tokens = steps * e.overrides["train.batch_size"] * e.overrides["train.bptt"]
+        train.update(steps=steps, tokens=tokens, wall_seconds=tokens / budget.TEXT_TOKENS_PER_S[e.family])
     r = results.Result(e, "success", "abc123", train, {}, run_id="r")
     gain, clip = e.overrides.get("model.recurrent_gain", 1.0), e.overrides.get("train.grad_clip", 0.5)
     provoked = e.group == "explode" and gain > 1
     if e.group in ("text", "explode"):
         value = TEXT_BPB.get(e.family, 1.5) if e.group == "text" else (1.55 if clip or not provoked else 1.90)
-        r.eval = {"bits_per_byte": value + jitter, "unigram_bits_per_byte": 2.44}
+        r.eval = {
+            "bits_per_byte": value + jitter,
+            "unigram_bits_per_byte": 2.44,
+            "bigram_bits_per_byte": 1.99,
+        }
         window = e.family.startswith("ffn_window") or e.family == "bow"
         wide = e.family == "ffn_window-wide"
         gains = {
@@ -467,6 +509,12 @@ def test_report_has_every_claim_with_a_control_mean_and_spread_and_figures(plan,
     assert "ffn_window (window 8): solves [5] inside it" in text
     lstm = next(e for e in plan if e.cell == "text-lstm")
     assert f"| lstm | {lstm.parameters:,} | 1.350 ± 0.010 | 0.100 ± 0.000 |" in text
+    # equal tokens, the wall clock its own column, the n-gram floors as rows
+    assert "| 245 ± 0 | 501760 ± 0 | 78 ± 0 | 0/5 |" in text  # lstm: 501,760 tokens at 6,400 tokens/s
+    assert "| 245 ± 0 | 501760 ± 0 | 239 ± 0 | 0/5 |" in text  # the wide window: the same tokens, 3× the time
+    assert "| unigram (add-one, train counts) | — | 2.440 ± 0.000 |" in text
+    assert "| bigram (add-one, train counts) | — | 1.990 ± 0.000 |" in text
+    assert "ffn_window (32): 2,611,408 parameters, 1.580 ± 0.010 bits/byte, 239 ± 0 s of training" in text
     assert "| bilstm |" in text and "| 5.700 ± 0.010 |" in text
     assert "Every run stops once solved or at 10,000 updates" in text and "rnn 9.0 min" in text
     for figure in ("gradient_flow", "context_ablation", "copy_recall", "explosion"):
@@ -497,7 +545,7 @@ def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tm
     limits = text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
     assert "**A bag of words loses order**: *tie* here" in limits
     assert "[-0.142, +0.442] includes 0" in limits
-    assert "every finished text run stopped at its time budget (1,200 updates)" in limits
+    assert "every finished text run stopped at its step cap (245 updates)" in limits
     assert "**A bidirectional RNN" not in limits  # it agrees: listed, not explained
 
 

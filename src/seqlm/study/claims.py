@@ -24,6 +24,7 @@ from seqlm.study.results import (
     log10_gradient_ratio,
     log10_max_grad_norm,
     top1,
+    train_value,
     unigram_bits_per_blank,
     unigram_bpb,
 )
@@ -91,8 +92,8 @@ def _uses_context(cell: Cell, comparisons: Comparisons) -> tuple[Difference, Cal
 def _window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     claim = "Fixed-window feed-forward models cannot hold long history"
     test = (
-        "test bits/byte and the cost of resetting every 64 tokens: ffn_window (8 tokens) against the best "
-        "recurrent model"
+        "test bits/byte and the cost of resetting every 64 tokens, at equal training tokens: ffn_window "
+        "(8 tokens) against the best recurrent model"
     )
     ffn, best = text.get("ffn_window"), _best_recurrent(text)
     if ffn is None or best is None or ffn.stat(bpb) is None:
@@ -123,6 +124,9 @@ def _window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     return judge
 
 
+seconds = train_value("wall_seconds")  # the wall clock the same tokens took: its own axis, not a budget
+
+
 def _params(cell: Cell) -> int:
     return cell.experiment.parameters
 
@@ -133,8 +137,8 @@ def _big_window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
         "weights buy"
     )
     test = (
-        "parameters and test bits/byte: ffn_window at 8 and at its wide window against the best "
-        "recurrent model"
+        "parameters and test bits/byte at equal training tokens (the wide window trained as long as the "
+        "rest, in updates): ffn_window at 8 and at its wide window against the best recurrent model"
     )
     narrow, wide, best = text.get("ffn_window"), text.get("ffn_window-wide"), _best_recurrent(text)
     if None in (narrow, wide, best) or wide.stat(bpb) is None or narrow.stat(bpb) is None:
@@ -152,10 +156,10 @@ def _big_window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
             f"the wide window is used: resetting every 16 tokens (inside its {window}) costs it {fmt(cost)} "
             f"bits/byte ({passed(used.above, used)})"
         )
-        evidence = (
-            f"ffn_window (8): {_params(narrow):,} parameters, {fmt(narrow.stat(bpb))} bits/byte; ffn_window "
-            f"({window}): {_params(wide):,} parameters, {fmt(wide.stat(bpb))}; {best.label}: "
-            f"{_params(best):,} parameters, {fmt(best.stat(bpb))}"
+        evidence = "; ".join(
+            f"{name}: {_params(c):,} parameters, {fmt(c.stat(bpb))} bits/byte, "
+            f"{fmt(c.stat(seconds), 0)} s of training"
+            for name, c in (("ffn_window (8)", narrow), (f"ffn_window ({window})", wide), (best.label, best))
         )
         if not used.above:
             verdict = "control failed"
@@ -172,7 +176,10 @@ def _big_window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
 
 def _bow(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     claim = "A bag of words loses order"
-    test = "test bits/byte: bow against ffn_window, the same window and parameter budget"
+    test = (
+        "test bits/byte at equal training tokens: bow against ffn_window, the same window and parameter "
+        "budget"
+    )
     ffn, bow = text.get("ffn_window"), text.get("bow")
     if ffn is None or bow is None or ffn.stat(bpb) is None or bow.stat(bpb) is None:
         return not_tested("bow", claim, test, "the ffn_window or bow text cell is missing or failed")

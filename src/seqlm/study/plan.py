@@ -6,8 +6,9 @@ time but their gradients vanish or explode; clipping tames explosion; ReLU with 
 (IRNN) and gated cells (LSTM, GRU) keep long-term dependencies; a bidirectional RNN also reads the future,
 where the task allows it. Each step is put to the test as DVC experiments, every cell over ``seeds`` seeds:
 
-- text (the default corpus, equal minutes): ffn_window at two windows, bow, rnn (tanh), lstm, gru, with
-  matched parameter counts (the wide window excepted: its extra parameters are the point);
+- text (the default corpus, equal tokens: every family the same updates of the same batch and bptt):
+  ffn_window at two windows, bow, rnn (tanh), lstm, gru, with matched parameter counts (the wide window
+  excepted: its extra parameters are the point); wall clock is measured, not budgeted;
 - probe (``synthetic:copy``, episodic, one optimiser for all): PROBE_FAMILIES × a ladder of delays, each
   run stopping once solved (valid recall SOLVED_RECALL) or at its cap: updates to solve are the measurement;
   the IRNN as a 2 × 2 ({tanh, ReLU} × {default, identity}), the LSTM with forget bias 1 and 0, and the
@@ -165,8 +166,14 @@ CLOZE_ROWS = {"lstm (left to right)": False, "bilstm": True}
 # (it has about 60% more parameters than the LSTM of the same hidden size)
 CLOZE_MATCHED = "lstm (size-matched)"
 
-# The minutes are the text budget: no step limit, no early stopping, an epoch limit no run reaches.
+# Explosion and cloze runs have a minute budget: no step limit, no early stopping, an epoch limit no run
+# reaches.
 TIME_BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
+# Text runs have a token budget instead (Options.text_tokens): every family sees the same training tokens,
+# so a slower family takes longer rather than learning less, and its minutes are reported as their own
+# axis. Every family predicts every position of its bptt window (the window models read their last tokens
+# from a carried state), so batch_size × bptt targets per update, alike: equal updates are equal tokens.
+STEP_BUDGET = {"train.max_minutes": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
 # --gpu: bigger models and longer delays; the same plan otherwise.
 GPU = {"train.accelerator": "gpu", "train.precision": "auto"}
 GPU_TEXT_SIZE = {"model.embedding_size": 512, "model.hidden_size": 512}
@@ -183,7 +190,10 @@ class Options:
     # 1,400-1,750 to reach 90% recall at delay 10; bench/episodic_probes.py). On 2 CPU cores that is far
     # more than three hours (budget.summary says how much): the documented ways are --gpu or several
     # machines (docs/study-design.md); --quick is the first look that fits 20 minutes.
-    text_minutes: float = 1.5
+    # Training tokens of every text run, rounded up to whole updates of params.yaml's batch × bptt (32 × 64:
+    # 245 updates). About what the equal-minutes runs gave the recurrent families (206-283 updates in 1.5
+    # min), so the slowest family, the wide window, now fits about 4 minutes on 2 cores (study.budget).
+    text_tokens: int = 500_000
     probe_steps: int = 10_000
     delays: tuple[int, ...] = (5, 10, 25, 50, 100, 200)
     explode_minutes: float = 0.75
@@ -201,7 +211,7 @@ class Options:
 
 QUICK = {
     "seeds": 1,
-    "text_minutes": 1.0,
+    "text_tokens": 250_000,  # 123 updates: the six text runs cost what 1 min each did
     "probe_steps": 1000,
     "delays": (5, 25),
     "probe_families": ("rnn", "irnn", "lstm", "gru", "ffn_window"),
@@ -268,10 +278,22 @@ def _seeded(cell: Experiment, i: int, stamp: str) -> Experiment:
 
 
 def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> list[Experiment]:
-    text = {**common, **TIME_BUDGET, "train.max_minutes": options.text_minutes, **TEXT_EVALUATE}
+    batch, bptt = config_value(params, "train.batch_size"), config_value(params, "train.bptt")
+    steps = text_steps(params, options.text_tokens)
+    # batch and bptt set explicitly: the tokens per update, so the token budget reads off every experiment
+    text = {**common, **STEP_BUDGET, "train.max_steps": steps, **TEXT_EVALUATE}
+    text |= {"train.batch_size": batch, "train.bptt": bptt}
     if options.gpu:
         text |= GPU_TEXT_SIZE
     return _matched(params, "text", "text", options.text_families, text, vocab)
+
+
+def text_steps(params: dict, tokens: int) -> int:
+    """The updates that train every text family on at least ``tokens`` tokens: batch_size × bptt each."""
+    if tokens < 1:
+        raise SeqlmError(f"seqlm study: --text-tokens must be at least 1, got {tokens}")
+    per_step = config_value(params, "train.batch_size") * config_value(params, "train.bptt")
+    return -(-tokens // per_step)
 
 
 def _probe_cells(params: dict, options: Options, common: dict) -> list[Experiment]:

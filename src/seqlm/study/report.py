@@ -30,6 +30,7 @@ from seqlm.study.claims import Claim, cloze_claims, text_claims
 from seqlm.study.plan import PROBE_LR, SEED, SOLVED_RECALL, Options
 from seqlm.study.probe_claims import SOLVES, cell_text, control, probe_claims, reach, updates_line
 from seqlm.study.results import (
+    bigram_bpb,
     bits_per_blank,
     bpb,
     context_gain,
@@ -145,10 +146,10 @@ def _provenance(results, machine: dict, options) -> str:
         f"{budget.summary(experiments, options)}; "
         f"spent {machine['wall_minutes']:.1f} minutes for {len(results)} experiments ({failed} failed or "
         "diverged), "
-        f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_minutes:g} min of "
-        f"training, probe {options.probe_steps:,} updates (no minute limit), explosion "
-        f"{options.explode_minutes:g} "
-        f"min, cloze {options.cloze_minutes:g} min; no early stopping.{_load(machine, options)}  \n"
+        f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_tokens:,} training "
+        f"tokens (every family alike), probe {options.probe_steps:,} updates (neither with a minute limit), "
+        f"explosion {options.explode_minutes:g} min, cloze {options.cloze_minutes:g} min; no early "
+        f"stopping.{_load(machine, options)}  \n"
         f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}`, "
         f"`seqlm.study.stamp={options.stamp}`, `seqlm.study.cell` and `seqlm.study.seed`; DVC experiments "
         f"`<cell>-s<i>-{options.stamp}`."
@@ -178,19 +179,23 @@ def _text_section(results, figures) -> list[str]:
     text = by_label(results, "text")
     if not text:
         return []
+    o = next(iter(text.values())).experiment.overrides
+    steps, per_step = o.get("train.max_steps"), o.get("train.batch_size", 0) * o.get("train.bptt", 0)
     lines = [
-        "## Text: one corpus, equal minutes, matched sizes (the wide window excepted)",
+        "## Text: one corpus, equal tokens, matched sizes (the wide window excepted)",
         "",
-        "Each family trained for the same minutes on the same corpus and tokenizer, with a hidden size "
-        "that puts "
-        "its parameters within 15% of the LSTM's; the wide ffn_window keeps the narrow one's hidden "
-        "size, so its "
-        "extra parameters are the price of its window. Test metrics use the evaluate stage's "
-        "carried-state protocol.",
+        f"Each family trained on the same tokens ({steps:,} updates of {per_step:,} tokens: every family "
+        "predicts every position of its window, so equal updates are equal tokens) from the same corpus "
+        "and tokenizer, with a hidden size that puts its parameters within 15% of the LSTM's; the wide "
+        "ffn_window keeps the narrow one's hidden size, so its extra parameters are the price of its window. "
+        "Wall clock is not a budget but its own column: what the same tokens cost each family on this "
+        "machine. Test metrics use the evaluate stage's carried-state protocol; the unigram and bigram rows "
+        "are the add-one n-gram models of the train tokens, scored on the same test text (the floors a model "
+        "must beat).",
         "",
-        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | steps | "
-        "minutes | failed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | updates | "
+        "training tokens | wall-clock seconds | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, c in text.items():
         window = c.experiment.overrides.get("model.window")
@@ -198,9 +203,13 @@ def _text_section(results, figures) -> list[str]:
         lines.append(
             f"| {name} | {c.experiment.parameters:,} | {_cell(c, bpb)} | "
             f"{_cell(c, context_gain('64'))} | "
-            f"{_ratio(c)} | {_cell(c, train_value('steps'), 0)} | "
-            f"{_cell(c, minutes, 1)} | {c.failed}/{c.seeds} |"
+            f"{_ratio(c)} | {_cell(c, train_value('steps'), 0)} | {_cell(c, train_value('tokens'), 0)} | "
+            f"{_cell(c, train_value('wall_seconds'), 0)} | {c.failed}/{c.seeds} |"
         )
+    runs = [r for c in text.values() for r in c.results]
+    for name, metric in (("unigram", unigram_bpb), ("bigram", bigram_bpb)):
+        floor = fmt(stat(metric(r) for r in runs))
+        lines.append(f"| {name} (add-one, train counts) | — | {floor} | — | — | — | — | — | — |")
     return lines + [
         "",
         *_figure(figures, "gradient_flow", "Gradient flow per family"),
@@ -371,6 +380,6 @@ def _footer(options, machine: dict) -> list[str]:
         "Each experiment is `dvc exp run --queue -S …` up to the evaluate stage (study models are never "
         f"registered), run {options.jobs} at a time (`OMP_NUM_THREADS=1`). Add a family to `FAMILIES` in "
         "`src/seqlm/study/plan.py`; change seeds, budgets and delays with `seqlm study --seeds … "
-        "--text-minutes … "
+        "--text-tokens … "
         "--probe-steps … --delays …`.",
     ]

@@ -62,6 +62,11 @@ def unigram_bpb(r) -> float | None:
     return r.eval.get("unigram_bits_per_byte") if ok(r) else None
 
 
+def bigram_bpb(r) -> float | None:
+    """The add-one bigram's test bits per byte: the next floor, what one token of context buys by counting."""
+    return r.eval.get("bigram_bits_per_byte") if ok(r) else None
+
+
 def bits_per_blank(r) -> float | None:
     return r.eval.get("bits_per_blank") if ok(r) else None
 
