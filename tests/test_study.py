@@ -312,8 +312,6 @@ def test_a_diverged_runs_traces_are_read_up_to_its_divergence(project, params):
     collect._read_run(r, client, run.info.run_id, planning.preset("quick", stamp="t2"))
     assert r.traces["grad_norm"] == [(0, 4.0), (2, 3e6), (4, 8e7)] and r.max_grad_norm == 8e7
     assert results.loss_spikes(r) == 1  # 6.3 > 4.1 + 0.5
-    assert results.final_loss(r) is None  # diverged: no last loss to report
-    assert results.final_loss(results.Result(e, traces={"train_loss": [(0, 5.0), (2, 4.1)]})) == 4.1
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -572,8 +570,11 @@ def test_a_diverged_experiment_is_an_outcome_and_the_explosions_control(plan, tm
     assert "fixed (finite, below the unigram floor 2.440 ± 0.000) by clip 0.25, 0.5, 1, 5" in text
     # the grid: gain rows × clip columns, seeds finite, mean test bits/byte, mean log10 peak norm
     assert "| gain | unclipped | clip 0.25 | clip 0.5 | clip 1 | clip 5 |" in text
-    assert "| 3 | 1/5 finite · 1.910 (n=1 of 5) · 10^6.5 ± 0.0 | 5/5 finite · 1.550 ± 0.010 · 10^6.3" in text
-    assert "| 1 | 5/5 finite · 1.550 ± 0.010 · 10^0.7 ± 0.0 |" in text
+    assert (
+        "| 3 | 1/5 finite · 1.910 (n=1 of 5) · 10^6.5 ± 0.0 · 1.8 ± 0.4 spikes | 5/5 finite · 1.550 ± 0.010 "
+        "· 10^6.3 ± 0.0 · 0.0 ± 0.0 spikes |" in text
+    )
+    assert "| 1 | 5/5 finite · 1.550 ± 0.010 · 10^0.7 ± 0.0 · 0.0 ± 0.0 spikes |" in text
     assert "(4 failed or diverged)" in text
     assert "| diverged | — | — | — | training diverged: the loss became nan at step 40 |" in text
     assert (tmp_path / "study" / "explosion.png").exists()
@@ -601,7 +602,10 @@ def test_clipping_reads_which_clip_values_fix_each_gain(plan):
         "below the unigram floor 2.440 ± 0.000" in text
     )
     assert "gain 3 clip 5 − unigram floor, bits/byte: +0.700 [" in text  # seen above it: hidden, not fixed
-    assert "| 4 | 5/5 finite · 1.900 ± 0.010 · 10^6.5 ± 0.0 | 4/5 finite · 1.550 ± 0.012 (n=4 of 5) ·" in text
+    assert (
+        "| 4 | 5/5 finite · 1.900 ± 0.010 · 10^6.5 ± 0.0 · 1.0 ± 0.0 spikes | 4/5 finite · 1.550 ± 0.012 "
+        "(n=4 of 5) ·" in text
+    )
 
 
 def test_clipping_that_keeps_runs_finite_but_above_the_unigram_floor_fixed_nothing(plan):

@@ -36,6 +36,7 @@ from seqlm.study.results import (
     context_gain,
     log10_gradient_ratio,
     log10_max_grad_norm,
+    loss_spikes,
     minutes,
     ok,
     top1,
@@ -292,11 +293,12 @@ def _explode_section(results, figures) -> list[str]:
         "A tanh RNN on the text with W_hh orthogonal × a gain (`model.recurrent_gain`: its spectral radius; "
         f"gain 1 is the unprovoked baseline) and plain SGD at lr {o.get('train.lr')}, so a gradient's size "
         "is its step's size (Pascanu, Mikolov & Bengio 2013), trained unclipped and with each clip threshold "
-        "(`train.grad_clip`). A cell shows the seeds that stayed finite, their mean test bits per byte and "
-        "the mean peak gradient norm (log10, measured before clipping); *diverged* is a non-finite loss, "
-        "which stops the run (recorded, not a crash of the study). A clip value *fixes* a gain when every "
-        f"run stays finite and ends below the unigram floor ({fmt(floor)} bits/byte): finite but above it is "
-        "an explosion hidden, not fixed.",
+        "(`train.grad_clip`). A cell shows the seeds that stayed finite, their mean test bits per byte, the "
+        "mean peak gradient norm (log10, measured before clipping) and the mean number of *loss spikes* (a "
+        "logged training loss more than 0.5 nats above the lowest before it); *diverged* is a non-finite "
+        "loss, which stops the run (recorded, not a crash of the study). A clip value *fixes* a gain when "
+        f"every run stays finite and ends below the unigram floor ({fmt(floor)} bits/byte): finite but above "
+        "it is an explosion hidden, not fixed.",
         "",
         "| gain | " + " | ".join(f"clip {c:g}" if c else "unclipped" for c in clips) + " |",
         "| --- | " + " | ".join("---:" for _ in clips) + " |",
@@ -313,11 +315,15 @@ def _explode_section(results, figures) -> list[str]:
 
 
 def _grid_cell(c) -> str:
-    """ "5/5 finite · 1.552 · 10^6.9": seeds finite, mean test bits/byte, mean log10 peak gradient norm."""
+    """ "5/5 finite · 1.552 · 10^6.9 · 0.4 spikes": seeds finite, mean test bits/byte, mean log10 peak
+    gradient norm, mean loss spikes."""
     if c is None:
         return ""
     finite = c.seeds - c.diverged
-    return f"{finite}/{c.seeds} finite · {_cell(c, bpb)} · 10^{fmt(c.stat(log10_max_grad_norm), 1)}"
+    return (
+        f"{finite}/{c.seeds} finite · {_cell(c, bpb)} · 10^{fmt(c.stat(log10_max_grad_norm), 1)} · "
+        f"{fmt(c.stat(loss_spikes), 1)} spikes"
+    )
 
 
 def _cloze_section(results, figures) -> list[str]:

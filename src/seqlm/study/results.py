@@ -152,13 +152,6 @@ def loss_spikes(r) -> int | None:
     return spikes
 
 
-def final_loss(r) -> float | None:
-    """The last logged training loss (a mean over train.log_every_steps); None for a run that diverged,
-    whose last finite loss says where it blew up, not where training ended."""
-    trace = (r.traces or {}).get("train_loss") if r is not None and not r.diverged else None
-    return trace[-1][1] if trace else None
-
-
 def by_label(results, group: str) -> dict[str, Any]:
     """Label -> the first result of that row (the tables' per-seed details read it)."""
     out: dict[str, Any] = {}
