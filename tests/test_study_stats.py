@@ -1,7 +1,8 @@
 """The study's statistics (seqlm.study.stats, aggregate.Comparisons): the t distribution against its closed
 forms and printed tables, Welch's test against a worked example, Fisher's exact test against counted
 tables, Holm's ordering, and the comparisons the claims make: separated cells count, overlapping ones do
-not, a correction can take a lone p below 0.05 away, one seed counts by sign alone."""
+not, a correction can take a lone p below 0.05 away, one seed counts by sign alone; the clipping claim
+corrects over its whole gain × clip grid."""
 
 from __future__ import annotations
 
@@ -120,3 +121,42 @@ def test_one_seed_counts_by_sign_alone():
     comparisons.adjust()
     assert d.below and not same.counts and counts.below
     assert d.text() == "a − b: -0.200 (no test: one seed)"
+
+
+def _explode_cell(gain: float, clip: float, bits: list[float | None], peak: float):
+    """One synthetic cell of the explosion grid: a seed's bits/byte, or None for a diverged seed."""
+    from seqlm.study.plan import Experiment, explode_label
+    from seqlm.study.results import Result
+
+    label = explode_label(gain, clip)
+    o = {"model.recurrent_gain": gain, "train.grad_clip": clip}
+    e = Experiment(label, "explode", label, o, cell=f"explode-g{gain:g}-c{clip:g}", label=label)
+    out = []
+    for b in bits:
+        r = Result(e, "success" if b is not None else "failed", diverged=b is None, max_grad_norm=peak)
+        r.eval = {"bits_per_byte": b, "unigram_bits_per_byte": 2.44} if b is not None else None
+        out.append(r)
+    return out
+
+
+def test_the_clipping_claim_corrects_over_its_whole_grid():
+    from seqlm.study import claims
+
+    near = [2.25, 2.35, 2.20, 2.40, 2.30]  # 2.30 against the floor 2.44: p ≈ 0.017 alone
+    rows = _explode_cell(1.0, 0.0, [1.5] * 5, 6.0) + _explode_cell(3.0, 0.0, [None] * 5, 1e7)
+    rows += _explode_cell(3.0, 0.5, near, 3.0)
+    alone = aggregate.Comparisons()
+    judge = claims._clipping(aggregate.explode_grid(rows), None, alone.claim("clip"))
+    alone.adjust()
+    assert judge().verdict == "supported"  # two tests: the floor is second, its p kept as it is
+    for clip in (0.25, 1.0, 5.0):  # three more thresholds like it, each a test: 4 × 0.017 is past 0.05
+        rows += _explode_cell(3.0, clip, near, 3.0)
+    grid = aggregate.Comparisons()
+    judge = claims._clipping(aggregate.explode_grid(rows), None, grid.claim("clip"))
+    grid.adjust()
+    claim = judge()
+    floor = next(d for d in claim.effects if d.name.startswith("gain 3 clip 0.5"))
+    assert floor.p < 0.05 and floor.adjusted == pytest.approx(4 * floor.p) and not floor.counts
+    assert grid.family_size(floor) == 5
+    assert claim.verdict == "tie"  # a finite clip value whose floor test cannot tell: neither fixed nor not
+    assert "gain 3: unclipped 5/5 diverged" in claim.evidence and "no clip value keeps" in claim.evidence

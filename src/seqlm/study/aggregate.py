@@ -239,6 +239,15 @@ def probe_grid(results) -> dict[str, dict[int, Cell]]:
     return grid
 
 
+def explode_grid(results) -> dict[float, dict[float, Cell]]:
+    """The explosion group as gain -> clip threshold -> cell (0: unclipped), in plan order."""
+    grid: dict[float, dict[float, Cell]] = {}
+    for cell in by_label(results, "explode").values():
+        o = cell.experiment.overrides
+        grid.setdefault(float(o["model.recurrent_gain"]), {})[float(o["train.grad_clip"])] = cell
+    return grid
+
+
 def min_seeds(results) -> int:
     counts = [c.seeds for c in cells(results).values()]
     return min(counts) if counts else 0

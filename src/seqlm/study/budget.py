@@ -1,7 +1,8 @@
 """How long the study will take, estimated from its plan before anything is queued.
 
-Text, explosion and cloze experiments have a wall-clock budget (``train.max_minutes``); probe experiments a
-step budget, so their minutes follow from tokens per step and each family's speed. Every experiment also
+Explosion and cloze experiments have a wall-clock budget (``train.max_minutes``); text and probe
+experiments a step budget, so their minutes follow from tokens per step and each family's speed. Every
+experiment also
 pays OVERHEAD_MINUTES of DVC's bookkeeping, data preparation and evaluation. ``jobs`` experiments run side
 by side.
 Experiments are queued one after another before the queue starts (QUEUE_SECONDS each: `dvc exp run
@@ -33,6 +34,20 @@ PROBE_TOKENS_PER_S = {
     "gru": 30_000,
 }
 STEP_OVERHEAD_S = 0.02
+# The text families at the study's size (about the LSTM's 1.04M parameters; the wide window 2.6M), batch 32 ×
+# bptt 64, end to end in the train stage (Lightning's logging, validation and checkpoints included), two
+# experiments side by side, one thread each: steps × 2048 / 90 s in the equal-minutes study of 2026-12-01
+# (Intel Xeon @ 2.00GHz, 2 cores, load mean 2.1), rounded down. bench/study_text_throughput.py (the
+# model's steps alone, one thread) on the AMD EPYC, 2 cores, under load 6.7 from other work: ffn_window 10.8k,
+# wide 4.3k, bow 9.9k, rnn 10.5k, lstm 17.3k, gru 11.4k: the same order, the wide window slowest by 2.5-4×.
+TEXT_TOKENS_PER_S = {
+    "ffn_window": 5_300,
+    "ffn_window-wide": 2_100,
+    "bow": 4_600,
+    "rnn": 5_900,
+    "lstm": 6_400,
+    "gru": 4_600,
+}
 # `seqlm study --quick` on 2 cores. The full plan is not held to a limit there: with the ladder to delay 200,
 # 10,000-update caps and five seeds it is far beyond an afternoon on 2 cores (the summary says so and names
 # the ways to run it: a GPU, or several machines); probes stop when solved, so its estimate is an upper bound.
@@ -44,7 +59,14 @@ def training_minutes(e) -> float:
     o = e.overrides
     if o.get("train.max_minutes"):
         return float(o["train.max_minutes"])
-    tokens = o["train.batch_size"] * o["train.bptt"]  # an episode per row: bptt is its length
+    tokens = o["train.batch_size"] * o["train.bptt"]  # probe: an episode per row, bptt is its length
+    if e.group == "text":  # the measured rates hold the step's overhead already
+        return (
+            o["train.max_steps"]
+            * tokens
+            / TEXT_TOKENS_PER_S.get(e.family, min(TEXT_TOKENS_PER_S.values()))
+            / 60
+        )
     per_step = STEP_OVERHEAD_S + tokens / PROBE_TOKENS_PER_S.get(e.family, min(PROBE_TOKENS_PER_S.values()))
     return o["train.max_steps"] * per_step / 60
 

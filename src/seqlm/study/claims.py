@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from seqlm.study.aggregate import Cell, Comparisons, Difference, by_label, fmt
+from seqlm.study.aggregate import Cell, Comparisons, Difference, by_label, explode_grid, fmt, stat
 from seqlm.study.plan import CLOZE_MATCHED
 from seqlm.study.results import (
     bits_per_blank,
@@ -23,8 +23,8 @@ from seqlm.study.results import (
     context_gain,
     log10_gradient_ratio,
     log10_max_grad_norm,
-    loss_spikes,
     top1,
+    train_value,
     unigram_bits_per_blank,
     unigram_bpb,
 )
@@ -65,7 +65,7 @@ def text_claims(results, comparisons: Comparisons) -> list[Judge]:
         _big_window(text, comparisons.claim("big")),
         _bow(text, comparisons.claim("bow")),
         _vanish(text, comparisons.claim("vanish")),
-        _clipping(by_label(results, "explode"), text.get("rnn"), comparisons.claim("clip")),
+        _clipping(explode_grid(results), text.get("rnn"), comparisons.claim("clip")),
     ]
 
 
@@ -92,8 +92,8 @@ def _uses_context(cell: Cell, comparisons: Comparisons) -> tuple[Difference, Cal
 def _window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     claim = "Fixed-window feed-forward models cannot hold long history"
     test = (
-        "test bits/byte and the cost of resetting every 64 tokens: ffn_window (8 tokens) against the best "
-        "recurrent model"
+        "test bits/byte and the cost of resetting every 64 tokens, at equal training tokens: ffn_window "
+        "(8 tokens) against the best recurrent model"
     )
     ffn, best = text.get("ffn_window"), _best_recurrent(text)
     if ffn is None or best is None or ffn.stat(bpb) is None:
@@ -124,6 +124,9 @@ def _window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     return judge
 
 
+seconds = train_value("wall_seconds")  # the wall clock the same tokens took: its own axis, not a budget
+
+
 def _params(cell: Cell) -> int:
     return cell.experiment.parameters
 
@@ -134,8 +137,8 @@ def _big_window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
         "weights buy"
     )
     test = (
-        "parameters and test bits/byte: ffn_window at 8 and at its wide window against the best "
-        "recurrent model"
+        "parameters and test bits/byte at equal training tokens (the wide window trained as long as the "
+        "rest, in updates): ffn_window at 8 and at its wide window against the best recurrent model"
     )
     narrow, wide, best = text.get("ffn_window"), text.get("ffn_window-wide"), _best_recurrent(text)
     if None in (narrow, wide, best) or wide.stat(bpb) is None or narrow.stat(bpb) is None:
@@ -153,10 +156,10 @@ def _big_window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
             f"the wide window is used: resetting every 16 tokens (inside its {window}) costs it {fmt(cost)} "
             f"bits/byte ({passed(used.above, used)})"
         )
-        evidence = (
-            f"ffn_window (8): {_params(narrow):,} parameters, {fmt(narrow.stat(bpb))} bits/byte; ffn_window "
-            f"({window}): {_params(wide):,} parameters, {fmt(wide.stat(bpb))}; {best.label}: "
-            f"{_params(best):,} parameters, {fmt(best.stat(bpb))}"
+        evidence = "; ".join(
+            f"{name}: {_params(c):,} parameters, {fmt(c.stat(bpb))} bits/byte, "
+            f"{fmt(c.stat(seconds), 0)} s of training"
+            for name, c in (("ffn_window (8)", narrow), (f"ffn_window ({window})", wide), (best.label, best))
         )
         if not used.above:
             verdict = "control failed"
@@ -173,7 +176,10 @@ def _big_window(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
 
 def _bow(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     claim = "A bag of words loses order"
-    test = "test bits/byte: bow against ffn_window, the same window and parameter budget"
+    test = (
+        "test bits/byte at equal training tokens: bow against ffn_window, the same window and parameter "
+        "budget"
+    )
     ffn, bow = text.get("ffn_window"), text.get("bow")
     if ffn is None or bow is None or ffn.stat(bpb) is None or bow.stat(bpb) is None:
         return not_tested("bow", claim, test, "the ffn_window or bow text cell is missing or failed")
@@ -231,65 +237,105 @@ def _vanish(text: dict[str, Cell], comparisons: Comparisons) -> Judge:
     return judge
 
 
-def _clipping(explode: dict[str, Cell], reference: Cell | None, comparisons: Comparisons) -> Judge:
+def _clipping(explode: dict[float, dict[float, Cell]], rnn: Cell | None, comparisons: Comparisons) -> Judge:
     claim = "Gradients can explode, and clipping tames the explosion"
-    clipped, unclipped = explode.get("clipped"), explode.get("unclipped")
-    if clipped is None or unclipped is None:
-        return not_tested("clipping", claim, "the provoked explosion", "the explosion cells are missing")
-    e = unclipped.experiment.overrides
+    provoked = {g: row for g, row in explode.items() if g > 1 and 0.0 in row}
+    clips = sorted({c for row in provoked.values() for c in row if c > 0})
+    if not provoked or not clips:
+        why = "the provoked explosion cells (a gain above 1, unclipped and clipped) are missing"
+        return not_tested("clipping", claim, "the provoked explosion", why)
+    e = next(iter(provoked.values()))[0.0].experiment.overrides
+    gains = _listed(provoked)
     test = (
-        f"tanh rnn provoked to explode (W_hh orthogonal × {e.get('model.recurrent_gain')}, SGD at lr "
-        f"{e.get('train.lr')}), trained with and without clipping at "
-        f"{clipped.experiment.overrides.get('train.grad_clip')}"
+        f"tanh rnn provoked to explode (W_hh orthogonal × gain {gains}, SGD at lr {e.get('train.lr')}), "
+        f"unclipped and clipped at {_listed(clips)}; a clip value fixes a gain when "
+        "its runs stay finite and end below the unigram floor"
     )
-    peak = unclipped.stat(log10_max_grad_norm)
+    # The baseline is the same model unprovoked (gain 1, unclipped); without it, the text rnn
+    baseline = explode.get(1.0, {}).get(0.0)
+    reference, named = (baseline, "gain 1") if baseline is not None else (rnn, "the text tanh rnn")
     base = reference.stat(log10_max_grad_norm) if reference is not None else None
-    higher = comparisons.compare("unclipped − unprovoked tanh rnn, log10 peak gradient norm", peak, base, 1)
-    fewer = comparisons.compare_counts(
-        "clipped − unclipped, fraction diverged",
-        clipped.diverged,
-        clipped.seeds,
-        unclipped.diverged,
-        unclipped.seeds,
-    )
-    lower = comparisons.compare("clipped − unclipped, bits/byte", clipped.stat(bpb), unclipped.stat(bpb))
-    # Fixed means trained, not only finite: a clipped run must also end below what counting alone scores
-    # (Pascanu et al. 2013 count a run as rescued when it learns the task); one that stays finite but above
-    # the unigram floor has had its explosion hidden, not fixed
-    floor = comparisons.compare(
-        "clipped − unigram floor, bits/byte", clipped.stat(bpb), clipped.stat(unigram_bpb)
-    )
+    higher = {
+        g: comparisons.compare(
+            f"gain {g:g} unclipped − {named}, log10 peak gradient norm",
+            row[0.0].stat(log10_max_grad_norm),
+            base,
+            1,
+        )
+        for g, row in provoked.items()
+    }
+    # Fixed means trained, not only finite: every clipped run must stay finite and end below what counting
+    # alone scores (Pascanu et al. 2013 count a run as rescued when it learns the task); one that stays
+    # finite but above the unigram floor has had its explosion hidden, not fixed
+    floor = {
+        (g, c): comparisons.compare(
+            f"gain {g:g} clip {c:g} − unigram floor, bits/byte", cell.stat(bpb), cell.stat(unigram_bpb)
+        )
+        for g, row in provoked.items()
+        for c, cell in row.items()
+        if c > 0
+    }
+
+    def exploded(g: float) -> bool:
+        unclipped = provoked[g][0.0]
+        return unclipped.diverged > 0 or (higher[g].above and higher[g].effect >= EXPLODED_LOG10)
+
+    def fixed(g: float, c: float) -> bool:
+        return provoked[g][c].diverged == 0 and floor[(g, c)].below
 
     def judge() -> Claim:
-        exploded = unclipped.diverged > 0 or (higher.above and higher.effect >= EXPLODED_LOG10)
+        shown = [g for g in provoked if exploded(g)]
+        peaks = "; ".join(
+            _peak_line(g, provoked[g][0.0], f"{named} 10^{fmt(base, 1)}", higher[g], g in shown)
+            for g in provoked
+        )
         control = (
-            f"the provocation explodes without clipping: peak gradient norm 10^{fmt(peak, 1)} vs "
-            f"10^{fmt(base, 1)} for the unprovoked tanh rnn ({higher.p_note}), "
-            f"{unclipped.diverged}/{unclipped.seeds} diverged ({'passed' if exploded else 'failed'})"
+            "the provocation explodes without clipping (peak gradient norm ≥ 10× or a divergence): "
+            f"{peaks} ({'passed' if shown else 'failed'})"
         )
-        evidence = "; ".join(
-            f"{cell.label}: {cell.diverged}/{cell.seeds} diverged, {fmt(cell.stat(loss_spikes), 1)} loss "
-            f"spikes, test bits/byte {fmt(cell.stat(bpb))}"
-            for cell in (clipped, unclipped)
+        fixes = {g: [c for c in provoked[g] if c > 0 and fixed(g, c)] for g in shown}
+        evidence = "; ".join(_fix_line(g, provoked[g], fixes.get(g)) for g in provoked)
+        unclear = any(
+            provoked[g][c].diverged == 0 and not floor[(g, c)].counts for g in shown for c in provoked[g] if c
         )
-        below_floor = clipped.diverged == 0 and floor.below
-        evidence += (
-            f"; the clipped runs {'end below' if below_floor else 'do not end below'} the unigram floor "
-            f"{fmt(clipped.stat(unigram_bpb))} ({floor.p_note})"
-        )
-        if not exploded:
+        if not shown:
             verdict = "control failed"
-        elif not below_floor and (fewer.below or lower.below):
-            verdict = "not supported"  # tamed (finite) but not trained: the explosion is hidden, not fixed
-        elif fewer.below or lower.below:
+        elif all(fixes[g] for g in shown):
             verdict = "supported"
-        elif fewer.above or lower.above:
-            verdict = "not supported"
+        elif any(fixes[g] for g in shown):
+            verdict = "partly supported"  # some exploding gains are fixed by no clip value tried
         else:
-            verdict = "tie"
-        return Claim("clipping", claim, verdict, test, control, evidence, (fewer, lower, floor))
+            verdict = "tie" if unclear else "not supported"
+        effects = tuple(higher.values()) + tuple(floor.values())
+        return Claim("clipping", claim, verdict, test, control, evidence, effects)
 
     return judge
+
+
+def _fix_line(gain: float, row: dict[float, Cell], fixes: list[float] | None) -> str:
+    """One gain's outcome: which clip values fixed it, and the unigram floor they were held to."""
+    floor = stat(v for c in row.values() for v in c.values(unigram_bpb))  # every finished run of the gain
+    unclipped = row[0.0]
+    head = (
+        f"gain {gain:g}: unclipped {unclipped.diverged}/{unclipped.seeds} diverged, "
+        f"{fmt(unclipped.stat(bpb))} bits/byte"
+    )
+    if fixes is None:
+        return head + " (no explosion to fix)"
+    if not fixes:
+        return head + f"; no clip value keeps every run finite and below the unigram floor {fmt(floor)}"
+    return head + f"; fixed (finite, below the unigram floor {fmt(floor)}) by clip {_listed(fixes)}"
+
+
+def _peak_line(gain: float, unclipped: Cell, baseline: str, d: Difference, exploded: bool) -> str:
+    return (
+        f"gain {gain:g} 10^{fmt(unclipped.stat(log10_max_grad_norm), 1)} vs {baseline} ({d.p_note}), "
+        f"{unclipped.diverged}/{unclipped.seeds} diverged ({'exploded' if exploded else 'did not explode'})"
+    )
+
+
+def _listed(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
 
 
 def _bidirectional(cloze: dict[str, Cell], comparisons: Comparisons) -> Judge:

@@ -160,7 +160,7 @@ def add_arguments(p) -> None:
         "--quick",
         action="store_true",
         help=f"a first look in under 20 minutes: {q.seeds} seed, delays {' '.join(map(str, q.delays))}, "
-        f"{q.probe_steps} probe updates, {q.text_minutes:g} min per text experiment",
+        f"{q.probe_steps} probe updates, {q.text_tokens:,} training tokens per text experiment",
     )
     p.add_argument(
         "--gpu",
@@ -175,9 +175,10 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--seeds", type=int, help=f"seeds per cell (default {d.seeds}; --quick {q.seeds})")
     p.add_argument(
-        "--text-minutes",
-        type=float,
-        help=f"train.max_minutes of each text experiment (default {d.text_minutes:g})",
+        "--text-tokens",
+        type=int,
+        help=f"training tokens of every text experiment, the same for each family, rounded up to whole "
+        f"updates (default {d.text_tokens:,}); the dry run prints the minutes each family takes",
     )
     p.add_argument(
         "--probe-steps",

@@ -1,5 +1,5 @@
 """The study's figures, docs/study/*.png: gradient flow, context ablation, copy-probe recall and the
-provoked explosion's gradient-norm and loss traces, clipped against unclipped. Every seed is drawn (a line
+provoked explosion's gain × clip grid (peak gradient norm and test bits per byte). Every seed is drawn (a line
 or a dot beside its cell's mean), so the spread the verdicts test is visible.
 
 Each plot returns whether it drew anything (nothing to draw: no file, and the report leaves its
@@ -12,11 +12,10 @@ import statistics
 from pathlib import Path
 
 from seqlm.core.figures import figure, save
-from seqlm.study.aggregate import by_label, probe_grid
-from seqlm.study.results import ablation, ok, recall
+from seqlm.study.aggregate import by_label, explode_grid, probe_grid
+from seqlm.study.results import ablation, bpb, log10_max_grad_norm, ok, recall, unigram_bpb
 
 SIZE = (7.5, 4.5)  # inches
-EXPLODE_COLOURS = {"clipped": "tab:blue", "unclipped": "tab:red"}
 
 
 def draw(results, folder: Path) -> dict[str, bool]:
@@ -150,30 +149,53 @@ def plot_recall(results, path: Path) -> bool:
 
 
 def plot_explosion(results, path: Path) -> bool:
-    """Gradient norm (before clipping) and training loss against step, every seed, clipped and unclipped."""
-    cells = by_label(results, "explode")
-    traced = [(label, r) for label, c in cells.items() for r in c.results if r.traces.get("grad_norm")]
-    if not traced:
+    """The gain × clip grid: peak gradient norm (before clipping) and test bits/byte against the gain, one
+    line per clip threshold through the seeds' means, every seed a dot (x: diverged)."""
+    grid = explode_grid(results)
+    clips = sorted({c for row in grid.values() for c in row})
+    if not any(r.max_grad_norm for row in grid.values() for c in row.values() for r in c.results):
         return False
     fig, _ = figure((7.5, 6.5))
     fig.clear()
     top, bottom = fig.subplots(2, 1, sharex=True)
-    seen = set()
-    for label, r in traced:
-        colour = EXPLODE_COLOURS.get(label)
-        name = None if label in seen else label
-        seen.add(label)
-        top.plot(*zip(*r.traces["grad_norm"]), color=colour, alpha=0.7, label=name)
-        if r.traces.get("train_loss"):
-            bottom.plot(*zip(*r.traces["train_loss"]), color=colour, alpha=0.7, label=name)
-        if r.diverged and r.traces.get("train_loss"):
-            bottom.plot(*r.traces["train_loss"][-1], marker="x", color=colour, markersize=9)
-    top.set_yscale("log")
-    top.set_ylabel("gradient norm (before clipping)")
-    top.set_title("Provoked explosion: tanh RNN, W_hh spectral radius > 1, SGD (x: diverged)", fontsize=10)
-    bottom.set_yscale("log")  # the unclipped runs' loss climbs by orders of magnitude before diverging
-    bottom.set_xlabel("step")
-    bottom.set_ylabel("training loss (nats, log scale)")
+    gains = sorted(grid)
+    worst = max(
+        (b for row in grid.values() for c in row.values() for r in c.results if (b := bpb(r))), default=0
+    )
+    for j, clip in enumerate(clips):
+        name = f"clip {clip:g}" if clip else "unclipped"
+        colour = f"C{j}"
+        for ax, metric in ((top, log10_max_grad_norm), (bottom, bpb)):
+            points = []
+            for gain in gains:
+                cell = grid[gain].get(clip)
+                if cell is None:
+                    continue
+                x = spread(gain, j, len(clips), 0.02)  # clip values side by side at a gain
+                values = [v for v in cell.values(metric) if v is not None]
+                if values:
+                    points.append((x, statistics.fmean(values)))
+                for i, r in enumerate(cell.results):
+                    v = metric(r)
+                    if v is not None:
+                        ax.scatter(
+                            spread(x, i, cell.seeds, 0.01), v, s=9, color=colour, alpha=0.6, linewidths=0
+                        )
+                    elif r.diverged and ax is bottom:  # no test score: drawn above the worst finished one
+                        ax.scatter(spread(x, i, cell.seeds, 0.01), worst * 1.05, marker="x", color=colour)
+            if points:
+                ax.plot(*zip(*points), color=colour, label=name if ax is top else None)
+    floor = [u for row in grid.values() for c in row.values() for r in c.results if (u := unigram_bpb(r))]
+    if floor:
+        bottom.axhline(statistics.fmean(floor), linestyle="--", color="gray", label="unigram floor")
+    top.set_ylabel("log10 peak gradient norm (before clipping)")
+    top.set_title("Provoked explosion: tanh RNN, W_hh spectral radius = gain, SGD (x: diverged)", fontsize=10)
+    bottom.set_xscale("log")
+    bottom.set_xticks(gains, [f"{g:g}" for g in gains])
+    bottom.set_xticks([], minor=True)
+    bottom.set_xlabel("gain (spectral radius of W_hh at initialisation)")
+    bottom.set_ylabel("test bits per byte")
     top.legend(fontsize=8)
+    bottom.legend(fontsize=8)
     save(fig, path)
     return True

@@ -170,7 +170,7 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
     m = max((comparisons.family_size(d) for d in comparisons.tested), default=1)
     lines = [
         f"- **Budget.** Every run is a small model trained on {'a GPU' if options.gpu else 'CPU cores'} "
-        f"for a fixed budget (text {options.text_minutes:g} min, probe {options.probe_steps:,} updates, "
+        f"for a fixed budget (text {options.text_tokens:,} tokens, probe {options.probe_steps:,} updates, "
         f"explosion {options.explode_minutes:g} min, cloze {options.cloze_minutes:g} min), far smaller and "
         "shorter than the papers' models and training: a verdict here holds at this budget.",
     ]

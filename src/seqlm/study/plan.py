@@ -6,14 +6,15 @@ time but their gradients vanish or explode; clipping tames explosion; ReLU with 
 (IRNN) and gated cells (LSTM, GRU) keep long-term dependencies; a bidirectional RNN also reads the future,
 where the task allows it. Each step is put to the test as DVC experiments, every cell over ``seeds`` seeds:
 
-- text (the default corpus, equal minutes): ffn_window at two windows, bow, rnn (tanh), lstm, gru, with
-  matched parameter counts (the wide window excepted: its extra parameters are the point);
+- text (the default corpus, equal tokens: every family the same updates of the same batch and bptt):
+  ffn_window at two windows, bow, rnn (tanh), lstm, gru, with matched parameter counts (the wide window
+  excepted: its extra parameters are the point); wall clock is measured, not budgeted;
 - probe (``synthetic:copy``, episodic, one optimiser for all, each family at its tuned rate): PROBE_FAMILIES
   × a ladder of delays, each run stopping once solved (valid recall SOLVED_RECALL) or at its cap: updates to
   solve are the measurement; the IRNN as a 2 × 2 ({tanh, ReLU} × {default, identity}), the LSTM with forget
   bias 1, 0 and chrono initialisation, and the window models as negative controls;
-- explode: a tanh RNN provoked to explode (orthogonal W_hh with spectral radius EXPLODE_GAIN, SGD), with
-  and without ``train.grad_clip``;
+- explode: a tanh RNN provoked to explode (orthogonal W_hh with spectral radius EXPLODE_GAINS, SGD), a
+  grid of gains × ``train.grad_clip`` thresholds (EXPLODE_CLIPS, 0 unclipped);
 - cloze (``train.objective: cloze``): a BiLSTM against a left-to-right LSTM on the same blanks.
 
 Owns the groups' settings, ``Options`` (with the ``quick`` and ``gpu`` presets), ``Experiment`` and ``plan``.
@@ -73,7 +74,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "model.forget_bias": 0.0,
     },
     # Chrono initialisation (Tallec & Ollivier 2018): gate biases spread the units' memories over 1 … T steps,
-    # T the probe's episode length (set per delay by _probe_cells); a forget bias of 1 remembers ~4 steps
+    # T the probe's episode length (set per delay by probe_cells); a forget bias of 1 remembers ~4 steps
     "lstm-chrono": {
         "model.family": "lstm",
         "model.nonlinearity": "tanh",
@@ -137,21 +138,33 @@ PROBE_EVALUATE = {
 # 64: long history), not the default's five (the ablation is ~40 s of a text run's evaluation on 2 cores).
 TEXT_EVALUATE = {"evaluate.context_resets": [1, 16, 64]}
 
-# The provoked explosion: a tanh RNN whose W_hh is orthogonal × EXPLODE_GAIN (spectral radius 3), trained
-# with plain SGD, so the size of a gradient is the size of the step. Measured on kjv characters before the
-# study adopted it: pre-clip gradient norms of 7e6-1e7 against 6 at gain 1; unclipped the loss ended at
-# 3.9-4.0 nats, clipped at 2.3-2.8, at gain 1 at 1.7 (200 SGD steps at lr 1, two seeds).
-EXPLODE_GAIN = 3.0
+# The provoked explosion (Pascanu, Mikolov & Bengio 2013): a tanh RNN whose W_hh is orthogonal × a gain
+# (spectral radius = the gain), trained with plain SGD, so the size of a gradient is the size of the step.
+# Gain 1 is the unprovoked baseline the others' peaks are measured against. Measured on kjv characters
+# before the study adopted it: pre-clip gradient norms of about 6 at gain 1 and 7e6-1e7 at gain 3;
+# unclipped the loss ended at 3.9-4.0 nats, clipped (0.5) at 2.3-2.8, at gain 1 at 1.7 (200 SGD steps at
+# lr 1, two seeds).
+EXPLODE_GAINS = (1.0, 2.0, 3.0, 4.0)
+# The clip thresholds (train.grad_clip; 0: none). Against the measured norms: 5 sits just under gain 1's ~6,
+# Pascanu et al.'s advice (a threshold near the average norm) for the unprovoked run; 1, 0.5 (the
+# pipeline's default) and 0.25 clip every step even at gain 1. At gain 3 (~1e7) every threshold clips every
+# step, so SGD at lr 1 takes steps of exactly the threshold's length: the columns ask which step length
+# still trains, not only which keeps the run finite.
+EXPLODE_CLIPS = (0.0, 0.25, 0.5, 1.0, 5.0)
 EXPLODE = {
     **FAMILIES["rnn"],
     "model.recurrent_init": "orthogonal",
-    "model.recurrent_gain": EXPLODE_GAIN,
     "train.optimizer": "sgd",
     "train.lr": 1.0,
     "train.weight_decay": 0.0,
     "train.log_every_steps": 2,  # the gradient-norm trace, fine-grained
 }
-EXPLODE_CLIPS = {"clipped": 0.5, "unclipped": 0.0}
+
+
+def explode_label(gain: float, clip: float) -> str:
+    """The grid cell's row label: "gain 3, clip 0.5", "gain 1, unclipped"."""
+    return f"gain {gain:g}, " + (f"clip {clip:g}" if clip else "unclipped")
+
 
 # The cloze rows: bench/cloze_context.py's task (15% of each 32-token window blanked, 1000-piece BPE).
 CLOZE = {
@@ -173,8 +186,14 @@ CLOZE_ROWS = {"lstm (left to right)": False, "bilstm": True}
 # (it has about 60% more parameters than the LSTM of the same hidden size)
 CLOZE_MATCHED = "lstm (size-matched)"
 
-# The minutes are the text budget: no step limit, no early stopping, an epoch limit no run reaches.
+# Explosion and cloze runs have a minute budget: no step limit, no early stopping, an epoch limit no run
+# reaches.
 TIME_BUDGET = {"train.max_steps": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
+# Text runs have a token budget instead (Options.text_tokens): every family sees the same training tokens,
+# so a slower family takes longer rather than learning less, and its minutes are reported as their own
+# axis. Every family predicts every position of its bptt window (the window models read their last tokens
+# from a carried state), so batch_size × bptt targets per update, alike: equal updates are equal tokens.
+STEP_BUDGET = {"train.max_minutes": 0, "train.early_stopping_patience": 0, "train.max_epochs": 100_000}
 # --gpu: bigger models and longer delays; the same plan otherwise.
 GPU = {"train.accelerator": "gpu", "train.precision": "auto"}
 GPU_TEXT_SIZE = {"model.embedding_size": 512, "model.hidden_size": 512}
@@ -191,10 +210,15 @@ class Options:
     # 1,400-1,750 to reach 90% recall at delay 10; bench/episodic_probes.py). On 2 CPU cores that is far
     # more than three hours (budget.summary says how much): the documented ways are --gpu or several
     # machines (docs/study-design.md); --quick is the first look that fits 20 minutes.
-    text_minutes: float = 1.5
+    # Training tokens of every text run, rounded up to whole updates of params.yaml's batch × bptt (32 × 64:
+    # 245 updates). About what the equal-minutes runs gave the recurrent families (206-283 updates in 1.5
+    # min), so the slowest family, the wide window, now fits about 4 minutes on 2 cores (study.budget).
+    text_tokens: int = 500_000
     probe_steps: int = 10_000
     delays: tuple[int, ...] = (5, 10, 25, 50, 100, 200)
     explode_minutes: float = 0.75
+    explode_gains: tuple[float, ...] = EXPLODE_GAINS  # W_hh's spectral radius; 1 is the unprovoked baseline
+    explode_clips: tuple[float, ...] = EXPLODE_CLIPS  # train.grad_clip; 0 is unclipped
     cloze_minutes: float = 0.75
     cloze_matched: bool = True  # the size-matched left-to-right control beside the BiLSTM
     text_families: tuple[str, ...] = TEXT_FAMILIES
@@ -210,11 +234,14 @@ class Options:
 
 QUICK = {
     "seeds": 1,
-    "text_minutes": 1.0,
+    "text_tokens": 250_000,  # 123 updates: the six text runs cost what 1 min each did
     "probe_steps": 1000,
     "delays": (5, 25),
     "probe_families": ("rnn", "irnn", "lstm", "gru", "ffn_window"),
     "explode_minutes": 0.5,
+    # the provocation with and without the pipeline's clipping: no gain 1 (the text rnn is the baseline)
+    "explode_gains": (3.0,),
+    "explode_clips": (0.0, 0.5),
     "cloze_minutes": 0.5,
     "cloze_matched": False,  # a first look: the two rows, within 20 minutes
     "preset": "quick",
@@ -280,10 +307,22 @@ def _seeded(cell: Experiment, i: int, stamp: str) -> Experiment:
 
 
 def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> list[Experiment]:
-    text = {**common, **TIME_BUDGET, "train.max_minutes": options.text_minutes, **TEXT_EVALUATE}
+    batch, bptt = config_value(params, "train.batch_size"), config_value(params, "train.bptt")
+    steps = text_steps(params, options.text_tokens)
+    # batch and bptt set explicitly: the tokens per update, so the token budget reads off every experiment
+    text = {**common, **STEP_BUDGET, "train.max_steps": steps, **TEXT_EVALUATE}
+    text |= {"train.batch_size": batch, "train.bptt": bptt}
     if options.gpu:
         text |= GPU_TEXT_SIZE
     return _matched(params, "text", "text", options.text_families, text, vocab)
+
+
+def text_steps(params: dict, tokens: int) -> int:
+    """The updates that train every text family on at least ``tokens`` tokens: batch_size × bptt each."""
+    if tokens < 1:
+        raise SeqlmError(f"seqlm study: --text-tokens must be at least 1, got {tokens}")
+    per_step = config_value(params, "train.batch_size") * config_value(params, "train.bptt")
+    return -(-tokens // per_step)
 
 
 def probe_cells(params: dict, options: Options) -> list[Experiment]:
@@ -340,11 +379,12 @@ def _explode_cells(params: dict, options: Options, common: dict, vocab: int, hid
     keys = {**common, **TIME_BUDGET, **EXPLODE, "train.max_minutes": options.explode_minutes}
     keys["model.hidden_size"] = hidden or config_value(params, "model.hidden_size")
     out = []
-    for label, clip in EXPLODE_CLIPS.items():
-        o = {**keys, "train.grad_clip": clip}
-        out.append(
-            Experiment("", "explode", label, o, count_parameters(params, o, vocab), f"explode-{label}", label)
-        )
+    for gain in options.explode_gains:
+        for clip in options.explode_clips:
+            o = {**keys, "model.recurrent_gain": gain, "train.grad_clip": clip}
+            label = explode_label(gain, clip)
+            cell = f"explode-g{gain:g}-c{clip:g}"
+            out.append(Experiment("", "explode", label, o, count_parameters(params, o, vocab), cell, label))
     return out
 
 

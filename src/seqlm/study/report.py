@@ -15,15 +15,25 @@ from pathlib import Path
 from seqlm.core import atomic
 from seqlm.study import budget, limitations
 from seqlm.study import figures as plots
-from seqlm.study.aggregate import RULE, Comparisons, by_label, cells, fmt, min_seeds, probe_grid
+from seqlm.study.aggregate import (
+    RULE,
+    Comparisons,
+    by_label,
+    cells,
+    explode_grid,
+    fmt,
+    min_seeds,
+    probe_grid,
+    stat,
+)
 from seqlm.study.claims import Claim, cloze_claims, text_claims
 from seqlm.study.plan import PROBE_LR, SEED, SOLVED_RECALL, Options
 from seqlm.study.probe_claims import SOLVES, cell_text, control, probe_claims, reach, updates_line
 from seqlm.study.results import (
+    bigram_bpb,
     bits_per_blank,
     bpb,
     context_gain,
-    final_loss,
     log10_gradient_ratio,
     log10_max_grad_norm,
     loss_spikes,
@@ -33,6 +43,7 @@ from seqlm.study.results import (
     top5,
     train_value,
     unigram_bits_per_blank,
+    unigram_bpb,
 )
 
 FIGURES = "study"  # docs/study/*.png
@@ -44,8 +55,10 @@ CAPTIONS = {
     "copy_recall": "Recall at the key's second appearance: each seed a dot, the mean with its 95% "
     "interval (t, over seeds) as a bar; a run stops once its valid recall reaches the threshold, or at "
     "the cap.",
-    "explosion": "Every seed's gradient norm (measured before clipping, so the clipped runs show what "
-    "clipping caught) and training loss, clipped against unclipped; x marks a divergence.",
+    "explosion": "Against the gain (W_hh's spectral radius), one line per clip threshold: the peak "
+    "gradient norm measured before clipping (so the clipped runs show what clipping caught) and the test "
+    "bits per byte, each seed a dot, the line through the means; x marks a diverged seed, the dashed line "
+    "the unigram floor.",
 }
 
 
@@ -134,10 +147,10 @@ def _provenance(results, machine: dict, options) -> str:
         f"{budget.summary(experiments, options)}; "
         f"spent {machine['wall_minutes']:.1f} minutes for {len(results)} experiments ({failed} failed or "
         "diverged), "
-        f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_minutes:g} min of "
-        f"training, probe {options.probe_steps:,} updates (no minute limit), explosion "
-        f"{options.explode_minutes:g} "
-        f"min, cloze {options.cloze_minutes:g} min; no early stopping.{_load(machine, options)}  \n"
+        f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_tokens:,} training "
+        f"tokens (every family alike), probe {options.probe_steps:,} updates (neither with a minute limit), "
+        f"explosion {options.explode_minutes:g} min, cloze {options.cloze_minutes:g} min; no early "
+        f"stopping.{_load(machine, options)}  \n"
         f"**Tracking:** MLflow experiment `{options.name}`, runs tagged `seqlm.study={options.name}`, "
         f"`seqlm.study.stamp={options.stamp}`, `seqlm.study.cell` and `seqlm.study.seed`; DVC experiments "
         f"`<cell>-s<i>-{options.stamp}`."
@@ -167,19 +180,23 @@ def _text_section(results, figures) -> list[str]:
     text = by_label(results, "text")
     if not text:
         return []
+    o = next(iter(text.values())).experiment.overrides
+    steps, per_step = o.get("train.max_steps"), o.get("train.batch_size", 0) * o.get("train.bptt", 0)
     lines = [
-        "## Text: one corpus, equal minutes, matched sizes (the wide window excepted)",
+        "## Text: one corpus, equal tokens, matched sizes (the wide window excepted)",
         "",
-        "Each family trained for the same minutes on the same corpus and tokenizer, with a hidden size "
-        "that puts "
-        "its parameters within 15% of the LSTM's; the wide ffn_window keeps the narrow one's hidden "
-        "size, so its "
-        "extra parameters are the price of its window. Test metrics use the evaluate stage's "
-        "carried-state protocol.",
+        f"Each family trained on the same tokens ({steps:,} updates of {per_step:,} tokens: every family "
+        "predicts every position of its window, so equal updates are equal tokens) from the same corpus "
+        "and tokenizer, with a hidden size that puts its parameters within 15% of the LSTM's; the wide "
+        "ffn_window keeps the narrow one's hidden size, so its extra parameters are the price of its window. "
+        "Wall clock is not a budget but its own column: what the same tokens cost each family on this "
+        "machine. Test metrics use the evaluate stage's carried-state protocol; the unigram and bigram rows "
+        "are the add-one n-gram models of the train tokens, scored on the same test text (the floors a model "
+        "must beat).",
         "",
-        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | steps | "
-        "minutes | failed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| family | parameters | test bits/byte | reset every 64: cost | log10 gradient ratio | updates | "
+        "training tokens | wall-clock seconds | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, c in text.items():
         window = c.experiment.overrides.get("model.window")
@@ -187,9 +204,13 @@ def _text_section(results, figures) -> list[str]:
         lines.append(
             f"| {name} | {c.experiment.parameters:,} | {_cell(c, bpb)} | "
             f"{_cell(c, context_gain('64'))} | "
-            f"{_ratio(c)} | {_cell(c, train_value('steps'), 0)} | "
-            f"{_cell(c, minutes, 1)} | {c.failed}/{c.seeds} |"
+            f"{_ratio(c)} | {_cell(c, train_value('steps'), 0)} | {_cell(c, train_value('tokens'), 0)} | "
+            f"{_cell(c, train_value('wall_seconds'), 0)} | {c.failed}/{c.seeds} |"
         )
+    runs = [r for c in text.values() for r in c.results]
+    for name, metric in (("unigram", unigram_bpb), ("bigram", bigram_bpb)):
+        floor = fmt(stat(metric(r) for r in runs))
+        lines.append(f"| {name} (add-one, train counts) | — | {floor} | — | — | — | — | — | — |")
     return lines + [
         "",
         *_figure(figures, "gradient_flow", "Gradient flow per family"),
@@ -262,35 +283,49 @@ def _solved_cell(c) -> str:
 
 
 def _explode_section(results, figures) -> list[str]:
-    explode = by_label(results, "explode")
-    if not explode:
+    grid = explode_grid(results)
+    if not grid:
         return []
-    o = next(iter(explode.values())).experiment.overrides
+    o = next(iter(next(iter(grid.values())).values())).experiment.overrides
+    clips = sorted({c for row in grid.values() for c in row})
+    floor = stat(v for row in grid.values() for c in row.values() for v in c.values(unigram_bpb))
     lines = [
-        "## The provoked explosion: clipping where there is something to clip",
+        "## The provoked explosion: a grid of gains and clip thresholds",
         "",
-        f"A tanh RNN on the text with W_hh orthogonal × {o.get('model.recurrent_gain')} "
-        "(`model.recurrent_gain`: "
-        f"spectral radius {o.get('model.recurrent_gain')}) and plain SGD at lr {o.get('train.lr')}, so a "
-        "gradient's "
-        "size is its step's size (Pascanu, Mikolov & Bengio 2013). A *loss spike* is a logged training "
-        "loss more "
-        "than 0.5 nats above the lowest before it; *diverged* is a non-finite loss, which stops the run "
-        "(recorded, "
-        "not a crash of the study).",
+        "A tanh RNN on the text with W_hh orthogonal × a gain (`model.recurrent_gain`: its spectral radius; "
+        f"gain 1 is the unprovoked baseline) and plain SGD at lr {o.get('train.lr')}, so a gradient's size "
+        "is its step's size (Pascanu, Mikolov & Bengio 2013), trained unclipped and with each clip threshold "
+        "(`train.grad_clip`). A cell shows the seeds that stayed finite, their mean test bits per byte, the "
+        "mean peak gradient norm (log10, measured before clipping) and the mean number of *loss spikes* (a "
+        "logged training loss more than 0.5 nats above the lowest before it); *diverged* is a non-finite "
+        "loss, which stops the run (recorded, not a crash of the study). A clip value *fixes* a gain when "
+        f"every run stays finite and ends below the unigram floor ({fmt(floor)} bits/byte): finite but above "
+        "it is an explosion hidden, not fixed.",
         "",
-        "| run | diverged | loss spikes | peak gradient norm (log10) | last training loss | test "
-        "bits/byte | fraction of steps clipped |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| gain | " + " | ".join(f"clip {c:g}" if c else "unclipped" for c in clips) + " |",
+        "| --- | " + " | ".join("---:" for _ in clips) + " |",
     ]
-    for label, c in explode.items():
-        lines.append(
-            f"| {label} | {c.diverged}/{c.seeds} | {_cell(c, loss_spikes, 1)} | "
-            f"{_cell(c, log10_max_grad_norm, 1)} | "
-            f"{_cell(c, final_loss, 2)} | {_cell(c, bpb)} | "
-            f"{_cell(c, train_value('fraction_clipped'), 2)} |"
-        )
-    return lines + ["", *_figure(figures, "explosion", "Gradient norm and loss, clipped against unclipped")]
+    for gain, row in grid.items():
+        lines.append(f"| {gain:g} | " + " | ".join(_grid_cell(row.get(c)) for c in clips) + " |")
+    return lines + [
+        "",
+        "Every run's gradient-norm and training-loss traces are in MLflow (tag `seqlm.study.cell` "
+        "`explode-g<gain>-c<clip>`).",
+        "",
+        *_figure(figures, "explosion", "Peak gradient norm and test bits per byte over the gain × clip grid"),
+    ]
+
+
+def _grid_cell(c) -> str:
+    """ "5/5 finite · 1.552 · 10^6.9 · 0.4 spikes": seeds finite, mean test bits/byte, mean log10 peak
+    gradient norm, mean loss spikes."""
+    if c is None:
+        return ""
+    finite = c.seeds - c.diverged
+    return (
+        f"{finite}/{c.seeds} finite · {_cell(c, bpb)} · 10^{fmt(c.stat(log10_max_grad_norm), 1)} · "
+        f"{fmt(c.stat(loss_spikes), 1)} spikes"
+    )
 
 
 def _cloze_section(results, figures) -> list[str]:
@@ -353,7 +388,7 @@ def _footer(options, machine: dict) -> list[str]:
         "Each experiment is `dvc exp run --queue -S …` up to the evaluate stage (study models are never "
         f"registered), run {options.jobs} at a time (`OMP_NUM_THREADS=1`). Add a family to `FAMILIES` in "
         "`src/seqlm/study/plan.py`; change seeds, budgets and delays with `seqlm study --seeds … "
-        "--text-minutes … "
+        "--text-tokens … "
         "--probe-steps … --delays …`.",
     ]
 

@@ -62,6 +62,11 @@ def unigram_bpb(r) -> float | None:
     return r.eval.get("unigram_bits_per_byte") if ok(r) else None
 
 
+def bigram_bpb(r) -> float | None:
+    """The add-one bigram's test bits per byte: the next floor, what one token of context buys by counting."""
+    return r.eval.get("bigram_bits_per_byte") if ok(r) else None
+
+
 def bits_per_blank(r) -> float | None:
     return r.eval.get("bits_per_blank") if ok(r) else None
 
@@ -145,13 +150,6 @@ def loss_spikes(r) -> int | None:
             spikes += 1
         low = min(low, loss)
     return spikes
-
-
-def final_loss(r) -> float | None:
-    """The last logged training loss (a mean over train.log_every_steps); None for a run that diverged,
-    whose last finite loss says where it blew up, not where training ended."""
-    trace = (r.traces or {}).get("train_loss") if r is not None and not r.diverged else None
-    return trace[-1][1] if trace else None
 
 
 def by_label(results, group: str) -> dict[str, Any]:
