@@ -34,6 +34,7 @@ from seqlm.study.results import (
     train_value,
     unigram_bits_per_blank,
 )
+from seqlm.study.shards import describe as describe_shards
 
 FIGURES = "study"  # docs/study/*.png
 CAPTIONS = {
@@ -128,6 +129,7 @@ def _provenance(results, machine: dict, options) -> str:
         f"**Machine:** {machine['cpu']}, {machine['cores']} cores{gpu}, "
         f"{machine.get('memory') or '? GiB'} RAM; "
         f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}.  \n"
+        f"{describe_shards(machine)}"
         f"**Commit:** `{machine['commit'][:12]}`{dirty}. "
         f"**Date:** {machine['started']} to {machine['finished']} (UTC).  \n"
         f"**Budget:** preset `{options.preset}`, estimated before queueing at "
