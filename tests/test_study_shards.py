@@ -22,7 +22,7 @@ from team_stack import free_port, start, stop, wait_until_up
 
 from seqlm import cli
 from seqlm.core.errors import SeqlmError
-from seqlm.study import budget, shards
+from seqlm.study import budget, shard_records, shards
 from seqlm.study import plan as planning
 
 # The smallest plan: the explosion pair and the cloze pair (no text or probe families), 3 s of training each
@@ -122,19 +122,19 @@ def test_shards_of_one_stamp_must_share_a_plan_and_all_finish_before_collecting(
     options = planning.preset("quick", stamp="s2")
     paths = project.paths()
     exp_id = experiment_id(connect(tracking_uri(paths)), options.name, paths)
-    first = shards.open_record(paths, options, shards.Shard(1, 2), "c" * 40, exp_id)
+    first = shard_records.open_record(paths, options, shards.Shard(1, 2), "c" * 40, exp_id)
     with pytest.raises(SeqlmError, match="shard 2/2 of stamp s2: shard 1/2 ran another plan"):
-        shards.open_record(paths, replace(options, seeds=2), shards.Shard(2, 2), "c" * 40, exp_id)
+        shard_records.open_record(paths, replace(options, seeds=2), shards.Shard(2, 2), "c" * 40, exp_id)
     with pytest.raises(SeqlmError, match="ran another plan .commit cccccccccccc, not dddddddddddd"):
-        shards.open_record(paths, options, shards.Shard(2, 2), "d" * 40, exp_id)
-    shards.open_record(paths, replace(options, jobs=1), shards.Shard(2, 2), "c" * 40, exp_id)
+        shard_records.open_record(paths, options, shards.Shard(2, 2), "d" * 40, exp_id)
+    shard_records.open_record(paths, replace(options, jobs=1), shards.Shard(2, 2), "c" * 40, exp_id)
     with pytest.raises(SeqlmError, match="no finished shard of stamp s2"):
-        shards.read_records(paths, options.name, "s2")
+        shard_records.read_records(paths, options.name, "s2")
     machine = {"cpu": "x", "cores": 2, "commit": "c" * 40, "started": "a", "finished": "b", "wall_minutes": 1}
     outcome = {"experiments": ["e1"], "succeeded": ["e1"], "failures": {}}
-    shards.close_record(paths, first, options, shards.Shard(1, 2), machine, outcome, 0.0)
+    shard_records.close_record(paths, first, options, shards.Shard(1, 2), machine, outcome, 0.0)
     with pytest.raises(SeqlmError, match=r"stamp s2: shard 2/2 has not finished .*--shard 2/2 --stamp s2"):
-        shards.read_records(paths, options.name, "s2")
+        shard_records.read_records(paths, options.name, "s2")
 
 
 def test_the_report_names_every_shards_machine():
@@ -164,14 +164,14 @@ def test_the_report_names_every_shards_machine():
         }
 
     records = [record("1/2", "EPYC", None, 0, 10, {}), record("2/2", "Xeon", "H200", 2, 4, {"b": {}})]
-    machine = shards.machine_summary(records)
+    machine = shard_records.machine_summary(records)
     assert machine["cpu"] == "EPYC / Xeon" and machine["cores"] == 16 and machine["gpu"] == "no GPU / H200"
     assert machine["wall_minutes"] == pytest.approx(10) and machine["started"].startswith("2026-01-01T00:00")
-    line = shards.describe(machine)
+    line = shard_records.describe(machine)
     assert line.startswith("**Machines:** 2, one shard each (`seqlm study --shard I/2`)")
     assert "1/2 on `host-1` (EPYC, 16 cores, no GPU): 2 experiments, 0 failed, 10.0 min" in line
     assert "2/2 on `host-2` (Xeon, 16 cores, H200): 2 experiments, 1 failed, 4.0 min" in line
-    assert shards.describe({"cpu": "one machine"}) == ""
+    assert shard_records.describe({"cpu": "one machine"}) == ""
 
 
 # --------------------------------------------------------------------------- two clones, one machine

@@ -23,7 +23,7 @@ from dataclasses import replace
 from seqlm.core.errors import SeqlmError
 from seqlm.core.git import git
 from seqlm.core.paths import Paths
-from seqlm.study import budget, collect, queue, report, shards
+from seqlm.study import budget, collect, queue, report, shard_records, shards
 from seqlm.study.plan import (
     FAMILIES,
     PROBE_FAMILIES,
@@ -81,7 +81,7 @@ def run_study(
     queue.check_empty(paths)
     experiment = _prepare_store(paths, options.name)
     baseline = git(paths.root, "rev-parse", "HEAD") or ""
-    record = shards.open_record(paths, options, shard, baseline, experiment) if shard else None
+    record = shard_records.open_record(paths, options, shard, baseline, experiment) if shard else None
     load, done = _queue_and_wait(paths, options, experiments, commands)
     if shard:
         _finish_shard(paths, options, shard, git_remote, record, experiments, done, (baseline, started, load))
@@ -107,7 +107,7 @@ def _finish_shard(
     shards.push(paths, git_remote, succeeded)
     machine = collect.machine_info(paths, baseline, started, time.time(), load)
     outcome = {"experiments": [e.name for e in experiments], "succeeded": succeeded, "failures": failures}
-    shards.close_record(paths, record, options, shard, machine, outcome, started)
+    shard_records.close_record(paths, record, options, shard, machine, outcome, started)
     print(
         f"study: shard {shard} done: {len(succeeded)} of {len(experiments)} experiments pushed to "
         f"{git_remote}; once every shard is done, on any machine: "
@@ -122,8 +122,8 @@ def collect_study(paths: Paths, name: str, stamp: str, git_remote: str = "origin
 
     shards.check_stamp(stamp, "--collect")
     shards.preflight(paths, git_remote, "--collect")
-    records = shards.read_records(paths, name, stamp)
-    options = shards.options_of(records[0])
+    records = shard_records.read_records(paths, name, stamp)
+    options = shard_records.options_of(records[0])
     baseline = records[0]["machine"]["commit"]
     head = git(paths.root, "rev-parse", "HEAD") or ""
     if head != baseline:
@@ -143,7 +143,7 @@ def collect_study(paths: Paths, name: str, stamp: str, git_remote: str = "origin
     failures = {k: v for r in records for k, v in r["failures"].items()}
     started = min(r["started_s"] for r in records)
     results = collect.collect(paths, options, experiments, baseline, started, failures)
-    machine = shards.machine_summary(records)
+    machine = shard_records.machine_summary(records)
     report.write(paths.root / "docs", results, machine, options)
     print(
         f"study: wrote docs/study.md from {len(records)} shards ({machine['wall_minutes']:.1f} min from the "

@@ -34,7 +34,7 @@ from seqlm.study.results import (
     train_value,
     unigram_bits_per_blank,
 )
-from seqlm.study.shards import describe as describe_shards
+from seqlm.study.shard_records import describe as describe_shards
 
 FIGURES = "study"  # docs/study/*.png
 CAPTIONS = {
