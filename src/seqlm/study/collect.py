@@ -31,10 +31,19 @@ PLOTS = {"ablation": f"eval/{CONTEXT_ABLATION}", "gradient": f"eval/{GRADIENT_FL
 
 
 def collect(
-    paths: Paths, options: Options, experiments: list[Experiment], baseline: str, started: float
+    paths: Paths,
+    options: Options,
+    experiments: list[Experiment],
+    baseline: str,
+    started: float,
+    failures: dict[str, dict] | None = None,
 ) -> list[Result]:
     """Each experiment's metrics from `dvc exp show`, its MLflow run (tagged with the study on the way),
-    and the diagnostics' curves from that run's artifacts."""
+    and the diagnostics' curves from that run's artifacts.
+
+    ``failures`` (name -> ``failure``'s dict) are what the shards recorded of their failed experiments,
+    for a study run on several machines: this machine's DVC queue has no logs of theirs.
+    """
     import yaml
 
     rows = experiment_rows(paths, baseline)
@@ -51,7 +60,7 @@ def collect(
         if result.eval is not None:
             result.status = "success"
         else:
-            _read_failure(result, paths)
+            _read_failure(result, paths, failures)
         results.append(result)
     return results
 
@@ -77,12 +86,24 @@ def _read_run(result: Result, client, run_id: str, options: Options) -> None:
     result.max_grad_norm = max(norms) if norms else None
 
 
-def _read_failure(result: Result, paths: Paths) -> None:
-    log = run_dvc(["dvc", "queue", "logs", result.experiment.name], paths, capture=True)
-    text = log.stdout + log.stderr
+def _read_failure(result: Result, paths: Paths, failures: dict[str, dict] | None) -> None:
     result.status = "failed"
-    result.diverged = "training diverged" in text
-    result.note = _failure_line(text)
+    if failures is None:
+        found = failure(paths, result.experiment.name)
+    else:
+        found = failures.get(result.experiment.name) or {
+            "diverged": False,
+            "note": "its shard ran it to success, but `dvc exp show` here has no metrics for it "
+            "(did `dvc exp pull` bring it?)",
+        }
+    result.diverged, result.note = found["diverged"], found["note"]
+
+
+def failure(paths: Paths, name: str) -> dict:
+    """A failed queued experiment's failure line, and whether its training diverged, from its queue log."""
+    log = run_dvc(["dvc", "queue", "logs", name], paths, capture=True)
+    text = log.stdout + log.stderr
+    return {"diverged": "training diverged" in text, "note": _failure_line(text)}
 
 
 def experiment_rows(paths: Paths, baseline: str) -> dict[str, dict]:
@@ -173,6 +194,7 @@ def machine_info(paths: Paths, baseline: str, started: float, finished: float, l
 
     dirty = bool(git(paths.root, "status", "--porcelain", "--untracked-files=no") or "")
     return {
+        "host": platform.node(),
         "cpu": _cpu_name(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory": _memory(),

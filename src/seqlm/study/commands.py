@@ -5,8 +5,11 @@ Every experiment of the plan is queued with ``dvc exp run --queue -S …`` and t
 study runs as queued DVC experiments (docs/architecture.md, decision 12). Each is one MLflow run in the
 study's MLflow experiment (``base.experiment``), tagged ``seqlm.study``. The register stage is not run:
 study models are measurements, not candidates for serving, so they never meet the champion gate and add
-no versions to the registry. docs/study.md is then written from the experiments' own reports.
-Owns ``run_study`` (that orchestration), ``cli_study`` and ``add_arguments`` (the `seqlm study` command).
+no versions to the registry. docs/study.md is then written from the experiments' own reports. Across
+several machines (``shards``), each runs ``run_study`` with ``--shard I/N`` and pushes its experiments, and
+``collect_study`` (``--collect``) pulls them all and writes the one report.
+Owns ``run_study`` and ``collect_study`` (that orchestration), ``cli_study`` and ``add_arguments`` (the
+`seqlm study` command).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import shlex
 import time
 from dataclasses import replace
 
+from seqlm.core.errors import SeqlmError
 from seqlm.core.git import git
 from seqlm.core.paths import Paths
-from seqlm.study import budget, collect, queue, report, tuning
+from seqlm.study import budget, collect, queue, report, shard_records, shards, tuning
 from seqlm.study.plan import (
     FAMILIES,
     PROBE_FAMILIES,
@@ -32,13 +36,22 @@ from seqlm.study.plan import (
 )
 
 
-def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Experiment]:
+def run_study(
+    paths: Paths,
+    options: Options,
+    dry_run: bool = False,
+    shard: shards.Shard | None = None,
+    git_remote: str = "origin",
+) -> list[Experiment]:
     """Plan, queue and run the study's experiments, then write docs/study.md; with ``dry_run``, only
-    print the experiments and the dvc commands."""
+    print the experiments and the dvc commands. With ``shard``, only that part of the plan runs, and its
+    experiments are pushed for ``collect_study`` instead of reported."""
     import yaml
 
     started = time.time()
     params = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
+    if shard:
+        shards.check_stamp(options.stamp, "--shard")
     if not options.stamp:
         options = replace(options, stamp=dt.datetime.now().strftime("%m%d%H%M"))
     if options.tune:
@@ -48,9 +61,15 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
             options = replace(options, probe_lrs=tuning.rates(tuning.read(paths.root)))
         experiments = plan(options, params)
     check_comparable(comparable(experiments))
-    print(f"study: {budget.summary(experiments, options)}", flush=True)
+    if shard:
+        experiments = shards.partition(experiments, shard.count)[shard.index - 1]
+    where = f"shard {shard}: " if shard else ""
+    print(f"study: {where}{budget.summary(experiments, options)}", flush=True)
     copies = queue.untracked_sources(paths)
     commands = [queue.queue_command(e, copies) for e in experiments] + [queue.start_queue(options.jobs)]
+    if shard:  # checked in a dry run too: it is how a machine is checked before the study
+        shards.preflight(paths, git_remote, "--shard")
+        shards.check_committed(paths)
     if dry_run:
         for e in experiments:
             print(
@@ -65,10 +84,13 @@ def run_study(paths: Paths, options: Options, dry_run: bool = False) -> list[Exp
             "so the experiments' commits record them"
         )
     queue.check_empty(paths)
-    _prepare_store(paths, options.name)
+    experiment = _prepare_store(paths, options.name)
     baseline = git(paths.root, "rev-parse", "HEAD") or ""
-    load = _queue_and_wait(paths, options, experiments, commands)
-    if options.tune:
+    record = shard_records.open_record(paths, options, shard, baseline, experiment) if shard else None
+    load, done = _queue_and_wait(paths, options, experiments, commands)
+    if shard:
+        _finish_shard(paths, options, shard, git_remote, record, experiments, done, (baseline, started, load))
+    elif options.tune:
         _write_tuning(paths, options, experiments, baseline, started)
     else:
         _write_report(paths, options, experiments, baseline, started, load)
@@ -85,20 +107,83 @@ def _write_tuning(
     print(f"study: wrote {path.relative_to(paths.root)} ({rates}); commit it, then run `seqlm study`")
 
 
-def _prepare_store(paths: Paths, experiment: str) -> None:
+def _finish_shard(
+    paths: Paths,
+    options: Options,
+    shard: shards.Shard,
+    git_remote: str,
+    record: str,
+    experiments: list[Experiment],
+    done: dict[str, str],
+    run: tuple[str, float, list[float]],
+) -> None:
+    """Push the shard's experiments, then close its record: a finished record means they are pushed."""
+    baseline, started, load = run
+    succeeded = [e.name for e in experiments if done.get(e.name) == "Success"]
+    failures = {e.name: collect.failure(paths, e.name) for e in experiments if e.name not in succeeded}
+    shards.push(paths, git_remote, succeeded)
+    machine = collect.machine_info(paths, baseline, started, time.time(), load)
+    outcome = {"experiments": [e.name for e in experiments], "succeeded": succeeded, "failures": failures}
+    shard_records.close_record(paths, record, options, shard, machine, outcome, started)
+    print(
+        f"study: shard {shard} done: {len(succeeded)} of {len(experiments)} experiments pushed to "
+        f"{git_remote}; once every shard is done, on any machine: "
+        f"seqlm study --collect --stamp {options.stamp}",
+        flush=True,
+    )
+
+
+def collect_study(paths: Paths, name: str, stamp: str, git_remote: str = "origin") -> list[Experiment]:
+    """Pull every shard's experiments of the study ``stamp`` and write docs/study.md from all of them."""
+    import yaml
+
+    shards.check_stamp(stamp, "--collect")
+    shards.preflight(paths, git_remote, "--collect")
+    records = shard_records.read_records(paths, name, stamp)
+    options = shard_records.options_of(records[0])
+    baseline = records[0]["machine"]["commit"]
+    head = git(paths.root, "rev-parse", "HEAD") or ""
+    if head != baseline:
+        raise SeqlmError(
+            f"--collect: the shards of stamp {stamp} ran commit {baseline[:12]}, this clone is at "
+            f"{head[:12]}; "
+            f"check it out (`git fetch {git_remote} && git checkout {baseline[:12]}`) and collect again"
+        )
+    planned = [n for r in records for n in r["experiments"]]
+    experiments = plan(options, yaml.safe_load(paths.params.read_text(encoding="utf-8")))
+    if sorted(e.name for e in experiments) != sorted(planned):
+        raise SeqlmError(
+            f"--collect: params.yaml here plans other experiments than the shards of stamp {stamp} ran; "
+            "restore it (`git checkout params.yaml`) and collect again"
+        )
+    shards.pull(paths, git_remote, [n for r in records for n in r["succeeded"]])
+    failures = {k: v for r in records for k, v in r["failures"].items()}
+    started = min(r["started_s"] for r in records)
+    results = collect.collect(paths, options, experiments, baseline, started, failures)
+    machine = shard_records.machine_summary(records)
+    report.write(paths.root / "docs", results, machine, options)
+    print(
+        f"study: wrote docs/study.md from {len(records)} shards ({machine['wall_minutes']:.1f} min from the "
+        f"first start to the last finish, {len(experiments)} experiments)"
+    )
+    return experiments
+
+
+def _prepare_store(paths: Paths, experiment: str) -> str:
     """Create the MLflow store and the study's experiment now: experiments running side by side would
-    otherwise race to create both (and one would fail)."""
+    otherwise race to create both (and one would fail). The experiment's id."""
     from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
 
     uri = tracking_uri(paths)
     check_reachable(uri)
-    experiment_id(connect(uri), experiment, paths)
+    return experiment_id(connect(uri), experiment, paths)
 
 
 def _queue_and_wait(
     paths: Paths, options: Options, experiments: list[Experiment], commands: list[list[str]]
-) -> list[float]:
-    """Queue every experiment, start the queue and wait for all of them; the load averages seen.
+) -> tuple[list[float], dict[str, str]]:
+    """Queue every experiment, start the queue and wait for all of them; the load averages seen and each
+    experiment's end (Success or Failed).
 
     The longest experiments are queued first (DVC runs the queue in order): two workers then finish
     together instead of one running the last long experiment alone.
@@ -115,8 +200,8 @@ def _queue_and_wait(
     queue.run_locked(queue.start_queue(options.jobs), paths, env=queue.worker_env())
     load: list[float] = []
     names = [e.name for e in experiments]
-    queue.wait_for(paths, names, options.jobs, load)  # a failed experiment is reported, not raised
-    return load
+    done = queue.wait_for(paths, names, options.jobs, load)  # a failed experiment is reported, not raised
+    return load, done
 
 
 def _write_report(
@@ -138,7 +223,18 @@ def _write_report(
 
 def cli_study(args) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    run_study(Paths.from_env(), options_from(args), dry_run=args.dry_run)
+    paths, options = Paths.from_env(), options_from(args)
+    if options.tune and (args.collect or args.shard):
+        raise SeqlmError("--tune runs on one machine (60 probe runs): give it without --shard and --collect")
+    if args.collect:
+        if args.shard or args.dry_run:
+            raise SeqlmError(
+                "--collect gathers every shard's experiments: give it without --shard and --dry-run"
+            )
+        collect_study(paths, options.name, options.stamp, args.git_remote)
+        return
+    shard = shards.parse_shard(args.shard) if args.shard is not None else None
+    run_study(paths, options, dry_run=args.dry_run, shard=shard, git_remote=args.git_remote)
 
 
 def options_from(args) -> Options:
@@ -221,5 +317,29 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the plan, its time estimate and the dvc commands; run nothing",
+        help="print the plan, its time estimate and the dvc commands; run nothing (with --shard, check the "
+        "remotes and the server too)",
+    )
+    p.add_argument(
+        "--stamp",
+        help="suffix of every experiment name (default: the month, day, hour and minute); with --shard and "
+        "--collect, the same on every machine",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th of N parts of the plan (balanced by estimated minutes), then `dvc exp push` "
+        "its experiments; every machine needs the same commit, options and --stamp, and "
+        "MLFLOW_TRACKING_URI set to one shared server (docs/study-design.md, Several machines)",
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="after every shard of --stamp is done: `dvc exp pull` their experiments and write docs/study.md "
+        "from all of them",
+    )
+    p.add_argument(
+        "--git-remote",
+        default="origin",
+        help="the shared git remote that --shard pushes to and --collect pulls from (default origin)",
     )

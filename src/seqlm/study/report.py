@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from seqlm.core import atomic
-from seqlm.study import budget, limitations
+from seqlm.study import budget, limitations, tuning
 from seqlm.study import figures as plots
 from seqlm.study.aggregate import (
     RULE,
@@ -27,7 +27,7 @@ from seqlm.study.aggregate import (
     stat,
 )
 from seqlm.study.claims import Claim, cloze_claims, text_claims
-from seqlm.study.plan import PROBE_LR, SEED, SOLVED_RECALL, Options
+from seqlm.study.plan import SEED, SOLVED_RECALL, Options
 from seqlm.study.probe_claims import SOLVES, cell_text, control, probe_claims, reach, updates_line
 from seqlm.study.results import (
     bigram_bpb,
@@ -45,6 +45,7 @@ from seqlm.study.results import (
     unigram_bits_per_blank,
     unigram_bpb,
 )
+from seqlm.study.shard_records import describe as describe_shards
 
 FIGURES = "study"  # docs/study/*.png
 CAPTIONS = {
@@ -141,6 +142,7 @@ def _provenance(results, machine: dict, options) -> str:
         f"**Machine:** {machine['cpu']}, {machine['cores']} cores{gpu}, "
         f"{machine.get('memory') or '? GiB'} RAM; "
         f"{machine['platform']}; Python {machine['python']}, torch {machine['torch']}.  \n"
+        f"{describe_shards(machine)}"
         f"**Commit:** `{machine['commit'][:12]}`{dirty}. "
         f"**Date:** {machine['started']} to {machine['finished']} (UTC).  \n"
         f"**Budget:** preset `{options.preset}`, estimated before queueing at "
@@ -242,8 +244,8 @@ def _probe_section(results, figures, options: Options) -> list[str]:
         "`data.source: synthetic:copy` with `train.episodic: true`: every line (a key, `data.delay` "
         "filler dots, the cue `?`, the key again) is an independent episode from a fresh state, B whole "
         "episodes per batch, the loss on every target. Every family trains alike (AdamW "
-        f"{_rates(options)}, the pipeline's gradient clipping) and each run stops at the first "
-        f"validation whose recall reaches {SOLVED_RECALL:g} (`train.stop_at_recall`), or at "
+        f"{tuning.describe(options.probe_lrs)}, the pipeline's gradient clipping) and each run stops at "
+        f"the first validation whose recall reaches {SOLVED_RECALL:g} (`train.stop_at_recall`), or at "
         f"{options.probe_steps:,} updates. A cell shows the seeds that solved it and their median updates "
         f"to solve; a family *solves* a delay when at least {SOLVES:.0%} of its seeds did, and the "
         "positive control is that it solves the shortest delay. The IRNN is a 2 × 2 (tanh or ReLU, "
@@ -391,10 +393,3 @@ def _footer(options, machine: dict) -> list[str]:
         "--text-tokens … "
         "--probe-steps … --delays …`.",
     ]
-
-
-def _rates(options: Options) -> str:
-    if not options.probe_lrs:
-        return f"at learning rate {PROBE_LR:g} for every family, not tuned"
-    rates = ", ".join(f"{family} {lr:g}" for family, lr in options.probe_lrs)
-    return f"at the learning rate `seqlm study --tune` chose per family on seeds kept apart: {rates}"

@@ -131,3 +131,11 @@ def rates(record: dict | None) -> tuple[tuple[str, float], ...]:
     if record is None:
         return ()
     return tuple((family, float(entry["lr"])) for family, entry in sorted(record["families"].items()))
+
+
+def describe(probe_lrs: tuple[tuple[str, float], ...]) -> str:
+    """The probes' rates, for the report: "at learning rate …" (after "AdamW")."""
+    if not probe_lrs:
+        return f"at learning rate {PROBE_LR:g} for every family, not tuned"
+    rates = ", ".join(f"{family} {lr:g}" for family, lr in probe_lrs)
+    return f"at the learning rate `seqlm study --tune` chose per family on seeds kept apart: {rates}"
