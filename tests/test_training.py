@@ -208,3 +208,10 @@ def test_a_presigned_url_source_leaves_no_token_in_the_run_params(project):
     params = run.get().data.params
     assert params["data.source"] == "url:https://<redacted>@example.org/corpus.txt?<redacted>"
     assert not any("TOKEN123" in v or "secret" in v for v in params.values())
+
+
+def test_a_loss_past_float_range_reports_no_perplexity_instead_of_crashing():
+    from seqlm.stages.train import perplexity
+
+    assert perplexity(1.0) == pytest.approx(math.e)
+    assert perplexity(83_526.0) is None  # the study's provoked explosion, 3 s in: finite, but e^loss is not

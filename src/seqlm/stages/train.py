@@ -136,6 +136,15 @@ def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunH
     return RunHandle.create(client, experiment, f"{cfg.model.family}-{cfg.model.hidden_size}", tags, params)
 
 
+def perplexity(loss: float) -> float | None:
+    """e^loss; None past float range (a run that blew up to a loss of 8e4 without going non-finite, as the
+    study's provoked explosion does, is reported, not crashed on)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return None
+
+
 def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
     from seqlm.training.trainer import solved, stop_reason
 
@@ -149,7 +158,7 @@ def _metrics(cfg: Config, trainer, lm, progress, precision: str) -> dict:
         "objective": cfg.train.objective,
         "train_loss": summary["train_loss"],
         **lm.val_metrics(lm.best_val_loss),
-        "val_token_perplexity": math.exp(lm.best_val_loss),
+        "val_token_perplexity": perplexity(lm.best_val_loss),
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "tokens": summary["tokens"],
