@@ -73,6 +73,7 @@ def run(
     stop_at: float = 0.0,
     input_dropout: float = 0.1,
     tie_weights: bool = True,
+    embedding_init: str = "uniform",
 ) -> dict:
     import torch
     import torch.nn.functional as F
@@ -100,6 +101,7 @@ def run(
         dropout=0.0,
         input_dropout=input_dropout,
         tie_weights=tie_weights,
+        embedding_init=embedding_init,
         **gates,
     )
     model = build_model(cfg, 3 + len(alphabet))
@@ -135,6 +137,7 @@ def run(
         "chrono_max": chrono_max,
         "input_dropout": input_dropout,
         "tie_weights": tie_weights,
+        "embedding_init": embedding_init,
         "lr": lr,
         "first_90": first_90,
         "first_95": first_95,
@@ -167,6 +170,7 @@ def main() -> None:
         "--input-dropout", type=float, default=0.1, help="model.input_dropout (params.yaml's 0.1 by default)"
     )
     parser.add_argument("--untied", action="store_true", help="model.tie_weights false")
+    parser.add_argument("--embedding-init", default="uniform", choices=["uniform", "normal"])
     parser.add_argument("--tasks", nargs="+", default=["copy", "adding"], help="tasks: copy adding")
     parser.add_argument(
         "--stop-at", type=float, default=0.0, help="stop a run at this recall (steps then = updates to solve)"
@@ -193,6 +197,7 @@ def main() -> None:
             args.stop_at,
             args.input_dropout,
             not args.untied,
+            args.embedding_init,
         )
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 

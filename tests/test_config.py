@@ -89,10 +89,10 @@ def test_flat_keeps_params_yaml_order_and_turns_tuples_into_lists():
 def test_section_hash_is_unchanged_by_the_move_to_pydantic():
     # Recorded with the pre-pydantic implementation: a changed hash would make every run restart from scratch.
     # The model section's value was re-recorded when it gained the regularisation keys (decision 21) and
-    # model.recurrent_gain (the study's provoked explosion), and model.chrono_max (the probes' long delays);
-    # the tokenizer section's when it gained tokenizer.add_dummy_prefix (the study's probes).
+    # model.recurrent_gain (the study's provoked explosion), and model.chrono_max and model.embedding_init
+    # (the probes' long delays); the tokenizer section's when it gained tokenizer.add_dummy_prefix (the study's probes).
     cfg = config.parse({})
-    assert cfg.section_hash("model") == "633479d9a2e487cc"
+    assert cfg.section_hash("model") == "58baec84b1d24c9a"
     assert (
         cfg.section_hash("tokenizer") == "abdf6562353c7704"
     )  # data gained keys since; its hash only tags versions

@@ -151,6 +151,14 @@ def test_forget_bias_starts_the_lstm_forget_gate_open():
     torch.testing.assert_close(make("gru", forget_bias=1.0).rnn.bias_ih_l0, make("gru").rnn.bias_ih_l0)
 
 
+def test_embedding_init_is_small_uniform_by_default_or_pytorchs_normal():
+    small, normal = make("lstm").embedding.weight, make("lstm", embedding_init="normal").embedding.weight
+    assert small.abs().max() <= 0.1
+    assert 0.7 < normal.std() < 1.3  # N(0, 1): the scale of a one-hot input
+    tied = make("lstm", embedding_init="normal", tie_weights=True, hidden_size=16)
+    assert tied.decoder.weight is tied.embedding.weight
+
+
 @pytest.mark.parametrize("family", ["lstm", "gru"])
 def test_chrono_init_spreads_the_gates_memories_over_one_to_t_steps(family):
     default, chrono = make(family), make(family, chrono_max=100)

@@ -92,6 +92,7 @@ class ModelConfig(_Frozen):
     dropout: float = Field(0.1, ge=0, lt=1)
     input_dropout: float = Field(0.1, ge=0, lt=1)
     embedding_dropout: float = Field(0.0, ge=0, lt=1)
+    embedding_init: Literal["uniform", "normal"] = "uniform"
     weight_drop: float = Field(0.0, ge=0, lt=1)
     locked_dropout: bool = False
     tie_weights: bool = True

@@ -57,8 +57,12 @@ class LanguageModel(nn.Module):
         tie = config["tie_weights"]
         self.projection = nn.Linear(hidden, emb, bias=False) if tie and hidden != emb else None
         self.decoder = nn.Linear(emb if tie else hidden, vocab)
-        # word_language_model's init: small uniform embeddings keep the first logits near uniform.
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        # word_language_model's init: small uniform embeddings keep the first logits near uniform. "normal"
+        # keeps PyTorch's N(0, 1), inputs of the size of the one-hot vectors of the long-lag literature: at
+        # ±0.1 a key enters the gates ~17× weaker, and an LSTM that learned the copy probe at delay 100 in
+        # 2,200 updates from N(0, 1) stayed at chance through 3,000 (docs/performance.md).
+        if config.get("embedding_init", "uniform") == "uniform":
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         if tie:
             self.decoder.weight = self.embedding.weight
