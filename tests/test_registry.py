@@ -19,7 +19,7 @@ from seqlm_testing import Project, evaluated_project, grammar_text
 
 from seqlm.cli import main
 from seqlm.core.errors import SeqlmError
-from seqlm.registry import commands, gate, rescoring
+from seqlm.registry import gate, rescoring
 from seqlm.registry import register as registration
 from seqlm.stages.register import run_register
 from seqlm.tracking.run_record import write_run_json
@@ -595,28 +595,3 @@ def test_tools_without_a_registered_model_say_so(proj, capsys):
     for argv in (["models"], ["serve"], ["rollback"]):
         assert main(argv) == 2
         assert f"no registered model '{NAME}'" in capsys.readouterr().err
-
-
-def test_serve_command_and_env():
-    import sys
-    from pathlib import Path
-
-    cmd = commands.serve_command(NAME, 5123)
-    assert cmd[0] == str(Path(sys.executable).parent / "mlflow")
-    assert cmd[1:] == [
-        "models",
-        "serve",
-        "-m",
-        "models:/seqlm@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "5123",
-    ]
-    env = commands.serve_env("sqlite:////x/mlflow.db")
-    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
-    assert (
-        env["MLFLOW_TRACKING_URI"] == "sqlite:////x/mlflow.db" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
-    )

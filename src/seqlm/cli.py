@@ -149,8 +149,28 @@ def _add_tools(sub) -> None:
     promote.add_argument("version", help="registered model version number")
     promote.add_argument("--reason", default="", help="why; stored on the version")
     sub.add_parser("rollback", help="move champion back to the previous champion")
-    serve = sub.add_parser("serve", help="serve models:/<name>@champion over HTTP on 127.0.0.1")
+    from seqlm.registry.commands import DEFAULT_TIMEOUT_S  # no heavy imports at module level
+
+    serve = sub.add_parser("serve", help="serve models:/<name>@champion over HTTP (mlflow models serve)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for every network: no login)",
+    )
     serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="scoring processes, each with its own copy of the model (default: this machine's cores)",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=int,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds before a waiting client gets HTTP 504 (default {DEFAULT_TIMEOUT_S}; the work itself "
+        "is bounded per request)",
+    )
 
     from seqlm.study import commands as study  # no heavy imports at module level
 

@@ -118,28 +118,69 @@ def cli_rollback(args) -> None:
     print(f"rollback: {name} champion is now version {target} (was {current})")
 
 
-def serve_command(name: str, port: int) -> list[str]:
+# A request at the work limit (pyfunc.MAX_TOKENS_PER_REQUEST, 100,000 tokens) takes 1–2.5 minutes on one
+# core of a 2-core EPYC. MLflow answers 504 after the timeout but cannot stop the work already started, so
+# the timeout only decides when a client stops waiting; it must outlast the largest allowed request.
+DEFAULT_TIMEOUT_S = 300
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def serve_command(
+    name: str, port: int, host: str = "127.0.0.1", workers: int = 1, timeout_s: int = DEFAULT_TIMEOUT_S
+) -> list[str]:
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     model = f"models:/{name}@{gate.CHAMPION}"
-    address = ["-h", "127.0.0.1", "-p", str(port)]
+    address = ["-h", host, "-p", str(port), "-w", str(workers), "-t", str(timeout_s)]
     return [str(mlflow_bin), "models", "serve", "-m", model, "--env-manager", "local", *address]
 
 
-def serve_env(uri: str) -> dict[str, str]:
+def serve_env(uri: str, workers: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     # the scoring server starts its workers by name, from this environment
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env["MLFLOW_TRACKING_URI"] = uri
+    # Each worker answers several requests at once in threads, and every torch thread beyond one per
+    # core waits for the others: cores ÷ workers intra-op threads each, unless the user chose.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // workers)))
     return env
 
 
+def check_serve_args(host: str, port: int, workers: int, timeout_s: int) -> None:
+    if not host.strip():
+        raise SeqlmError("--host is empty; give an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
+    if not 1 <= port <= 65535:
+        raise SeqlmError(f"--port must be between 1 and 65535, got {port}")
+    if workers < 1:
+        raise SeqlmError(f"--workers must be at least 1, got {workers}")
+    if timeout_s < 1:
+        raise SeqlmError(f"--timeout must be at least 1 second, got {timeout_s}")
+
+
 def cli_serve(args) -> None:
+    workers = cores() if args.workers is None else args.workers
+    check_serve_args(args.host, args.port, workers, args.timeout)
     client, name, uri = _open()
     champion = gate.read_champion(client, name)
     if champion is None:
         raise SeqlmError(f"{name} has no champion; run the register stage or `seqlm promote <version>`")
-    print(f"serve: {name} version {champion.version} (champion) at http://127.0.0.1:{args.port}/invocations")
-    code = subprocess.call(serve_command(name, args.port), env=serve_env(uri))
+    url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}/invocations"
+    print(
+        f"serve: {name} version {champion.version} (champion) at {url} "
+        f"({workers} worker{'s' * (workers != 1)}, {args.timeout} s timeout)"
+    )
+    if args.host not in LOOPBACK:
+        print(
+            f"serve: bound to {args.host}: anyone who can reach port {args.port} can use the model "
+            "(no login, request bodies read whole); put an authenticating proxy in front"
+        )
+    code = subprocess.call(
+        serve_command(name, args.port, args.host, workers, args.timeout), env=serve_env(uri, workers)
+    )
     if code != 0:
         raise SeqlmError(f"mlflow models serve exited with code {code}; its messages are above")

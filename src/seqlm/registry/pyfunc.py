@@ -12,8 +12,10 @@ Input: a DataFrame with a ``prompt`` column. Params pick the task:
 * ``task=next_words``: column ``next_words``, per prompt a list of ``{"word", "probability"}``,
   most likely first.
 
-Each request is bounded as a whole, not only per prompt: rows × new tokens and the prompts' total
-characters (a violation is HTTP 400 with the reason, like a bad ``task`` or ``seed``).
+Each request is bounded as a whole, not only per prompt: its work (rows × new tokens; for next_words
+rows × the search's depth × its width, 4·k) and the prompts' total characters. Input is the one column
+``prompt`` of strings; anything else (another column, a null, a number, an out-of-range param) is HTTP 400
+with the reason, never a 500 or a silently stringified prompt.
 
 Deliberately no ``from __future__ import annotations``: MLflow reads the ``pd.DataFrame`` hint on
 ``predict`` as a real type (a known type that it does not infer a schema from; the signature is given).
@@ -31,6 +33,12 @@ TASKS = ("generate", "next_words")
 MAX_TOKENS_PER_REQUEST = 100_000
 MAX_PROMPT_CHARS_PER_REQUEST = 1_000_000  # the prompts are encoded and run through the model too
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
+# Sampling runs in float32: a temperature below 1e-6 (greedy already) overflows the scaled logits, one
+# above 1e6 (uniform already) underflows them, and a top_p below 1e-6 rounds to 0: all three gave NaN
+# probabilities and an unexplained error.
+TEMPERATURE_RANGE = (1e-6, 1e6)
+MIN_TOP_P = 1e-6
+SHOWN_CHARS = 40  # a bad value is quoted in the error up to this many characters
 
 
 class SeqlmModel(PythonModel):
@@ -43,17 +51,18 @@ class SeqlmModel(PythonModel):
         from seqlm.core.errors import SeqlmError
 
         try:
-            return self._predict([str(x) for x in model_input["prompt"]], params)
+            return self._predict(_prompts(model_input), params)
         except SeqlmError as exc:  # a bad prompt or param: HTTP 400 from the scoring server, not 500
             raise MlflowException.invalid_parameter_value(str(exc)) from None
 
     def _predict(self, prompts: list[str], p: dict) -> pd.DataFrame:
         from seqlm.core.errors import SeqlmError
-        from seqlm.inference.words import MAX_WORD_CHARS, MAX_WORD_PIECES
+        from seqlm.inference.checks import check_k
+        from seqlm.inference.words import BEAM_PER_WORD
 
         # MLflow fills every param the caller left out from the signature's ParamSchema defaults.
         if p["task"] not in TASKS:
-            raise SeqlmError(f"task must be one of {' | '.join(TASKS)}, got {p['task']!r}")
+            raise SeqlmError(f"task must be one of {' | '.join(TASKS)}, got {_shown(p['task'])}")
         chars = sum(len(prompt) for prompt in prompts)
         if chars > MAX_PROMPT_CHARS_PER_REQUEST:
             raise SeqlmError(
@@ -63,14 +72,15 @@ class SeqlmModel(PythonModel):
         if p["task"] == "generate":
             seed, new = _integer(p, "seed"), _integer(p, "max_new_tokens")
             if not 0 <= seed <= MAX_SEED:
-                raise SeqlmError(f"seed must be an integer between 0 and {MAX_SEED}, got {p['seed']!r}")
+                raise SeqlmError(f"seed must be an integer between 0 and {MAX_SEED}, got {_shown(seed)}")
+            _check_sampling_floats(p)
             _check_work(len(prompts), new, "max_new_tokens")
             texts = [
                 self.generator.generate(
                     prompt,
                     max_new_tokens=new,
                     temperature=float(p["temperature"]),
-                    top_k=int(p["top_k"]),
+                    top_k=_integer(p, "top_k"),
                     top_p=float(p["top_p"]),
                     seed=seed,
                 )
@@ -78,7 +88,11 @@ class SeqlmModel(PythonModel):
             ]
             return pd.DataFrame({"text": texts})
         k = _integer(p, "k")
-        _check_work(len(prompts), max(MAX_WORD_PIECES, MAX_WORD_CHARS), "next-word search depth")
+        check_k(k)
+        # the search runs BEAM_PER_WORD·k partial words one piece at a time, up to the model's word depth
+        depth, width = self.generator.max_word_pieces, BEAM_PER_WORD * k
+        search = f"next-word search {depth} pieces deep × {width} wide for k={k}"
+        _check_work(len(prompts), depth * width, search, "send fewer prompts or a smaller k")
         rows = [
             [
                 {"word": word, "probability": float(prob)}
@@ -96,18 +110,68 @@ def _integer(params: dict, key: str) -> int:
 
     value = params[key]  # MLflow has converted it to the signature's type (long) where it could
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SeqlmError(f"{key} must be an integer, got {value!r}")
+        raise SeqlmError(f"{key} must be an integer, got {_shown(value)}")
     return int(value)
 
 
-def _check_work(rows: int, tokens_per_row: int, what: str) -> None:
+def _real(params: dict, key: str) -> float:
+    import numbers
+
+    from seqlm.core.errors import SeqlmError
+
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SeqlmError(f"{key} must be a number, got {_shown(value)}")
+    return float(value)
+
+
+def _check_work(
+    rows: int, tokens_per_row: int, what: str, remedy: str = "send fewer prompts or fewer tokens"
+) -> None:
     from seqlm.core.errors import SeqlmError
 
     if rows * tokens_per_row > MAX_TOKENS_PER_REQUEST:
         raise SeqlmError(
             f"{rows:,} prompts × {tokens_per_row:,} ({what}) = {rows * tokens_per_row:,} tokens of work; "
-            f"the limit per request is {MAX_TOKENS_PER_REQUEST:,}: send fewer prompts or fewer tokens"
+            f"the limit per request is {MAX_TOKENS_PER_REQUEST:,}: {remedy}"
         )
+
+
+def _prompts(frame) -> list[str]:
+    """The request's prompts: the one column ``prompt``, a string in every row."""
+    from seqlm.core.errors import SeqlmError
+
+    extra = [str(column) for column in frame.columns if column != "prompt"]
+    if extra or "prompt" not in frame.columns:
+        got = f"got column {_shown(extra[0])}" if extra else "got no columns"
+        raise SeqlmError(f"send one column, prompt (a string per row); {got}")
+    prompts = list(frame["prompt"])
+    for row, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise SeqlmError(f"prompt in row {row} must be a string, got {_shown(prompt)}")
+    return prompts
+
+
+def _check_sampling_floats(params: dict) -> None:
+    """What float32 sampling cannot do; negative, NaN and infinite values are the Generator's to refuse."""
+    import math
+
+    from seqlm.core.errors import SeqlmError
+
+    temperature, top_p = _real(params, "temperature"), _real(params, "top_p")
+    low, high = TEMPERATURE_RANGE
+    if 0 < temperature < low or high < temperature < math.inf:
+        raise SeqlmError(
+            f"temperature must be 0 (greedy) or between {low:g} and {high:g}, got {_shown(temperature)}"
+        )
+    if 0 < top_p < MIN_TOP_P:
+        raise SeqlmError(f"top_p must be between {MIN_TOP_P:g} and 1 (1 = off), got {_shown(top_p)}")
+
+
+def _shown(value) -> str:
+    """``repr(value)``, cut short: an error names the bad value without echoing a whole request back."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text):,} characters)"
 
 
 mlflow.models.set_model(SeqlmModel())
