@@ -90,7 +90,8 @@ def test_section_hash_is_unchanged_by_the_move_to_pydantic():
     # Recorded with the pre-pydantic implementation: a changed hash would make every run restart from scratch.
     # The model section's value was re-recorded when it gained the regularisation keys (decision 21) and
     # model.recurrent_gain (the study's provoked explosion), and model.chrono_max and model.embedding_init
-    # (the probes' long delays); the tokenizer section's when it gained tokenizer.add_dummy_prefix (the study's probes).
+    # (the probes' long delays); the tokenizer section's when it gained tokenizer.add_dummy_prefix (the
+    # study's probes).
     cfg = config.parse({})
     assert cfg.section_hash("model") == "58baec84b1d24c9a"
     assert (
