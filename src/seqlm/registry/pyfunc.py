@@ -10,7 +10,9 @@ Input: a DataFrame with a ``prompt`` column. Params pick the task:
 
 * ``task=generate``: column ``text``, a sampled continuation of each prompt;
 * ``task=next_words``: column ``next_words``, per prompt a list of ``{"word", "probability"}``,
-  most likely first.
+  most likely first;
+* ``task=score``: columns ``tokens``, ``bytes``, ``log_prob_nats`` and ``bits_per_byte``, each prompt
+  scored on its own from a fresh state as `seqlm score` scores a line (``seqlm.registry.score``).
 
 Each request is bounded as a whole, not only per prompt: rows × new tokens and the prompts' total
 characters (a violation is HTTP 400 with the reason, like a bad ``task`` or ``seed``).
@@ -25,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 ARTIFACT = "model_dir"
-TASKS = ("generate", "next_words")
+TASKS = ("generate", "next_words", "score")
 # One request's work: rows × new tokens. 100,000 sampled tokens is about a minute of one CPU core for
 # the small models seqlm trains; more would hold a scoring worker (and every request behind it) longer.
 MAX_TOKENS_PER_REQUEST = 100_000
@@ -36,8 +38,10 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 class SeqlmModel(PythonModel):
     def load_context(self, context) -> None:
         from seqlm.inference.generator import Generator
+        from seqlm.registry.score import Scorer
 
         self.generator = Generator.from_dir(context.artifacts[ARTIFACT])
+        self.scorer = Scorer(self.generator.model, self.generator.sp, self.generator.device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from seqlm.core.errors import SeqlmError
@@ -60,6 +64,8 @@ class SeqlmModel(PythonModel):
                 f"the request's prompts have {chars:,} characters in all; the limit is "
                 f"{MAX_PROMPT_CHARS_PER_REQUEST:,}: send fewer or shorter prompts per request"
             )
+        if p["task"] == "score":
+            return _scores(self.scorer.score(prompts))
         if p["task"] == "generate":
             seed, new = _integer(p, "seed"), _integer(p, "max_new_tokens")
             if not 0 <= seed <= MAX_SEED:
@@ -87,6 +93,17 @@ class SeqlmModel(PythonModel):
             for prompt in prompts
         ]
         return pd.DataFrame({"next_words": rows})
+
+
+def _scores(scores: list) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "tokens": [s.tokens for s in scores],
+            "bytes": [s.bytes for s in scores],
+            "log_prob_nats": [-s.nll for s in scores],
+            "bits_per_byte": [s.bits_per_byte for s in scores],
+        }
+    )
 
 
 def _integer(params: dict, key: str) -> int:
