@@ -7,6 +7,7 @@ and the sum over the lines is the episodic protocol's NLL of the same text.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -145,6 +146,43 @@ def test_stdin_streams_the_same_records_as_the_file(proj, tmp_path, capsys, monk
     rc, [document], _ = score(["-", "--document", "--batch-size", "1"], capsys)
     rc_file, [same], _ = score([str(path), "--document", "--batch-size", "1"], capsys)
     assert rc == rc_file == 0 and document == same | {"eval_tokens_per_s": document["eval_tokens_per_s"]}
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_a_progress_bar_and_stdout_the_records(proj):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+    import threading
+
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    shown = []
+
+    def read_terminal():
+        with contextlib.suppress(OSError):  # EIO once the child has gone and the terminal is closed
+            while data := os.read(master, 4096):
+                shown.append(data)
+
+    reader = threading.Thread(target=read_terminal)
+    reader.start()
+    test = proj.paths().raw_split("test")
+    done = subprocess.run(
+        [sys.executable, "-m", "seqlm.cli", "score", str(test)],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        timeout=300,
+    )
+    os.close(terminal)
+    reader.join(timeout=30)
+    os.close(master)
+    bar = b"".join(shown).decode()
+    assert done.returncode == 0, bar
+    assert "score: 100%" in bar and "score: " + str(test) in bar
+    assert records(done.stdout.decode())[-1]["record"] == "total"
 
 
 @pytest.mark.slow

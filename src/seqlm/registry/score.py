@@ -267,7 +267,9 @@ def cli_score(args) -> None:
     name = "stdin" if args.file == STDIN else args.file
     size = None if args.file == STDIN else check_file(Path(args.file))
     scorer = Scorer.from_dir(resolve_model_dir(args.model))
-    bar = tqdm(total=size, desc="score", unit="B", unit_scale=True, file=sys.stderr, disable=None)
+    bar = tqdm(
+        total=size, desc="score", unit="B", unit_scale=True, file=sys.stderr, disable=not sys.stderr.isatty()
+    )
     with bar, output(args.output) as out:
         if args.document:
             batch_size, bptt = document_protocol(args.batch_size, args.bptt)
