@@ -43,6 +43,7 @@ TOOLS: dict[str, str] = {
     "generate": "seqlm.registry.use:cli_generate",
     "predict": "seqlm.registry.use:cli_predict",
     "fill": "seqlm.registry.use:cli_fill",
+    "score": "seqlm.registry.score:cli_score",
     "models": "seqlm.registry.commands:cli_models",
     "promote": "seqlm.registry.commands:cli_promote",
     "rollback": "seqlm.registry.commands:cli_rollback",
@@ -138,6 +139,38 @@ def _add_tools(sub) -> None:
         help="comma-separated words to rank too, e.g. English,French (any number of pieces)",
     )
     _add_model_arg(fill)
+
+    from seqlm.registry.score import LINES_PER_BATCH  # numpy only: no heavy imports at module level
+
+    score = sub.add_parser(
+        "score",
+        help="log-probability and bits per byte of every line of a file (JSON lines)",
+        description="Score text with a next-token model. Per line (the default) every line is read on "
+        "its own from a fresh state; each gets a record {record: line, line, tokens, bytes, "
+        "log_prob_nats (natural log), bits_per_byte}, written as it is scored, and a last record "
+        "{record: total} gives the file's bits per byte. --document reads the whole text as the evaluate "
+        "stage reads a split (parallel streams, the state carried across lines) and writes only the "
+        "total: on data/raw/test.txt it is evaluate's test bits per byte.",
+    )
+    score.add_argument("file", help="a UTF-8 text file, or - for stdin")
+    score.add_argument(
+        "--output", help="write the JSON lines here (atomically, complete or not at all) instead of stdout"
+    )
+    score.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"lines per batch (default {LINES_PER_BATCH}); with --document, parallel streams "
+        "(default: evaluate.batch_size of params.yaml)",
+    )
+    score.add_argument(
+        "--document",
+        action="store_true",
+        help="score the text as one document, the state carried across lines, as evaluate does",
+    )
+    score.add_argument(
+        "--bptt", type=int, help="with --document, tokens per window (default: evaluate.bptt of params.yaml)"
+    )
+    _add_model_arg(score)
 
     models = sub.add_parser(
         "models", help="registered versions: aliases, valid and test bits/byte, word perplexity, run"

@@ -10,7 +10,9 @@ Input: a DataFrame with a ``prompt`` column. Params pick the task:
 
 * ``task=generate``: column ``text``, a sampled continuation of each prompt;
 * ``task=next_words``: column ``next_words``, per prompt a list of ``{"word", "probability"}``,
-  most likely first.
+  most likely first;
+* ``task=score``: columns ``tokens``, ``bytes``, ``log_prob_nats`` and ``bits_per_byte``, each prompt
+  scored on its own from a fresh state as `seqlm score` scores a line (``seqlm.registry.score``).
 
 Each request is bounded as a whole, not only per prompt: its work (rows × new tokens; for next_words
 rows × the search's depth × its width, 4·k) and the prompts' total characters. Input is the one column
@@ -27,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 ARTIFACT = "model_dir"
-TASKS = ("generate", "next_words")
+TASKS = ("generate", "next_words", "score")
 # One request's work: rows × new tokens. 100,000 sampled tokens is about a minute of one CPU core for
 # the small models seqlm trains; more would hold a scoring worker (and every request behind it) longer.
 MAX_TOKENS_PER_REQUEST = 100_000
@@ -44,8 +46,10 @@ SHOWN_CHARS = 40  # a bad value is quoted in the error up to this many character
 class SeqlmModel(PythonModel):
     def load_context(self, context) -> None:
         from seqlm.inference.generator import Generator
+        from seqlm.registry.score import Scorer
 
         self.generator = Generator.from_dir(context.artifacts[ARTIFACT])
+        self.scorer = Scorer(self.generator.model, self.generator.sp, self.generator.device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from seqlm.core.errors import SeqlmError
@@ -69,6 +73,8 @@ class SeqlmModel(PythonModel):
                 f"the request's prompts have {chars:,} characters in all; the limit is "
                 f"{MAX_PROMPT_CHARS_PER_REQUEST:,}: send fewer or shorter prompts per request"
             )
+        if p["task"] == "score":
+            return _scores(self.scorer.score(prompts))
         if p["task"] == "generate":
             seed, new = _integer(p, "seed"), _integer(p, "max_new_tokens")
             if not 0 <= seed <= MAX_SEED:
@@ -101,6 +107,17 @@ class SeqlmModel(PythonModel):
             for prompt in prompts
         ]
         return pd.DataFrame({"next_words": rows})
+
+
+def _scores(scores: list) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "tokens": [s.tokens for s in scores],
+            "bytes": [s.bytes for s in scores],
+            "log_prob_nats": [-s.nll for s in scores],
+            "bits_per_byte": [s.bits_per_byte for s in scores],
+        }
+    )
 
 
 def _integer(params: dict, key: str) -> int:
