@@ -208,7 +208,7 @@ def test_a_bad_value_is_quoted_short(model):
     with pytest.raises(MlflowException) as refused:
         ask(model, ["the dog"], task="x" * 100_000)
     message = refused.value.message
-    assert message.startswith("task must be one of generate | next_words, got 'xxxx")
+    assert message.startswith("task must be one of generate | next_words | score, got 'xxxx")
     assert message.endswith("… (100,002 characters)") and len(message) < 150
 
 
