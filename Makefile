@@ -40,11 +40,13 @@ chromium: ## Debian's Chromium for the MLflow UI test, with sudo apt-get when it
 run: setup ## the whole pipeline: dvc repro
 	$(BIN)/dvc repro
 
-# The sequence-model study (docs/study.md): 320 queued DVC experiments (64 cells × 5 seeds), at most about 30 h
-# on 2 CPU cores (probes stop when solved); `seqlm study --gpu` the GPU path, `seqlm study --quick` a first look
-# in under 20 minutes.
-study: setup ## the sequence-model study, docs/study.md (hours: see seqlm study --dry-run; --quick 20 min)
-	$(BIN)/seqlm study
+# The sequence-model study (docs/study.md): 445 queued DVC experiments (89 cells × 5 seeds), at most about 34 h
+# on 2 CPU cores (probes stop when solved): run it with STUDY=--gpu, or across machines (STUDY="--shard 1/3
+# --stamp S" on each, then STUDY="--collect --stamp S"; docs/study-design.md); STUDY=--quick is a first look in
+# under 20 minutes, STUDY=--tune chooses the probes' learning rates first.
+STUDY ?=
+study: setup ## the sequence-model study, docs/study.md (hours: see seqlm study --dry-run; STUDY=--quick 20 min)
+	$(BIN)/seqlm study $(STUDY)
 
 lint: setup ## ruff format --check and ruff check
 	$(BIN)/ruff format --check src tests bench pipeline
