@@ -195,6 +195,22 @@ def test_window_models_report_zero_gradient_past_the_present_and_plot(trained, t
     assert (tmp_path / "flow.png").stat().st_size > 0 and (tmp_path / "ablation.png").stat().st_size > 0
 
 
+def test_gradient_flow_measures_a_vanishing_gradient_below_float32s_floor(trained):
+    from seqlm.config import ModelConfig
+    from seqlm.evaluation import diagnostics
+    from seqlm.models import build_model
+
+    valid, meta = tokens(trained, "valid")
+    torch.manual_seed(0)
+    config = ModelConfig(family="rnn", embedding_size=16, hidden_size=16, recurrent_gain=0.05)
+    rnn = build_model(config, meta["vocab_size"])
+    data = diagnostics.gradient_flow(rnn, valid, 48, "cpu")
+    norms = [row["gradient_norm"] for row in data["rows"]]
+    # W_hh × 0.05: ~0.05^k, far below float32's smallest ~1e-45 by k = 48, which float32 would report as 0
+    assert 0 < norms[-1] < 1e-50 and all(a > b for a, b in zip(norms, norms[1:]))
+    assert next(rnn.parameters()).dtype == torch.float32  # measured on a copy: the model is untouched
+
+
 def test_samples_have_prompts_and_cloze_tables(trained, evaluated):
     text = (trained.paths().eval_reports / "samples.md").read_text()
     ev = trained.config().evaluate

@@ -93,8 +93,12 @@ def gradient_flow(model, tokens: np.ndarray, steps: int, device) -> dict:
     """Mean ‖∂ℓ_T / ∂h_{T−k}‖ over windows of K+1 valid tokens (K = ``steps``), ℓ_T the last one's loss.
 
     One backward pass per window gives every k at once: ``forward_with_hidden`` exposes h_t for all t.
-    The streams' rows are independent, so the gradient of their summed loss is each row's own.
+    The streams' rows are independent, so the gradient of their summed loss is each row's own. The pass
+    runs on a float64 copy of the model: in float32 a vanishing gradient reaches exact zero below ~1e-45
+    (and a tanh RNN's did within 64 steps), which would measure the format's floor, not the gradient.
     """
+    import copy
+
     import torch
     import torch.nn.functional as F
 
@@ -110,7 +114,7 @@ def gradient_flow(model, tokens: np.ndarray, steps: int, device) -> dict:
     stream = StreamWindows(tokens, streams, length)
     windows = [w for w in islice(stream_windows(stream, length), GRADIENT_WINDOWS + 1) if w.length == length]
     warmup = windows[:1] if len(windows) > 1 else []
-    model.eval()
+    model = copy.deepcopy(model).double().eval()
     state = model.init_state(streams, device)
     with torch.no_grad():
         for w in warmup:
@@ -121,9 +125,9 @@ def gradient_flow(model, tokens: np.ndarray, steps: int, device) -> dict:
         x, y = (t.to(device) for t in stream.read(w))
         with torch.enable_grad():
             logits, new_state, hidden = model.forward_with_hidden(x, state)
-            loss = F.cross_entropy(logits[:, -1].float(), y[:, -1], reduction="sum")
+            loss = F.cross_entropy(logits[:, -1], y[:, -1], reduction="sum")
             (grad,) = torch.autograd.grad(loss, hidden)
-        total += grad.float().norm(dim=-1).flip(1).double().sum(0).cpu()  # column k = position T-1-k
+        total += grad.norm(dim=-1).flip(1).sum(0).cpu()  # column k = position T-1-k
         state = model.detach_state(new_state)
     mean = (total / (len(measured) * streams)).tolist()
     by_layer = spectral_radii(model)

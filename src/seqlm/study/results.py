@@ -126,11 +126,12 @@ def gradient_ratio(r, k: int | None = None) -> float | None:
 
 
 def log10_gradient_ratio(r) -> float | None:
-    """log10 of ``gradient_ratio``; a ratio of 0 (below float precision) reads as -45, float32's floor."""
+    """log10 of ``gradient_ratio``; a ratio of 0 (below float64's range: the diagnostic runs in float64)
+    reads as -324, its floor."""
     ratio = gradient_ratio(r)
     if ratio is None:
         return None
-    return math.log10(ratio) if ratio > 0 else -45.0
+    return math.log10(ratio) if ratio > 0 else -324.0
 
 
 def log10_max_grad_norm(r) -> float | None:
