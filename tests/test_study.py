@@ -73,15 +73,17 @@ def test_every_text_family_trains_on_the_same_tokens_and_the_wide_window_is_the_
     plan, quick_plan, params
 ):
     text = [e for e in plan if e.group == "text"]
-    steps = planning.text_steps(params, OPTIONS.text_tokens)
+    steps = budget.text_steps(32 * 64, OPTIONS.text_tokens)
     per_step = params["train"]["batch_size"] * params["train"]["bptt"]
     assert {
         (e.overrides["train.max_steps"], e.overrides["train.batch_size"] * e.overrides["train.bptt"])
         for e in text
     } == {(steps, per_step)}
     assert steps * per_step >= OPTIONS.text_tokens > (steps - 1) * per_step  # rounded up to whole updates
-    # more updates than the warm-up, so every family's schedule reaches its peak and anneals
-    assert steps > params["train"]["warmup_steps"]
+    # a warm-up of a twentieth of the updates (params.yaml's 100 would be 40% of them), so every family's
+    # schedule spends its budget near its peak and anneals
+    assert {e.overrides["train.warmup_steps"] for e in text} == {max(10, steps // 20)}
+    assert {e.overrides["train.warmup_steps"] for e in quick_plan if e.group == "text"} == {10}
     # the same tokens cost the families different minutes; the wide window's 2.6M parameters the most
     minutes = {e.family: budget.training_minutes(e) for e in text if e.seed == planning.SEED}
     assert max(minutes, key=minutes.get) == "ffn_window-wide" and min(minutes.values()) > 0
@@ -90,7 +92,7 @@ def test_every_text_family_trains_on_the_same_tokens_and_the_wide_window_is_the_
     )
     quick_steps = {e.overrides["train.max_steps"] for e in quick_plan if e.group == "text"}
     assert (
-        quick_steps == {planning.text_steps(params, QUICK.text_tokens)}
+        quick_steps == {budget.text_steps(32 * 64, QUICK.text_tokens)}
         and QUICK.text_tokens < OPTIONS.text_tokens
     )
     with pytest.raises(SeqlmError, match="--text-tokens must be at least 1, got 0"):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqlm.core.errors import SeqlmError
+from seqlm.study import budget
 from seqlm.study.families import (
     CHRONO_FAMILIES,
     FAMILIES,
@@ -268,21 +269,15 @@ def _seeded(cell: Experiment, i: int, stamp: str) -> Experiment:
 
 def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> list[Experiment]:
     batch, bptt = config_value(params, "train.batch_size"), config_value(params, "train.bptt")
-    steps = text_steps(params, options.text_tokens)
+    steps = budget.text_steps(
+        config_value(params, "train.batch_size") * config_value(params, "train.bptt"), options.text_tokens
+    )
     # batch and bptt set explicitly: the tokens per update, so the token budget reads off every experiment
     text = {**common, **STEP_BUDGET, "train.max_steps": steps, **TEXT_EVALUATE}
-    text |= {"train.batch_size": batch, "train.bptt": bptt}
+    text |= {"train.batch_size": batch, "train.bptt": bptt, "train.warmup_steps": budget.text_warmup(steps)}
     if options.gpu:
         text |= GPU_TEXT_SIZE
     return _matched(params, "text", "text", options.text_families, text, vocab)
-
-
-def text_steps(params: dict, tokens: int) -> int:
-    """The updates that train every text family on at least ``tokens`` tokens: batch_size × bptt each."""
-    if tokens < 1:
-        raise SeqlmError(f"seqlm study: --text-tokens must be at least 1, got {tokens}")
-    per_step = config_value(params, "train.batch_size") * config_value(params, "train.bptt")
-    return -(-tokens // per_step)
 
 
 def probe_cells(params: dict, options: Options) -> list[Experiment]:
