@@ -2,9 +2,9 @@
 
 MLflow copies this file into the model and runs it on load; ``set_model`` at the bottom names the
 model object. The exported folder (weights.safetensors, config.json, spm.model) travels as the
-artifact ``model_dir``. The seqlm package itself must be importable where the model is loaded
-(``mlflow models serve --env-manager local`` from the project's environment); it is imported
-inside the methods, and nothing in seqlm imports this file (that would run ``set_model``).
+artifact ``model_dir``, and the seqlm package as the model's code (``code/seqlm``, which MLflow puts
+first on ``sys.path``); seqlm is imported inside the methods, and nothing in seqlm imports this file
+(that would run ``set_model``).
 
 Input: a DataFrame with a ``prompt`` column. Params pick the task:
 

@@ -91,13 +91,26 @@ def signature():
     )
 
 
+# What the pyfunc's load and predict import, seqlm's own code aside (it travels in the model's code/):
+# a clean environment installs these and nothing of the training stack (lightning, dvc, datasets).
+# pydantic: seqlm.config, which the tokenizer module reads its settings class from.
+INFERENCE_DISTRIBUTIONS = ("mlflow", "torch", "sentencepiece", "safetensors", "numpy", "pandas", "pydantic")
+
+
+def package_dir() -> Path:
+    """The seqlm package's folder, logged whole as the model's code (MLflow puts it first on sys.path)."""
+    import seqlm
+
+    return Path(seqlm.__file__).parent
+
+
 def pip_requirements() -> list[str]:
-    """Pinned to what is installed, so logging never asks a package index. seqlm itself is not on an
-    index: the model loads where seqlm is installed (`mlflow models serve --env-manager local`)."""
+    """Pinned to what is installed, so logging never asks a package index; torch without its local
+    label (2.13.0+cpu is 2.13.0, as pyproject.toml pins it), which pip matches to the CPU build."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for dist in ("mlflow", "torch", "sentencepiece", "safetensors", "numpy", "pandas"):
+    for dist in INFERENCE_DISTRIBUTIONS:
         try:
             out.append(f"{dist}=={version(dist).split('+')[0]}")
         except PackageNotFoundError:
@@ -137,12 +150,13 @@ def log_pyfunc(cfg: Config, paths: Paths, run: RunHandle, weights_sha256: str) -
             name=cfg.registry.model_name,
             python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(paths.model_dir)},  # pyfunc.ARTIFACT; resolve.find_model_dir finds it
+            code_paths=[str(package_dir())],  # the model's code/seqlm: it loads without seqlm installed
             signature=signature(),
             input_example=example,
             pip_requirements=pip_requirements(),
             metadata={
                 "seqlm_version": seqlm.__version__,
-                "needs": "the seqlm package (serve with --env-manager local)",
+                "needs": "its requirements.txt; seqlm's code is in code/seqlm",
             },
             tags={RUN_ID_TAG: run.run_id, WEIGHTS_TAG: weights_sha256},
         )
