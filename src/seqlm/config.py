@@ -136,6 +136,7 @@ class TrainConfig(_Frozen):
     num_nodes: int = Field(1, ge=1)
     checkpoint_every_minutes: float = Field(2.0, gt=0)
     log_every_steps: int = Field(10, ge=1)
+    system_metrics_seconds: float = Field(10.0, ge=0, description="0 turns them off")
 
 
 class EvaluateConfig(_Frozen):

@@ -196,6 +196,29 @@ def register_version(
     return version, False
 
 
+# ------------------------------------------------------------------------------------------ model metrics
+
+
+def log_evaluation(run: RunHandle, paths: Paths, name: str, version: int) -> None:
+    """reports/eval/metrics.json on the version's logged model, each metric naming the dataset (the split)
+    it was measured on, so the model's page and a search over logged models show its scores."""
+    from seqlm.tracking.datasets import log_model_metrics, read_manifest
+
+    model_id = logged_model_id(run.client.get_model_version(name, str(version)))
+    if model_id:  # a version registered from a run's artifacts has no logged model to carry them
+        metrics = json.loads(paths.eval_metrics.read_text())
+        log_model_metrics(run, model_id, metrics, read_manifest(paths))
+
+
+def logged_model_id(version) -> str | None:
+    """The logged model a version was registered from: its ``model_id``, which a sqlite registry leaves
+    empty, else the id in its source ``models:/<model_id>``."""
+    if version.model_id:
+        return version.model_id
+    rest = version.source.removeprefix("models:/") if version.source.startswith("models:/") else ""
+    return rest if rest and "/" not in rest and "@" not in rest else None
+
+
 # ------------------------------------------------------------------------------------------ descriptions
 
 MODEL_DESCRIPTION = (

@@ -23,7 +23,7 @@ from seqlm.core.paths import Paths
 from seqlm.evaluation.protocols import for_model
 from seqlm.registry import gate
 from seqlm.registry.gate import Score
-from seqlm.registry.register import apply_gate, register_version
+from seqlm.registry.register import apply_gate, log_evaluation, register_version
 from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import read_run_json
 from seqlm.tracking.store import check_reachable, connect, tracking_uri
@@ -53,6 +53,7 @@ def run_register(cfg: Config, paths: Paths) -> dict:
     check_run(run, (valid, test), uri, paths)
     before = gate.aliases(client, name)
     version, reused = register_version(cfg, paths, run, weights, (valid, test))
+    log_evaluation(run, paths, name, version)
     client.set_registered_model_alias(name, gate.CHALLENGER, str(version))
     challenger = replace(valid, version=version)
     decision = apply_gate(cfg, paths, client, version, challenger)

@@ -16,6 +16,7 @@ from seqlm.core.redact import redact_url
 from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
+from seqlm.tracking.system import system_metrics
 
 
 def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
@@ -92,10 +93,13 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
                 print(f"train: sent {sent} step metrics the tracking store missed before the interruption")
         if rank0:
             resume.record(paths, fingerprint, run.run_id, complete=False)
+            _log_inputs(run, paths)  # MLflow keeps one input per dataset: a resumed run adds none
 
-        fit(trainer, lm, datamodule, start.ckpt_path, paths, run, progress)
-        if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
-            trainer.validate(lm, datamodule=datamodule, verbose=False)
+        # rank 0 alone samples, since only it holds the run (on several nodes, its node's machine)
+        with system_metrics(run, cfg.train.system_metrics_seconds):
+            fit(trainer, lm, datamodule, start.ckpt_path, paths, run, progress)
+            if not lm.val_history or lm.val_history[-1][0] != trainer.global_step:
+                trainer.validate(lm, datamodule=datamodule, verbose=False)
 
         if not rank0:
             return {}
@@ -134,6 +138,14 @@ def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunH
     params.append(Param("model.num_parameters", str(model.num_parameters())))
     params.append(Param("train.precision_resolved", precision))
     return RunHandle.create(client, experiment, f"{cfg.model.family}-{cfg.model.hidden_size}", tags, params)
+
+
+def _log_inputs(run: RunHandle, paths: Paths) -> None:
+    """The corpus splits the tokens were made from, as the run's dataset inputs (their lineage)."""
+    from seqlm.tracking.datasets import log_dataset_inputs
+
+    if not log_dataset_inputs(run, paths):
+        print(f"train: no split digests in {paths.manifest}; the run records no dataset inputs")
 
 
 def perplexity(loss: float) -> float | None:

@@ -33,6 +33,7 @@ BUDGET_KEYS = frozenset(
         "train.early_stopping_patience",
         "train.stop_at_recall",
         "train.loss_chunk_mb",
+        "train.system_metrics_seconds",
     }
 )
 KEEP_PREVIOUS = 2
