@@ -25,16 +25,23 @@ from seqlm.evaluation.ngram import NgramBaselines
 from seqlm.evaluation.protocols import for_model
 from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import read_run_json
-from seqlm.tracking.store import check_reachable, connect, tracking_uri
+from seqlm.tracking.store import check_reachable, connect, lost_connection, server_lost, tracking_uri
 
 
 def run_evaluate(cfg: Config, paths: Paths) -> dict:
     """models/model + data/tokens + data/raw/test.txt → reports/eval/, mirrored into the pipeline's run."""
+    atomic.remove(paths.eval_reports)  # stale reports must not outlive a failed evaluation
+    reports = paths.eval_reports.relative_to(paths.root)
+    # the reports are swapped in after the run has them: a lost server leaves neither half done
+    with server_lost("evaluate", f"{reports} was not written; re-run `dvc repro evaluate` when it answers"):
+        return _evaluate(cfg, paths)
+
+
+def _evaluate(cfg: Config, paths: Paths) -> dict:
     import torch
 
     from seqlm.models import export
 
-    atomic.remove(paths.eval_reports)  # stale reports must not outlive a failed evaluation
     run, model_config, meta = check_inputs(paths)
     ev = cfg.evaluate
     test = open_split(paths, meta, "test", ev.batch_size)
@@ -155,6 +162,8 @@ def open_run(paths: Paths, run_id: str) -> RunHandle:
     try:
         run.get()
     except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        if lost_connection(exc) is not None:  # not a missing run: a server that died since it answered
+            raise
         raise SeqlmError(
             f"{paths.run_json}: run {run_id} is not in the MLflow store {redact_url(uri)} "
             f"({type(exc).__name__}); re-run train (`dvc repro -f train`)"

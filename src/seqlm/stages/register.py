@@ -26,16 +26,31 @@ from seqlm.registry.gate import Score
 from seqlm.registry.register import apply_gate, log_evaluation, register_version
 from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import read_run_json
-from seqlm.tracking.store import check_reachable, connect, tracking_uri
+from seqlm.tracking.store import check_reachable, connect, server_lost, tracking_uri
 
 REPORT_FORMAT = "seqlm-register/1"
 NOTHING = "nothing registered"
 
 
 def run_register(cfg: Config, paths: Paths) -> dict:
+    atomic.remove(paths.register_json)  # a failed registration must not leave the last one's record
+    report = paths.register_json.relative_to(paths.root)
+    then = (
+        f"{report} was not written; re-run `dvc repro register` when it answers "
+        "(it reuses what this run registered)"
+    )
+    try:
+        with server_lost("register", then):
+            return _register(cfg, paths)
+    except BaseException:
+        # the report is written before it is logged into the run: a failure after that must not leave it
+        atomic.remove(paths.register_json)
+        raise
+
+
+def _register(cfg: Config, paths: Paths) -> dict:
     from seqlm.models import export
 
-    atomic.remove(paths.register_json)  # a failed registration must not leave the last one's record
     uri = tracking_uri(paths)
     check_reachable(uri)
     run_id = read_run_json(paths)["run_id"]

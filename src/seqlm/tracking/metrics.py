@@ -14,6 +14,9 @@ from typing import Any
 from seqlm.core.atomic import write_json
 from seqlm.core.errors import SeqlmError
 from seqlm.tracking.run import METRICS_PER_BATCH, RunHandle
+from seqlm.tracking.store import describe_lost, store_errors
+
+__all__ = ["MetricBuffer", "TrackingLost", "metric_list", "send_unsent", "store_errors"]
 
 
 class TrackingLost(SeqlmError):
@@ -21,20 +24,7 @@ class TrackingLost(SeqlmError):
 
     def __init__(self, cause: Exception):
         self.cause = cause
-        super().__init__(f"lost the MLflow tracking store: {_first_line(cause)}")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
-def store_errors() -> tuple[type[BaseException], ...]:
-    """What MLflow raises when its store is gone (a server refusing, timing out, or a broken database)."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    return (MlflowException, requests.RequestException, OSError)
+        super().__init__(f"lost {describe_lost(cause)}")
 
 
 class MetricBuffer:

@@ -6,8 +6,11 @@ import contextlib
 import fcntl
 import http.client
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from seqlm.core.errors import SeqlmError
@@ -26,6 +29,25 @@ def store_root(paths: Paths) -> Path:
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return paths.root
+
+
+# MLflow's own defaults retry a refused connection for about four minutes (7 retries, the wait doubling
+# from 4 s to 120 s) and wait 120 s for each answer, so a run whose server died or hung learned it
+# minutes late, in the worst case twenty. Ours give up within a minute either way: 3 attempts of at most
+# 15 s each, 0 s and 2 s apart (+ up to 1 s jitter each), and a refused connection in about 3 s. The
+# timeout bounds each wait for the server's next bytes, not a whole upload. A value the user exported
+# wins (docs/operations.md).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+def set_http_defaults() -> None:
+    """MLflow's HTTP client reads these at every request: set before the first, the user's kept."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def tracking_uri(paths: Paths) -> str:
@@ -65,6 +87,7 @@ def connect(uri: str):
     """
     import mlflow
 
+    set_http_defaults()
     if redact_url(uri) != uri:
         # MLflow prints "View run … at: <tracking URI>/#/…" to stdout as a run ends, password and all
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -119,3 +142,68 @@ def experiment_id(mlflow_client, name: str, paths: Paths) -> str:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
             raise
         return found.experiment_id
+
+
+# ------------------------------------------------------------------------------------------ a lost server
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow raises when its store is gone (a server refusing, timing out, or a broken database)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.RequestException, OSError)
+
+
+def lost_connection(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain that says the server stopped answering (refused, reset, timed out)."""
+    import requests
+
+    lost = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, lost):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_lost(exc: BaseException) -> str:
+    """``the MLflow tracking server <url> (<what went wrong>)`` for a request that found no server, else
+    the first line of MLflow's message; redacted either way."""
+    import requests
+
+    found = lost_connection(exc)
+    if found is None:
+        lines = str(exc).strip().splitlines()
+        return "the MLflow tracking store: " + redact_url((lines[0] if lines else type(exc).__name__)[:200])
+    request = getattr(found, "request", None)
+    url = urllib.parse.urlsplit(getattr(request, "url", None) or "")
+    server = f"{url.scheme}://{url.netloc}" if url.netloc else "(unknown address)"
+    # urllib3 buries the cause in a long repr: "... [Errno 111] Connection refused'))", and a read timeout
+    # after the last retry arrives as a ConnectionError: "... Read timed out. (read timeout=15)"
+    text = str(found)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
+    waited = re.search(r"timeout=(\d+(?:\.\d+)?)", text)
+    if errno:
+        reason = errno.group(0).strip()
+    elif waited:
+        reason = f"no answer within {waited.group(1)} s"
+    elif isinstance(found, requests.Timeout):
+        reason = "no answer in time"
+    else:
+        reason = type(found).__name__
+    return f"the MLflow tracking server {redact_url(server)} ({reason})"
+
+
+@contextlib.contextmanager
+def server_lost(stage: str, then: str) -> Iterator[None]:
+    """Around a stage's MLflow calls: a server that stops answering ends the stage with one line,
+    ``then`` saying what was kept and how to go on; any other error passes through unchanged."""
+    try:
+        yield
+    except store_errors() as exc:
+        if lost_connection(exc) is None:
+            raise
+        raise SeqlmError(f"{stage}: lost {describe_lost(exc)}; {then}") from None
