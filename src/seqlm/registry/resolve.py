@@ -18,7 +18,7 @@ from pathlib import Path
 from seqlm.core.errors import SeqlmError
 from seqlm.core.hashing import file_sha256
 from seqlm.core.paths import Paths
-from seqlm.tracking.store import check_reachable, tracking_uri
+from seqlm.tracking.store import check_reachable, connect, tracking_uri
 
 REGISTRY_SCHEME = "models:/"
 WEIGHTS_TAG = "seqlm.weights_sha256"  # every version register creates carries it
@@ -79,7 +79,7 @@ def _download(uri: str) -> Path:
     import mlflow
 
     try:
-        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        client = connect(store)  # seqlm's HTTP timeouts: a lost server is one line in seconds, not minutes
         name, version, weights = _registry_version(client, uri)
         key = version if weights is None else f"{version}-{weights[:16]}"
         cache = _cache_root() / hashlib.sha256(store.encode()).hexdigest()[:12] / name / key
