@@ -21,6 +21,8 @@ from seqlm.core.redact import redact_url, url_credential
 
 # YAML gives lists, strict mode takes only tuples, and tuples keep the frozen models hashable.
 _FromList = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
+# YAML 1.1 reads a bare `off` as false
+_OffIsFalse = BeforeValidator(lambda v: "off" if v is False else v)
 Fraction = Annotated[float, Field(gt=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -126,6 +128,8 @@ class TrainConfig(_Frozen):
     max_epochs: int = Field(20, ge=1)
     max_steps: int = Field(0, ge=0, description="0 means no limit")
     max_minutes: float = Field(3.5, ge=0, description="0 means no limit")
+    plan: Annotated[Literal["off", "auto"], _OffIsFalse] = "off"
+    plan_tokens_per_s: float = Field(0.0, ge=0, description="0 measures it on this machine")
     early_stopping_patience: int = Field(3, ge=0, description="0 disables early stopping")
     val_every_steps: int = Field(250, ge=0, description="0 means once per epoch")
     stop_at_recall: float = Field(0.0, ge=0, le=1, description="0 means off")

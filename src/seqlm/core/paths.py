@@ -87,6 +87,11 @@ class Paths:
         return self.models_dir / "last.json"
 
     @property
+    def last_plan(self) -> Path:
+        """The budget plan (train.plan: auto) of the run ``last.ckpt`` belongs to, reused when it resumes."""
+        return self.models_dir / "last.plan.json"
+
+    @property
     def unsent_metrics(self) -> Path:
         """Step metrics a lost tracking store did not take; sent when the run resumes."""
         return self.models_dir / "last.metrics.json"

@@ -17,6 +17,7 @@ from seqlm.tracking.run import RunHandle
 from seqlm.tracking.run_record import write_run_json
 from seqlm.tracking.store import check_reachable, connect, experiment_id, tracking_uri
 from seqlm.tracking.system import system_metrics
+from seqlm.training.planner import apply as apply_plan
 
 
 def run_train(cfg: Config, paths: Paths, fresh: bool = False) -> dict:
@@ -63,6 +64,10 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         return resume.resume_point(paths, fingerprint, fresh)
 
     start = agree_on_resume(trainer, decide, lambda: resume.peek(paths, fingerprint, fresh))
+    plan = None
+    if cfg.train.plan == "auto":  # before seeding: the measurement's throwaway model draws no seeded numbers
+        plan = _plan(cfg, paths, meta, device.kind, precision, trainer.world_size, start.ckpt_path, rank0)
+        cfg = apply_plan(cfg, plan)
 
     pl.seed_everything(cfg.base.seed, workers=True, verbose=False)
     if device.kind == "cuda":
@@ -84,7 +89,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
         if start.run_id:
             run = RunHandle(client, start.run_id)
         else:
-            run = _start_run(client, experiment, cfg, paths, device, precision, model)
+            run = _start_run(client, experiment, cfg, paths, device, precision, model, plan)
         progress.attach(run)
     with run_ends_marked(run, paths):
         if rank0 and start.run_id:
@@ -103,7 +108,7 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
 
         if not rank0:
             return {}
-        metrics = _metrics(cfg, trainer, lm, progress, precision)
+        metrics = _metrics(cfg, trainer, lm, progress, precision) | _plan_metrics(plan)
         _export(paths, lm, best, meta, metrics, device, run.run_id)
         _write_reports(paths, metrics, progress, lm)
         _log_and_close(paths, run, metrics, progress, trainer.global_step)
@@ -119,7 +124,61 @@ def _train(cfg: Config, paths: Paths, uri: str, fresh: bool) -> dict:
     return metrics
 
 
-def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunHandle:
+def _plan(cfg: Config, paths: Paths, meta: dict, device_kind, precision, world_size, ckpt_path, rank0):
+    """The budget plan: the resumed run's own, else from train.plan_tokens_per_s or a measurement."""
+    import json
+
+    from seqlm.models import build_model
+    from seqlm.training import planner
+
+    if ckpt_path and paths.last_plan.is_file():
+        plan = planner.Plan(**json.loads(paths.last_plan.read_text()))
+    else:
+        tokens_per_s, source = cfg.train.plan_tokens_per_s, "given"
+        if not tokens_per_s:
+            if world_size > 1:  # each process would measure its own and could choose another plan
+                raise SeqlmError(
+                    "params.yaml: train.plan: auto with several processes needs train.plan_tokens_per_s "
+                    "(the run's total tokens/s, e.g. from a short run's log), got 0"
+                )
+            probe = build_model(cfg.model, meta["vocab_size"], cfg.train.objective)
+            tokens_per_s = planner.measure_tokens_per_s(
+                probe,
+                cfg.train.batch_size,
+                cfg.train.bptt,
+                meta["vocab_size"],
+                precision,
+                device_kind,
+                cfg.train.loss_chunk_mb,
+            )
+            source = "measured"
+        plan = planner.choose(
+            tokens_per_s,
+            meta["splits"]["train"]["tokens"],
+            cfg.train.batch_size * cfg.train.bptt * world_size,
+            cfg.train.max_minutes,
+            cfg.train.max_steps,
+            cfg.train.max_epochs,
+            source,
+        )
+    if rank0:
+        write_json(paths.last_plan, plan.to_dict())
+        print(planner.describe(plan))
+    return plan
+
+
+def _plan_metrics(plan) -> dict:
+    if plan is None:
+        return {}
+    return {
+        "plan_regime": plan.regime,
+        "plan_expected_epochs": plan.expected_epochs,
+        "plan_tokens_per_s": plan.tokens_per_s,
+        "plan_tokens_per_s_source": plan.tokens_per_s_source,
+    }
+
+
+def _start_run(client, experiment, cfg, paths, device, precision, model, plan) -> RunHandle:
     from mlflow.entities import Param
 
     from seqlm.tracking.lineage import lineage_tags
@@ -137,6 +196,15 @@ def _start_run(client, experiment, cfg, paths, device, precision, model) -> RunH
     params = [Param(k, redact_url(str(v))[:6000]) for k, v in cfg.flat().items()]
     params.append(Param("model.num_parameters", str(model.num_parameters())))
     params.append(Param("train.precision_resolved", precision))
+    if plan is not None:  # cfg's model.* keys above are the plan's; these say why
+        tags["plan.reason"] = plan.reason
+        params += [
+            Param("plan.regime", plan.regime),
+            Param("plan.tokens_per_s", f"{plan.tokens_per_s:.0f}"),
+            Param("plan.tokens_per_s_source", plan.tokens_per_s_source),
+            Param("plan.expected_epochs", f"{plan.expected_epochs:.2f}"),
+            Param("plan.train_tokens", str(plan.train_tokens)),
+        ]
     return RunHandle.create(client, experiment, f"{cfg.model.family}-{cfg.model.hidden_size}", tags, params)
 
 
