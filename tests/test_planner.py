@@ -107,3 +107,29 @@ def test_training_with_plan_auto_logs_and_applies_the_plan(project, capsys):
     assert "expected epochs" in run.data.tags["plan.reason"]
     # the run's model params are the ones it trained with, not params.yaml's
     assert float(run.data.params["model.input_dropout"]) == 0.0
+
+
+META = {"vocab_size": 100, "splits": {"train": {"tokens": SMALL}}}
+
+
+def test_a_resumed_run_reuses_its_own_plan_not_a_new_one(project, capsys):
+    from seqlm.stages.train import _plan
+
+    project.set(**{"train.plan": "auto", "train.plan_tokens_per_s": SLOW_CPU, "train.max_minutes": 5})
+    cfg, paths = project.config(), project.paths()
+    first = _plan(cfg, paths, META, "cpu", "32-true", 1, None, True)
+    assert first.regime == "moderate" and paths.last_plan.is_file()
+    project.set(**{"train.plan_tokens_per_s": FAST_CPU})  # what a new measurement might say
+    resumed = _plan(project.config(), paths, META, "cpu", "32-true", 1, str(paths.last_ckpt), True)
+    assert resumed == first
+    fresh = _plan(project.config(), paths, META, "cpu", "32-true", 1, None, True)
+    assert fresh.regime == "awd"
+    assert "train: plan awd (given)" in capsys.readouterr().out
+
+
+def test_several_processes_need_a_given_speed(project):
+    from seqlm.stages.train import _plan
+
+    project.set(**{"train.plan": "auto"})
+    with pytest.raises(SeqlmError, match=r"train\.plan_tokens_per_s"):
+        _plan(project.config(), project.paths(), META, "cpu", "32-true", 2, None, True)
