@@ -9,6 +9,7 @@ an earlier run's plan. Decision 21 in docs/architecture.md; the regimes in docs/
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 
@@ -96,7 +97,7 @@ def apply(cfg, plan: Plan):
 
 def describe(plan: Plan) -> str:
     """The one stdout line."""
-    settings = ", ".join(f"model.{k} {v}" for k, v in plan.settings.items())
+    settings = ", ".join(f"model.{k} {json.dumps(v)}" for k, v in plan.settings.items())  # YAML spelling
     return f"train: plan {plan.regime} ({plan.tokens_per_s_source}): {plan.reason}; {settings}"
 
 
