@@ -80,10 +80,10 @@ def test_every_text_family_trains_on_the_same_tokens_and_the_wide_window_is_the_
         for e in text
     } == {(steps, per_step)}
     assert steps * per_step >= OPTIONS.text_tokens > (steps - 1) * per_step  # rounded up to whole updates
-    # a warm-up of a twentieth of the updates (params.yaml's 100 would be 40% of them), so every family's
-    # schedule spends its budget near its peak and anneals
-    assert {e.overrides["train.warmup_steps"] for e in text} == {max(10, steps // 20)}
-    assert {e.overrides["train.warmup_steps"] for e in quick_plan if e.group == "text"} == {10}
+    # params.yaml's warm-up (100 updates) for every family: a twentieth of the updates (12 of the full
+    # study's 245) left the tanh RNN at lr 1e-2 saturated (2.47 bits/byte, its gradient flow exactly 0)
+    assert all("train.warmup_steps" not in e.overrides for e in text)
+    assert steps > params["train"]["warmup_steps"]
     # the same tokens cost the families different minutes; the wide window's 2.6M parameters the most
     minutes = {e.family: budget.training_minutes(e) for e in text if e.seed == planning.SEED}
     assert max(minutes, key=minutes.get) == "ffn_window-wide" and min(minutes.values()) > 0

@@ -97,13 +97,6 @@ def summary(experiments, options) -> str:
     return line
 
 
-def text_warmup(steps: int) -> int:
-    """The text runs' warm-up: a twentieth of their updates (the pipeline's 100 of ~2,500), at least 10.
-    params.yaml's 100 would spend 40% of the full study's 245 updates, and 80% of --quick's 123, warming up:
-    a quick study's LSTM ended at 2.12 test bits/byte, worse than the bigram's 1.88, measuring the ramp."""
-    return max(10, steps // 20)
-
-
 def text_steps(per_step: int, tokens: int) -> int:
     """The updates that train every text family on at least ``tokens`` tokens, ``per_step`` (batch_size ×
     bptt) each."""

@@ -274,7 +274,7 @@ def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> lis
     )
     # batch and bptt set explicitly: the tokens per update, so the token budget reads off every experiment
     text = {**common, **STEP_BUDGET, "train.max_steps": steps, **TEXT_EVALUATE}
-    text |= {"train.batch_size": batch, "train.bptt": bptt, "train.warmup_steps": budget.text_warmup(steps)}
+    text |= {"train.batch_size": batch, "train.bptt": bptt}
     if options.gpu:
         text |= GPU_TEXT_SIZE
     return _matched(params, "text", "text", options.text_families, text, vocab)
