@@ -9,15 +9,25 @@ nanoGPT's ``get_batch``. bf16 autocast where the CPU computes bf16 natively, as 
 ``precision: auto`` does.
 
 It reads the same sentencepiece token arrays as seqlm's train stage, so valid bits per byte compare.
-``bench/time_to_quality.py`` trains it for the same minutes as seqlm.
+``bench/time_to_quality.py`` trains it for the same minutes as seqlm. Run alone, it measures the train
+step's tokens/s for the candidate sizes its default was chosen from (random tokens, vocabulary 2000):
+
+    python bench/tiny_gpt.py [--seconds 12]
 """
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    del sys.path[0]  # bench/ holds tokenize.py, which must not shadow the standard library's tokenize
+
+import argparse
 import contextlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -188,3 +198,42 @@ def valid_nats(model: TinyGPT, tokens: np.ndarray, bf16: bool, batch_size: int =
             ).item()
             count += y.numel()
     return total, count
+
+
+# the sizes the default was chosen from (docs/performance.md, time to quality)
+CANDIDATES = [
+    {"n_layer": 4, "d_model": 128, "n_head": 4, "batch_size": 32},
+    {"n_layer": 4, "d_model": 192, "n_head": 3, "batch_size": 32},
+    {"batch_size": 32},
+    {},
+    {"context": 256},
+    {"n_layer": 6, "d_model": 384, "n_head": 6, "batch_size": 32},
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=12.0, help="timed training per size")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast even where the CPU has it")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from seqlm.training.device import detect_device
+
+    bf16 = not args.fp32 and detect_device("cpu").bf16
+    tokens = np.random.default_rng(0).integers(0, 2000, 200_000)
+    for change in CANDIDATES:
+        cfg = GPTConfig(vocab_size=2000, **change)
+        train_gpt(cfg, tokens, seconds=1e9, seed=0, bf16=bf16, max_steps=2)  # warm-up: allocator, kernels
+        _, stats = train_gpt(cfg, tokens, seconds=args.seconds, seed=0, bf16=bf16)
+        print(
+            f"layers={cfg.n_layer} d={cfg.d_model} heads={cfg.n_head} context={cfg.context} "
+            f"batch={cfg.batch_size} bf16={bf16} steps={stats['steps']} "
+            f"tokens_per_s={stats['tokens_per_s']:.0f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
