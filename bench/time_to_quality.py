@@ -1,26 +1,32 @@
-"""Time to quality: seqlm's train stage at its defaults against the reference recipe, for equal minutes.
+"""Time to quality: seqlm's train stage at its defaults against two yardsticks, for equal minutes.
 
-    python bench/time_to_quality.py --minutes 5 [--corpus builtin:kjv] [--threads N]
+    python bench/time_to_quality.py --minutes 5 [--corpus builtin:kjv] [--skip-reference] [--skip-transformer]
 
-The reference is pytorch/examples word_language_model as its README runs it, scaled to the size the
-issue names: a word vocabulary (whitespace split, ``<eos>`` per line, built from all three splits as
+The first yardstick is pytorch/examples word_language_model as its README runs it, scaled to the size
+the issue names: a word vocabulary (whitespace split, ``<eos>`` per line, built from all three splits as
 its ``data.Corpus`` does, so it never meets an unknown word: that favours the reference), a 2×256
 tied LSTM with dropout 0.2, plain SGD at lr 20 with gradient clipping 0.25, batch 32, bptt 35, the
 hidden state carried across windows, fp32 and the default allocator. It trains in a plain PyTorch
 loop until the minutes are spent, then is scored on the valid split (batch 10, as its script does).
 
+The second is what a user would pick instead today: a small GPT-style transformer (bench/tiny_gpt.py,
+nanoGPT's layout at 4 layers × 256 wide, 4 heads, context 128), trained on seqlm's own sentencepiece
+token arrays (the same tokenizer, the same train and valid bytes) in bf16 where the CPU has it, then
+scored on the valid split in consecutive windows of its context.
+
 seqlm runs its real download, tokenize and train stages in a scratch project with the repository's
 params.yaml, changing only ``data.source`` and ``train.max_minutes`` (the budget) — whatever else the
 defaults say (steps, precision, regularisation) is what a user gets. Its number is the train stage's
-``val_bits_per_byte``. Both sides see the same corpus, the same valid text and the same byte count, so
+``val_bits_per_byte``. All sides see the same corpus, the same valid text and the same byte count, so
 bits per byte compares a word model with a subword model fairly: total bits over the valid split's
-UTF-8 bytes. Tokenisation and the final scoring are outside the minutes on both sides.
+UTF-8 bytes. Tokenisation and the final scoring are outside the minutes on every side.
 
 Last line:
 
-    ref_valid_bpb=… seqlm_valid_bpb=… ratio=… minutes=… corpus=… machine=…
+    ref_valid_bpb=… gpt_valid_bpb=… seqlm_valid_bpb=… ratio_ref=… ratio_gpt=… minutes=… corpus=… machine=…
 
-ratio = seqlm ÷ reference (lower is better; the issue's goal is ≤ 0.80).
+ratio_ref = seqlm ÷ word_language_model, ratio_gpt = seqlm ÷ transformer (lower is better for seqlm;
+the issue's goals are ratio_ref ≤ 0.80 and ratio_gpt ≤ 1.0).
 """
 
 from __future__ import annotations
@@ -40,12 +46,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.append(str(ROOT / "bench"))  # after the standard library, for tiny_gpt
+
+from tiny_gpt import GPTConfig, train_gpt, valid_nats  # noqa: E402
 
 # pytorch/examples word_language_model, at the issue's size
 REF = {"emsize": 256, "nhid": 256, "nlayers": 2, "dropout": 0.2, "lr": 20.0, "clip": 0.25}
@@ -152,6 +162,22 @@ def evaluate_reference(model: RefModel, valid: torch.Tensor, ntoken: int) -> flo
     return total / count
 
 
+def train_transformer(paths, meta: dict, seconds: float, seed: int) -> dict:
+    """bench/tiny_gpt.py on seqlm's token arrays, in bf16 where seqlm's ``precision: auto`` would be."""
+    from seqlm.data.tokens import open_tokens
+    from seqlm.training.device import detect_device
+
+    bf16 = detect_device("cpu").bf16
+    cfg = GPTConfig(vocab_size=meta["vocab_size"])
+    train = np.asarray(open_tokens(paths.tokens("train"), meta["dtype"]))
+    model, stats = train_gpt(cfg, train, seconds, seed, bf16)
+    nats, _ = valid_nats(model, open_tokens(paths.tokens("valid"), meta["dtype"]), bf16)
+    config = f"layers={cfg.n_layer} d={cfg.d_model} heads={cfg.n_head} context={cfg.context}"
+    config += f" batch={cfg.batch_size}"
+    valid_bpb = nats / math.log(2) / meta["splits"]["valid"]["bytes"]
+    return {**stats, "valid_bpb": valid_bpb, "bf16": bf16, "config": config}
+
+
 def prepare(scratch: Path, corpus: str, minutes: float) -> None:
     from seqlm import config
     from seqlm.core.paths import Paths
@@ -188,7 +214,8 @@ def main() -> None:
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="training minutes for each side")
     parser.add_argument("--corpus", default="builtin:kjv", help="a data.source, e.g. files:/path/*.txt")
-    parser.add_argument("--skip-reference", action="store_true", help="only seqlm (e.g. to try params)")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out word_language_model")
+    parser.add_argument("--skip-transformer", action="store_true", help="leave out the small transformer")
     parser.add_argument("--keep", action="store_true", help="keep the scratch project and print its path")
     args = parser.parse_args()
 
@@ -217,6 +244,15 @@ def main() -> None:
                 f"tokens_per_s={ref['tokens_per_s']:.0f} valid_bpb={ref['valid_bpb']:.4f}",
                 flush=True,
             )
+        gpt = None
+        if not args.skip_transformer:
+            gpt = train_transformer(paths, meta, args.minutes * 60, cfg.base.seed)
+            print(
+                f"transformer: {gpt['config']} steps={gpt['steps']} epochs={gpt['epochs']:.2f} "
+                f"tokens_per_s={gpt['tokens_per_s']:.0f} bf16={gpt['bf16']} "
+                f"train_loss={gpt['train_loss']:.3f} valid_bpb={gpt['valid_bpb']:.4f}",
+                flush=True,
+            )
         ours = run_train(cfg, paths, fresh=True)
         print(
             f"seqlm: steps={ours['steps']} tokens_per_s={ours['tokens_per_s']:.0f} "
@@ -229,9 +265,11 @@ def main() -> None:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     ref_bpb = ref["valid_bpb"] if ref else float("nan")
+    gpt_bpb = gpt["valid_bpb"] if gpt else float("nan")
+    seqlm_bpb = ours["val_bits_per_byte"]
     print(
-        f"ref_valid_bpb={ref_bpb:.4f} seqlm_valid_bpb={ours['val_bits_per_byte']:.4f} "
-        f"ratio={ours['val_bits_per_byte'] / ref_bpb:.3f} minutes={args.minutes:g} "
+        f"ref_valid_bpb={ref_bpb:.4f} gpt_valid_bpb={gpt_bpb:.4f} seqlm_valid_bpb={seqlm_bpb:.4f} "
+        f"ratio_ref={seqlm_bpb / ref_bpb:.3f} ratio_gpt={seqlm_bpb / gpt_bpb:.3f} minutes={args.minutes:g} "
         f"corpus={args.corpus} machine={machine()}"
     )
 
