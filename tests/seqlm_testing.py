@@ -59,6 +59,31 @@ def grammar_text(lines: int, seed: int = 0) -> str:
     return "\n".join(out) + "\n"
 
 
+def tiny_sentencepiece(vocab_size: int = 100, lines: int = 500, **options) -> bytes:
+    """A BPE model of ``grammar_text`` with the project's special ids, as bytes (``options``: more trainer
+    settings, e.g. ``byte_fallback``)."""
+    import io
+
+    import sentencepiece as spm
+
+    from seqlm.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(grammar_text(lines).splitlines()),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=-1,
+        minloglevel=2,
+        **options,
+    )
+    return model.getvalue()
+
+
 def make_tokens(project: "Project", vocab_size: int = 320, lines: int = 3000) -> None:
     """The real download and tokenize stages over a generated corpus in train/valid/test layout."""
     from seqlm.stages.download import run_download

@@ -16,7 +16,6 @@ and Python, so only the first run pays for building it (`pytest --cache-clear` d
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from seqlm_testing import REPO, evaluated_project, grammar_text, in_project
+from seqlm_testing import REPO, evaluated_project, in_project, tiny_sentencepiece
 from team_stack import free_port, start, stop, wait_until_up
 
 import seqlm
@@ -84,26 +83,12 @@ def run(cmd: list, env: dict, cwd: Path, timeout_s: float = 300) -> str:
 
 
 def test_the_pyfunc_loads_and_predicts_without_the_training_stack(tmp_path):
-    import sentencepiece as spm
     import torch
 
     from seqlm import config
-    from seqlm.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
     from seqlm.models import build_model, export
 
-    model_file = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(grammar_text(500).splitlines()),
-        model_writer=model_file,
-        model_type="bpe",
-        vocab_size=100,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    (tmp_path / "spm.model").write_bytes(model_file.getvalue())
+    (tmp_path / "spm.model").write_bytes(tiny_sentencepiece())
     cfg = config.parse({"model": {"family": "lstm", "embedding_size": 16, "hidden_size": 16, "dropout": 0.0}})
     torch.manual_seed(0)
     model_dir = tmp_path / "model"

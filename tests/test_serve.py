@@ -9,7 +9,6 @@ HTTP 400 and a one-line reason, and still answers afterwards.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from seqlm_testing import evaluated_project, grammar_text
+from seqlm_testing import evaluated_project, tiny_sentencepiece
 from team_stack import free_port, start, stop, wait_until_up
 
 import seqlm.registry
@@ -99,24 +98,10 @@ def model(pyfunc):
     import torch
 
     from seqlm import config
-    from seqlm.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
     from seqlm.inference.generator import Generator
     from seqlm.models import build_model
 
-    model_file = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(grammar_text(500).splitlines()),
-        model_writer=model_file,
-        model_type="bpe",
-        vocab_size=100,
-        byte_fallback=False,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_proto=model_file.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=tiny_sentencepiece(byte_fallback=False))
     cfg = config.parse({"model": {"family": "lstm", "embedding_size": 32, "hidden_size": 32, "dropout": 0.0}})
     torch.manual_seed(0)
     served = pyfunc.SeqlmModel()
