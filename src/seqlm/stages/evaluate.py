@@ -74,6 +74,7 @@ def _evaluate(cfg: Config, paths: Paths) -> dict:
         print(f"evaluate: {timings}, samples {time.perf_counter() - start:.1f}s")
         log_to_mlflow(mlflow_run, metrics, tmp)
     print(protocol.summary(metrics))
+    print(f"evaluate: scored in {chosen['eval_precision']}: {chosen['eval_precision_check']['reason']}")
     return metrics
 
 
