@@ -10,6 +10,9 @@ import torch
 from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, in_project, make_tokens
 
 from seqlm.evaluation import precision
+from seqlm.evaluation.streamed import Streamed
+
+EOS = 2  # unused by the streamed protocol
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,9 @@ def valid(trained):
 
 def choose(model, valid, requested="auto", trained_in="bf16-mixed", native_bf16=True, **kw):
     tokens, split = valid
-    return precision.choose(requested, trained_in, model, tokens, split, 8, 32, "cpu", native_bf16, **kw)
+    return precision.choose(
+        requested, trained_in, Streamed(), model, tokens, split, EOS, 8, 32, "cpu", native_bf16, **kw
+    )
 
 
 def test_auto_scores_in_the_training_precision_when_the_check_measures_it_equal(model, valid):
@@ -87,9 +92,8 @@ def test_a_cpu_without_native_bf16_falls_back(trained, model, valid, monkeypatch
     model_config = {"training": {"precision": "bf16-mixed"}}
     for query in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # torch's capability query
         monkeypatch.setattr(torch.cpu, query, lambda: False, raising=False)
-    dtype, record = choose_precision(
-        trained.config(), model_config, model, valid[0], meta, torch.device("cpu")
-    )
+    cpu = torch.device("cpu")
+    dtype, record = choose_precision(trained.config(), model_config, Streamed(), model, valid[0], meta, cpu)
     assert (dtype, record["eval_precision"]) == (None, "32-true")
     assert "no native bf16" in record["eval_precision_check"]["reason"]
 

@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from seqlm.evaluation.metrics import bits_per_byte, stream_totals
+from seqlm.evaluation.metrics import bits_per_byte
 
 FP32 = "32-true"
 CHECK_WINDOWS = 8  # windows of evaluate.bptt per stream: ~8k tokens at the defaults, well under a second
@@ -49,9 +49,11 @@ def autocast(dtype, device_type: str):
 def choose(
     requested: str,
     training_precision: str,
+    protocol,
     model,
     valid: np.ndarray,
     valid_split: dict,
+    eos_id: int,
     batch_size: int,
     bptt: int,
     device,
@@ -59,8 +61,8 @@ def choose(
     tolerance: float = TOLERANCE_BITS_PER_BYTE,
 ) -> tuple[object, dict]:
     """(autocast dtype or None, the record): ``requested`` is ``evaluate.precision``, ``valid_split`` the
-    valid split's meta.json entry. The record is metrics.json's ``eval_precision`` and
-    ``eval_precision_check``."""
+    valid split's meta.json entry; the check scores under ``protocol`` (``evaluation.protocol``). The
+    record is metrics.json's ``eval_precision`` and ``eval_precision_check``."""
     device_type = torch_device_type(device)
     check = {"training_precision": training_precision, "tolerance_bits_per_byte": tolerance}
     if requested == FP32:
@@ -69,8 +71,8 @@ def choose(
     if dtype is None:
         return None, _record(FP32, check | {"reason": why_not})
     sample = valid[: batch_size * (CHECK_WINDOWS * bptt + 1)]
-    fp32 = sample_bits_per_byte(model, sample, valid_split, batch_size, bptt, device, None)
-    low = sample_bits_per_byte(model, sample, valid_split, batch_size, bptt, device, dtype)
+    score = (protocol, model, sample, valid_split, eos_id, batch_size, bptt, device)
+    fp32, low = sample_bits_per_byte(*score, None), sample_bits_per_byte(*score, dtype)
     difference = abs(low - fp32)
     check |= {
         "tokens": len(sample),
@@ -85,10 +87,13 @@ def choose(
     return dtype, _record(training_precision, check | {"reason": reason})
 
 
-def sample_bits_per_byte(model, tokens, split: dict, batch_size: int, bptt: int, device, dtype) -> float:
-    """Bits per byte of ``tokens`` (a piece of the split ``split`` describes, at its tokens per byte)."""
+def sample_bits_per_byte(
+    protocol, model, tokens, split: dict, eos_id, batch_size, bptt, device, dtype
+) -> float:
+    """Bits per byte of ``tokens`` (a piece of the split ``split`` describes, at its tokens per byte)
+    under ``protocol``; for a cloze model, its mean loss per blank at the split's tokens per byte."""
     with autocast(dtype, torch_device_type(device)):
-        totals = stream_totals(model, tokens, batch_size, bptt, device)
+        totals = protocol.totals(model, tokens, eos_id, batch_size, bptt, device, "valid")
     return bits_per_byte(totals.loss, split["tokens"], split["bytes"])
 
 

@@ -54,7 +54,7 @@ def _evaluate(cfg: Config, paths: Paths) -> dict:
     protocol = for_model(model_config, cfg.train.episodic, cfg.base.seed)
     tags = protocol.tags(ev.batch_size, ev.bptt)
     baselines = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"])
-    dtype, chosen = choose_precision(cfg, model_config, model, valid, meta, device)
+    dtype, chosen = choose_precision(cfg, model_config, protocol, model, valid, meta, device)
     metrics = {}
     for name, tokens in (("test", test), ("valid", valid)):
         with precision.autocast(dtype, device.type):
@@ -78,7 +78,7 @@ def _evaluate(cfg: Config, paths: Paths) -> dict:
     return metrics
 
 
-def choose_precision(cfg: Config, model_config: dict, model, valid, meta: dict, device):
+def choose_precision(cfg: Config, model_config: dict, protocol, model, valid, meta: dict, device):
     """(autocast dtype or None, the record) for the test and valid scores: the training precision where
     the check measures it equal to fp32 (``evaluation.precision``); probes, diagnostics and samples
     stay fp32."""
@@ -90,9 +90,11 @@ def choose_precision(cfg: Config, model_config: dict, model, valid, meta: dict, 
     return precision.choose(
         ev.precision,
         trained_in,
+        protocol,
         model,
         valid,
         meta["splits"]["valid"],
+        meta["eos_id"],
         ev.batch_size,
         ev.bptt,
         device,
