@@ -1,6 +1,7 @@
 """Evaluation throughput against training throughput, and evaluation memory against split length.
 
-    python -P bench/eval_throughput.py [--steps 40] [--rounds 2] [--rss-tokens 50000]
+    python -P bench/eval_throughput.py [--steps 40] [--rounds 2] [--rss-tokens 50000] [--precision P]
+    python -P bench/eval_throughput.py --model PROJECT/models/model [--rounds 2]
 
 Same model and data as bench/train_throughput.py (2-layer LSTM 256, batch 32, bptt 35, a 25.7k
 vocabulary, synthetic Zipf tokens), fp32. Evaluation is the evaluate stage's loop
@@ -9,6 +10,15 @@ the minimal step loop of train_throughput.py (forward, backward, clip, AdamW). T
 process; the best of each is kept. Evaluation does a third of training's matrix work and no optimizer
 step, so the goal is ratio ≥ 3. The model's forward alone (no loss, no top-k) is timed too: its rate
 ÷ the training rate (``ceiling_ratio``) bounds what any evaluation loop can reach on this machine.
+
+``--precision bf16-mixed`` times evaluation and the forward under bf16 autocast (the evaluate stage's
+``evaluate.precision: auto`` on a model trained in bf16-mixed); training stays 32-true, the baseline.
+
+``--model`` instead scores an exported model (a real run's ``models/model``) on its project's valid split
+(``data/tokens/valid.bin``, found beside it) in fp32 and under bf16 autocast, alternating, and prints the
+bits per byte and tokens/s of each, the difference and the speedup; last line:
+
+    fp32_bits_per_byte=… bf16_bits_per_byte=… difference=… fp32_tokens_per_s=… bf16_tokens_per_s=… speedup=…
 
 Memory: fresh child processes evaluate a split of N and of 4N tokens and report their peak RSS; the
 difference must stay near zero (no logits or per-token values are kept). Last two lines:
@@ -74,21 +84,28 @@ def build(hidden: int, layers: int, vocab: int):
     return build_model(model_config(hidden, layers), vocab)
 
 
-def eval_tokens_per_s(model, tokens, batch: int, bptt: int) -> float:
+def dtype_of(precision: str):
+    return torch.bfloat16 if precision.startswith("bf16") else None
+
+
+def eval_tokens_per_s(model, tokens, batch: int, bptt: int, precision: str = "32-true") -> float:
+    from seqlm.evaluation import precision as eval_precision
     from seqlm.evaluation.metrics import stream_totals
 
-    totals = stream_totals(model, tokens, batch, bptt)
+    with eval_precision.autocast(dtype_of(precision), "cpu"):
+        totals = stream_totals(model, tokens, batch, bptt)
     return totals.tokens / totals.seconds
 
 
-def forward_tokens_per_s(model, tokens, batch: int, bptt: int) -> float:
+def forward_tokens_per_s(model, tokens, batch: int, bptt: int, precision: str = "32-true") -> float:
     """The model's forward alone, state carried: the ceiling for any evaluation loop."""
     from seqlm.data.tokens import StreamWindows
+    from seqlm.evaluation import precision as eval_precision
 
     stream, count = StreamWindows(tokens, batch, bptt), 0
     model.eval()
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), eval_precision.autocast(dtype_of(precision), "cpu"):
         state = model.init_state(batch)
         for window in stream.windows():
             x, _ = stream.read(window)
@@ -126,6 +143,40 @@ def peak_rss_mb(path: Path, args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def real_model(args) -> None:
+    """fp32 against bf16 autocast on an exported model and its project's valid split: bits/byte and speed."""
+    from seqlm.data.tokens import open_tokens
+    from seqlm.evaluation import precision as eval_precision
+    from seqlm.evaluation.metrics import bits_per_byte, stream_totals
+    from seqlm.models import export
+
+    model_dir = Path(args.model)
+    tokens_dir = model_dir.parent.parent / "data" / "tokens"
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    valid, split = open_tokens(tokens_dir / "valid.bin", meta["dtype"]), meta["splits"]["valid"]
+    model, config = export.load(model_dir)
+    trained = config.get("training", {}).get("precision")
+    print(
+        f"threads={torch.get_num_threads()} model={model_dir} trained_in={trained} valid_tokens={len(valid)} "
+        f"batch={args.batch} bptt={args.bptt}",
+        flush=True,
+    )
+    bpb, best = {}, {"32-true": 0.0, "bf16-mixed": 0.0}
+    for _ in range(args.rounds):
+        for precision in best:
+            with eval_precision.autocast(dtype_of(precision), "cpu"):
+                totals = stream_totals(model, valid, args.batch, args.bptt)
+            bpb[precision] = bits_per_byte(totals.loss, split["tokens"], split["bytes"])
+            best[precision] = max(best[precision], totals.tokens / totals.seconds)
+            print(f"round: {precision} bits_per_byte={bpb[precision]:.6f} tokens_per_s={best[precision]:.0f}")
+    fp32, bf16 = bpb["32-true"], bpb["bf16-mixed"]
+    print(
+        f"fp32_bits_per_byte={fp32:.6f} bf16_bits_per_byte={bf16:.6f} difference={bf16 - fp32:+.6f} "
+        f"fp32_tokens_per_s={best['32-true']:.0f} bf16_tokens_per_s={best['bf16-mixed']:.0f} "
+        f"speedup={best['bf16-mixed'] / best['32-true']:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,10 +190,19 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=25_700)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--bptt", type=int, default=35)
+    parser.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        default="32-true",
+        help="evaluation's precision (bf16-mixed: bf16 autocast); training stays 32-true",
+    )
+    parser.add_argument("--model", help="an exported model: fp32 against bf16 on its project's valid split")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         return rss_child(args)
+    if args.model:
+        return real_model(args)
 
     from seqlm.data.tokens import StreamWindows, open_tokens
 
@@ -153,7 +213,7 @@ def main() -> None:
     tokens = open_tokens(tmp / "data" / "tokens" / "train.bin", "uint16")
     print(
         f"threads={torch.get_num_threads()} model=lstm {args.layers}x{args.hidden} vocab={args.vocab} "
-        f"batch={args.batch} bptt={args.bptt}",
+        f"batch={args.batch} bptt={args.bptt} precision={args.precision}",
         flush=True,
     )
 
@@ -161,8 +221,8 @@ def main() -> None:
     split = tokens[: args.eval_tokens]
     for _ in range(args.rounds):
         model = build(args.hidden, args.layers, args.vocab)
-        evaluation = eval_tokens_per_s(model, split, args.batch, args.bptt)
-        forward = forward_tokens_per_s(model, split, args.batch, args.bptt)
+        evaluation = eval_tokens_per_s(model, split, args.batch, args.bptt, args.precision)
+        forward = forward_tokens_per_s(model, split, args.batch, args.bptt, args.precision)
         model = build(args.hidden, args.layers, args.vocab).train()
         windows = StreamWindows(tokens, args.batch, args.bptt)
         training = train_bench.raw_loop(model, windows, args.steps, 1e-3, 0.25, "32-true")

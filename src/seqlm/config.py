@@ -146,6 +146,9 @@ class TrainConfig(_Frozen):
 class EvaluateConfig(_Frozen):
     batch_size: int = Field(8, ge=1)
     bptt: int = Field(128, ge=1)
+    precision: Literal["auto", "32-true"] = Field(
+        "auto", description="auto: the training precision where a check measures it equal to fp32"
+    )
     context_resets: Annotated[tuple[PositiveInt, ...], _FromList] = Field((1, 4, 16, 64, 256), min_length=1)
     gradient_flow_steps: int = Field(128, ge=2)
     prompts: Annotated[tuple[NonEmptyStr, ...], _FromList] = Field(

@@ -10,6 +10,7 @@ removed first, so a failed evaluation leaves none (docs/architecture.md, decisio
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from seqlm.core import atomic
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.core.redact import redact_url
-from seqlm.evaluation import diagnostics, probes
+from seqlm.evaluation import diagnostics, precision, probes
 from seqlm.evaluation.ngram import NgramBaselines
 from seqlm.evaluation.protocols import for_model
 from seqlm.tracking.run import RunHandle
@@ -53,13 +54,15 @@ def _evaluate(cfg: Config, paths: Paths) -> dict:
     protocol = for_model(model_config, cfg.train.episodic, cfg.base.seed)
     tags = protocol.tags(ev.batch_size, ev.bptt)
     baselines = NgramBaselines(open_split(paths, meta, "train", 1), meta["vocab_size"])
+    dtype, chosen = choose_precision(cfg, model_config, protocol, model, valid, meta, device)
     metrics = {}
     for name, tokens in (("test", test), ("valid", valid)):
-        totals = protocol.totals(model, tokens, meta["eos_id"], ev.batch_size, ev.bptt, device, name)
+        with precision.autocast(dtype, device.type):
+            totals = protocol.totals(model, tokens, meta["eos_id"], ev.batch_size, ev.bptt, device, name)
         floors = protocol.floors(baselines, tokens, ev.batch_size, ev.bptt, name)
         metrics[name] = protocol.metrics(totals, meta["splits"][name], tags, floors)
     recall = probes.probe_metrics(paths, model, test, meta, ev, device, protocol)
-    metrics = metrics["test"] | recall | {"valid": metrics["valid"]}
+    metrics = metrics["test"] | recall | chosen | {"valid": metrics["valid"]}
 
     with atomic.atomic_dir(paths.eval_reports) as tmp:
         atomic.write_json(tmp / paths.eval_metrics.name, metrics)
@@ -71,7 +74,32 @@ def _evaluate(cfg: Config, paths: Paths) -> dict:
         print(f"evaluate: {timings}, samples {time.perf_counter() - start:.1f}s")
         log_to_mlflow(mlflow_run, metrics, tmp)
     print(protocol.summary(metrics))
+    print(f"evaluate: scored in {chosen['eval_precision']}: {chosen['eval_precision_check']['reason']}")
     return metrics
+
+
+def choose_precision(cfg: Config, model_config: dict, protocol, model, valid, meta: dict, device):
+    """(autocast dtype or None, the record) for the test and valid scores: the training precision where
+    the check measures it equal to fp32 (``evaluation.precision``); probes, diagnostics and samples
+    stay fp32."""
+    from seqlm.training.device import detect_device
+
+    trained_in = model_config.get("training", {}).get("precision", precision.FP32)
+    native_bf16 = detect_device("cuda" if device.type == "cuda" else "cpu").bf16
+    ev = cfg.evaluate
+    return precision.choose(
+        ev.precision,
+        trained_in,
+        protocol,
+        model,
+        valid,
+        meta["splits"]["valid"],
+        meta["eos_id"],
+        ev.batch_size,
+        ev.bptt,
+        device,
+        native_bf16,
+    )
 
 
 def generated_samples(model, cfg: Config, paths: Paths, device) -> str:
@@ -180,12 +208,14 @@ def log_to_mlflow(run: RunHandle, metrics: dict, reports: Path) -> None:
     now = int(time.time() * 1000)
     values = [Metric(f"test_{k}", float(v), now, 0) for k, v in _numeric(metrics).items()]
     values += [Metric(f"valid_{k}", float(v), now, 0) for k, v in _numeric(metrics["valid"]).items()]
-    protocol = {f"eval.protocol.{k}": str(v).lower() for k, v in metrics["protocol"].items()}
+    recorded = {f"eval.protocol.{k}": str(v).lower() for k, v in metrics["protocol"].items()}
+    recorded["eval.precision"] = metrics["eval_precision"]
+    recorded["eval.precision_check"] = json.dumps(metrics["eval_precision_check"], sort_keys=True)
     # MLflow params are write-once: a re-evaluation with another protocol keeps the first as params;
     # the tags always hold the protocol of the metrics now in the run.
     logged = run.get().data.params
-    params = [Param(k, v) for k, v in protocol.items() if k not in logged]
-    tags = [RunTag(k, v) for k, v in protocol.items()]
+    params = [Param(k, v) for k, v in recorded.items() if k not in logged]
+    tags = [RunTag(k, v) for k, v in recorded.items()]
     run.log_metrics(values)
     run.client.log_batch(run.run_id, params=params, tags=tags)
     run.client.log_artifacts(run.run_id, str(reports), artifact_path="eval")
