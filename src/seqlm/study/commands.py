@@ -54,7 +54,8 @@ def run_study(
         shards.check_stamp(options.stamp, "--shard")
     if not options.stamp:
         options = replace(options, stamp=dt.datetime.now().strftime("%m%d%H%M"))
-    if options.tune:
+    if options.tune:  # its own seeds, kept apart from the reported ones
+        options = replace(options, seeds=len(tuning.TUNING_SEEDS))
         experiments = tuning.tuning_plan(options, params)
     else:
         if not options.probe_lrs:  # the rates `seqlm study --tune` chose, if it has run
