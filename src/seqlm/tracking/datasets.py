@@ -73,8 +73,25 @@ def log_dataset_inputs(run: RunHandle, paths: Paths) -> int:
         for split, dataset in split_datasets(manifest).items()
     ]
     if inputs:
-        run.client.log_inputs(run.run_id, datasets=inputs)
+        _log_inputs_once_inserted(run, inputs)
     return len(inputs)
+
+
+def _log_inputs_once_inserted(run: RunHandle, inputs, attempts: int = 3) -> None:
+    """Two runs logging the same new dataset at once race to insert its row (PostgreSQL: UniqueViolation on
+    dataset_pk, seen with two trainings at once on a shared server); the loser's retry finds the row and only
+    links it to its run."""
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            run.client.log_inputs(run.run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            if attempt == attempts - 1 or "unique" not in str(e).lower():
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def evaluation_metrics(metrics: dict) -> dict[str, dict[str, float]]:
