@@ -426,7 +426,7 @@ def test_registered_pyfunc_answers_both_tasks(proj):
         assert all(isinstance(w["word"], str) and w["word"].strip() for w in row)
     with pytest.raises(MlflowException, match="task must be one of generate | next_words"):
         model.predict(prompts, params={"task": "translate"})
-    with pytest.raises(MlflowException, match="temperature must be >= 0"):
+    with pytest.raises(MlflowException, match=r"temperature must be 0 \(greedy\) or between"):
         model.predict(prompts, params={"temperature": -1.0})
     with pytest.raises(MlflowException, match="seed must be an integer between 0 and"):
         model.predict(prompts, params={"seed": -1})

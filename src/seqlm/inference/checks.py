@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 from seqlm.core.errors import SeqlmError
 
 MAX_PROMPT_CHARS = 10_000
 MAX_NEW_TOKENS = 10_000
 MAX_K = 100
+# Sampling runs in float32: a temperature below 1e-6 (greedy already) overflows the scaled logits, one
+# above 1e6 (uniform already) underflows them, and a top_p below 1e-6 rounds to 0: all three gave NaN
+# probabilities and an unexplained error, from `seqlm generate` and from the served model alike.
+TEMPERATURE_RANGE = (1e-6, 1e6)
+MIN_TOP_P = 1e-6
 
 
 def check_prompt(prompt: str) -> None:
@@ -21,12 +24,15 @@ def check_prompt(prompt: str) -> None:
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise SeqlmError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise SeqlmError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    low, high = TEMPERATURE_RANGE
+    if not (temperature == 0 or low <= temperature <= high):  # NaN fails both
+        raise SeqlmError(
+            f"temperature must be 0 (greedy) or between {low:g} and {high:g}, got {temperature!r}"
+        )
     if top_k < 0:
         raise SeqlmError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise SeqlmError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if not MIN_TOP_P <= top_p <= 1:
+        raise SeqlmError(f"top_p must be between {MIN_TOP_P:g} and 1 (1 = off), got {top_p!r}")
 
 
 def check_k(k: int) -> None:

@@ -35,11 +35,6 @@ TASKS = ("generate", "next_words", "score")
 MAX_TOKENS_PER_REQUEST = 100_000
 MAX_PROMPT_CHARS_PER_REQUEST = 1_000_000  # the prompts are encoded and run through the model too
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
-# Sampling runs in float32: a temperature below 1e-6 (greedy already) overflows the scaled logits, one
-# above 1e6 (uniform already) underflows them, and a top_p below 1e-6 rounds to 0: all three gave NaN
-# probabilities and an unexplained error.
-TEMPERATURE_RANGE = (1e-6, 1e6)
-MIN_TOP_P = 1e-6
 SHOWN_CHARS = 40  # a bad value is quoted in the error up to this many characters
 
 
@@ -61,7 +56,7 @@ class SeqlmModel(PythonModel):
 
     def _predict(self, prompts: list[str], p: dict) -> pd.DataFrame:
         from seqlm.core.errors import SeqlmError
-        from seqlm.inference.checks import check_k
+        from seqlm.inference.checks import check_k, check_sampling
         from seqlm.inference.words import BEAM_PER_WORD
 
         # MLflow fills every param the caller left out from the signature's ParamSchema defaults.
@@ -79,7 +74,7 @@ class SeqlmModel(PythonModel):
             seed, new = _integer(p, "seed"), _integer(p, "max_new_tokens")
             if not 0 <= seed <= MAX_SEED:
                 raise SeqlmError(f"seed must be an integer between 0 and {MAX_SEED}, got {_shown(seed)}")
-            _check_sampling_floats(p)
+            check_sampling(new, _real(p, "temperature"), _integer(p, "top_k"), _real(p, "top_p"))
             _check_work(len(prompts), new, "max_new_tokens")
             texts = [
                 self.generator.generate(
@@ -167,22 +162,6 @@ def _prompts(frame) -> list[str]:
         if not isinstance(prompt, str):
             raise SeqlmError(f"prompt in row {row} must be a string, got {_shown(prompt)}")
     return prompts
-
-
-def _check_sampling_floats(params: dict) -> None:
-    """What float32 sampling cannot do; negative, NaN and infinite values are the Generator's to refuse."""
-    import math
-
-    from seqlm.core.errors import SeqlmError
-
-    temperature, top_p = _real(params, "temperature"), _real(params, "top_p")
-    low, high = TEMPERATURE_RANGE
-    if 0 < temperature < low or high < temperature < math.inf:
-        raise SeqlmError(
-            f"temperature must be 0 (greedy) or between {low:g} and {high:g}, got {_shown(temperature)}"
-        )
-    if 0 < top_p < MIN_TOP_P:
-        raise SeqlmError(f"top_p must be between {MIN_TOP_P:g} and 1 (1 = off), got {_shown(top_p)}")
 
 
 def _shown(value) -> str:
