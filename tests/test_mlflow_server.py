@@ -14,37 +14,20 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from seqlm_testing import QUICK_EVALUATE, TINY_TRAIN, make_tokens
-from team_stack import free_port, start, stop, wait_until_up
+from team_stack import free_port, sqlite_server, start, stop, wait_until_up
 
 from seqlm.cli import main
 
 pytestmark = pytest.mark.slow  # two servers, two tiny trainings and evaluations: minutes on 2 cores
 
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-
 
 @pytest.fixture
 def tracking_server(tmp_path):
-    store = tmp_path / "server"
-    store.mkdir()
-    port, log = free_port(), store / "server.log"
-    # One worker and no job runner: ready in seconds at ~0.5 GB (the defaults start 4 workers and 7 job
-    # processes).
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    backend, artifacts = f"sqlite:///{store / 'mlflow.db'}", str(store / "artifacts")
-    cmd = [MLFLOW, "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts]
-    cmd += ["--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = start(cmd, env, log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", proc, log, timeout_s=90)
+    with sqlite_server(tmp_path / "server") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def post(url: str, body: dict) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from seqlm_testing import QUICK_EVALUATE, REPO
-from team_stack import free_port, start, stop, wait_until_up
+from team_stack import sqlite_server
 
 from seqlm import cli
 from seqlm.core.errors import SeqlmError
@@ -205,20 +205,8 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 @pytest.fixture
 def tracking_server(tmp_path):
-    store = tmp_path / "server"
-    store.mkdir()
-    port, log = free_port(), store / "server.log"
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri"]
-    cmd += [f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")]
-    cmd += ["--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = start(cmd, env, log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", proc, log, timeout_s=90)
+    with sqlite_server(tmp_path / "server") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.mark.slow
