@@ -40,7 +40,7 @@ chromium: ## Debian's Chromium for the MLflow UI test, with sudo apt-get when it
 run: setup ## the whole pipeline: dvc repro
 	$(BIN)/dvc repro
 
-# The sequence-model study (docs/study.md): 445 queued DVC experiments (89 cells × 5 seeds), at most about 34 h
+# The sequence-model study (docs/study.md): 445 queued DVC experiments (89 cells × 5 seeds), at most about 15 h
 # on 2 CPU cores (probes stop when solved): run it with STUDY=--gpu, or across machines (STUDY="--shard 1/3
 # --stamp S" on each, then STUDY="--collect --stamp S"; docs/study-design.md); STUDY=--quick is a first look in
 # under 20 minutes, STUDY=--tune chooses the probes' learning rates first.

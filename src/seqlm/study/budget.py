@@ -3,8 +3,8 @@ before anything is queued.
 
 Explosion and cloze experiments have a wall-clock budget (``train.max_minutes``); text and probe
 experiments a step budget, so their minutes follow from tokens per step and each family's speed. Every
-experiment also pays OVERHEAD_MINUTES of DVC's bookkeeping, data preparation and evaluation. ``jobs``
-experiments run side by side.
+experiment also pays its group's OVERHEAD_MINUTES of DVC's bookkeeping, data preparation and evaluation.
+``jobs`` experiments run side by side.
 Experiments are queued one after another before the queue starts (QUEUE_SECONDS each: `dvc exp run
 --queue` takes DVC's experiment lock, which a running worker also needs to start its next experiment, so the
 queue starts only once everything is queued). The estimate is for the CPU path on a 2-core machine like the
@@ -16,26 +16,35 @@ from __future__ import annotations
 from seqlm.core.errors import SeqlmError
 
 # Per experiment: `dvc exp run` in a temporary workspace, download, tokenize, the train and evaluate stages'
-# start-up (importing torch, lightning and mlflow: ~10 s each), evaluation and DVC's bookkeeping. The study of
-# 2026-12-01 measured 1.27 job-minutes each ((2 × 103 − 87.6) / 93) with another job on the machine for its
-# last hour; one probe experiment alone took 55 s besides its training (download 2, tokenize 3, train
-# start-up 14, evaluate 17, DVC 19), before the temporary workspace. 1.1: the quiet figure plus that.
-OVERHEAD_MINUTES = 1.1
+# start-up (importing torch, lightning and mlflow from cached bytecode: ~5 s each), the validations,
+# evaluation and DVC's bookkeeping, in job-minutes. Measured on 2026-12-02 (AMD EPYC, 2 cores, the study
+# alone on the machine): `seqlm study --tune` ran 60 probe experiments (119,300 updates) in 18.3 minutes
+# after queueing, two at a time: 36.6 job-minutes, 12.5 of them training at the rates below, 2.6 validating,
+# so 0.36 job-minutes (22 s) each besides; rounded up to 0.5 for a machine something else also uses. A text
+# experiment evaluates more (the context ablation scores 56k tokens four times, ~10 s): 57 s for 123 updates
+# with another job on the machine, 39 s of it besides training; 0.8. (Before the stages wrote bytecode,
+# 2026-12-01, one probe experiment paid 55 s and the constant was 1.1.)
+OVERHEAD_MINUTES = {"probe": 0.5, "text": 0.8, "explode": 0.8, "cloze": 0.8}
 QUEUE_SECONDS = 4.0  # one `dvc exp run --queue` on 2 cores (3.8 s alone; 4.4 s each in the 2026-12-01 study)
-# One thread, fp32, the probe's model (embedding 32, hidden 64), batches of whole episodes: tokens per
-# second, rounded down from the streamed study's measurements (GRU 53k, RNN 98k, LSTM 238k at batch 8 × 128)
-# because episodes are short and a shared machine is slower; and Lightning's own cost per step.
+# One thread, fp32, the probe's model (embedding 32, hidden 64-136), 32 episodes a batch: training tokens per
+# second (validation excluded), two experiments side by side, from the same tuning run at delay 25 (rnn 141k,
+# rnn-identity 153k, rnn-relu 150k, irnn 156k, lstm 220k, lstm-bias0 222k, lstm-chrono 225k, gru 100k,
+# ffn_window 150k, bow 103k: each family's mean over its six runs), rounded down by about a third.
 PROBE_TOKENS_PER_S = {
-    "rnn": 50_000,
-    "rnn-identity": 50_000,
-    "rnn-relu": 50_000,
-    "irnn": 50_000,
-    "lstm": 80_000,
-    "lstm-bias0": 80_000,
-    "lstm-chrono": 80_000,
-    "gru": 30_000,
+    "rnn": 100_000,
+    "rnn-identity": 100_000,
+    "rnn-relu": 100_000,
+    "irnn": 100_000,
+    "lstm": 150_000,
+    "lstm-bias0": 150_000,
+    "lstm-chrono": 150_000,
+    "gru": 70_000,
+    "ffn_window": 100_000,
+    "bow": 70_000,
 }
-STEP_OVERHEAD_S = 0.02
+# Per update besides its tokens: a validation every 100 updates (the valid split, ~0.1-0.5 s) and Lightning's
+# own step cost
+STEP_OVERHEAD_S = 0.005
 # The text families at the study's size (about the LSTM's 1.04M parameters; the wide window 2.6M), batch 32 ×
 # bptt 64, end to end in the train stage (Lightning's logging, validation and checkpoints included), two
 # experiments side by side, one thread each: steps × 2048 / 90 s in the equal-minutes study of 2026-12-01
@@ -73,9 +82,14 @@ def training_minutes(e) -> float:
     return o["train.max_steps"] * per_step / 60
 
 
+def overhead_minutes(e) -> float:
+    """What an experiment costs besides its training, in job-minutes (OVERHEAD_MINUTES)."""
+    return OVERHEAD_MINUTES.get(e.group, max(OVERHEAD_MINUTES.values()))
+
+
 def estimate_minutes(experiments, jobs: int) -> float:
     """Wall-clock minutes for the plan: queueing it, then ``jobs`` experiments at a time."""
-    work = sum(training_minutes(e) + OVERHEAD_MINUTES for e in experiments)
+    work = sum(training_minutes(e) + overhead_minutes(e) for e in experiments)
     return len(experiments) * QUEUE_SECONDS / 60 + work / max(jobs, 1)
 
 

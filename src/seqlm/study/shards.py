@@ -57,7 +57,7 @@ def check_stamp(stamp: str, flag: str) -> None:
 
 
 def minutes(e: Experiment) -> float:
-    return budget.training_minutes(e) + budget.OVERHEAD_MINUTES
+    return budget.training_minutes(e) + budget.overhead_minutes(e)
 
 
 def partition(experiments: list[Experiment], count: int) -> list[list[Experiment]]:
