@@ -715,7 +715,7 @@ def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
     assert "gain 3 unclipped − the text tanh rnn, log10 peak gradient norm: +5.8 (no test: one seed)" in text
     assert "One seed: no spread and no test (a difference counts by its sign alone), so every verdict" in text
     assert "bow − ffn_window, bits/byte: +0.150 (no test: one seed)" in text and "p_Holm" not in text
-    assert "| lstm | 1/1 · 300 | 1/1 · 1,500 | passed | 25 |" in text
+    assert "| lstm | 1/1 · 300 | 1/1 · 1,500 | 1/1 · 6,000 | passed | 100 |" in text
 
 
 def test_captured_output_does_not_wait_for_daemons_the_command_leaves_behind(tmp_path):
