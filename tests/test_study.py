@@ -557,6 +557,21 @@ def test_a_gap_the_test_cannot_see_is_a_tie_and_the_limitations_say_why(plan, tm
     assert "**A bidirectional RNN" not in limits  # it agrees: listed, not explained
 
 
+def test_the_limitations_say_when_no_text_family_beats_the_bigram(plan):
+    def limits(runs) -> str:
+        text = report.render(runs, MACHINE, OPTIONS, {})
+        return text.split("## Limitations and the literature", 1)[1].split("\n## ", 1)[0]
+
+    assert "**Text budget.**" not in limits(fake_results(plan))  # the LSTM's 1.35 beats the bigram's 1.99
+    undertrained = fake_results(plan)
+    for r in undertrained:
+        if r.experiment.group == "text":
+            r.eval = {**r.eval, "bigram_bits_per_byte": 1.30}
+    line = next(x for x in limits(undertrained).splitlines() if "**Text budget.**" in x)
+    assert "No text family beats the add-one bigram at 500,000 training tokens" in line
+    assert "(the best, lstm, 1.350 bits/byte against the bigram's 1.300)" in line
+
+
 def explode_at(r: results.Result) -> tuple[float, float] | None:
     """(gain, clip) of an explosion result; None for every other group."""
     o = r.experiment.overrides

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seqlm.study import stats, tuning
-from seqlm.study.aggregate import ALPHA, Comparisons, by_label, cells, min_seeds, pvalue
+from seqlm.study.aggregate import ALPHA, Comparisons, by_label, cells, min_seeds, pvalue, stat
 from seqlm.study.claims import Claim
 from seqlm.study.plan import CLOZE_MATCHED, PROBE_LR, SEED
-from seqlm.study.results import ok
+from seqlm.study.results import bigram_bpb, bpb, ok
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,7 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
         f"explosion {options.explode_minutes:g} min, cloze {options.cloze_minutes:g} min), far smaller and "
         "shorter than the papers' models and training: a verdict here holds at this budget.",
     ]
+    lines += _text_floor(results, options)
     if n >= 2:
         t = stats.t_quantile(0.975, n - 1)
         lines.append(
@@ -199,6 +200,26 @@ def _caveats(results, options, comparisons: Comparisons) -> list[str]:
                 "part of its gain may be its size."
             )
     return lines
+
+
+def _text_floor(results, options) -> list[str]:
+    """A line when no text family beats the add-one bigram: the text claims then compare models that have
+    not yet learned what counting token pairs knows, and a verdict among them says little about the
+    families at convergence."""
+    text = by_label(results, "text")
+    means = {label: s.mean for label, c in text.items() if (s := c.stat(bpb)) is not None}
+    floor = stat(bigram_bpb(r) for c in text.values() for r in c.results)
+    if not means or floor is None:
+        return []
+    best = min(means, key=means.get)
+    if means[best] < floor.mean:
+        return []
+    return [
+        f"- **Text budget.** No text family beats the add-one bigram at {options.text_tokens:,} training "
+        f"tokens (the best, {best}, {means[best]:.3f} bits/byte against the bigram's {floor.mean:.3f}): the "
+        "text claims compare models still short of what counting token pairs knows, so their verdicts say "
+        "how fast each family starts, not what it reaches; `--text-tokens` trains them longer."
+    ]
 
 
 def _tuning(options, seeds) -> str:
