@@ -60,7 +60,10 @@ def pipeline(tmp_path_factory):
 def test_training_samples_system_metrics_into_its_run_and_stops(pipeline):
     client, run_id = pipeline["client"], pipeline["run_id"]
     history = client.get_metric_history(run_id, CPU)
-    assert len(history) >= 2
+    # at least the sample taken when train stops: 60 tiny steps can end within one 0.2 s interval on a
+    # quiet machine (they did, 1 sample, on a 2-vCPU AMD EPYC); sampling again and again is checked on a
+    # bare run below, where the test waits for it
+    assert len(history) >= 1
     # one sample per step from 1: step 0 is the evaluation's, which log_model copies onto the model
     assert sorted(m.step for m in history) == list(range(1, len(history) + 1))
     assert all(0 <= m.value <= 100 for m in history)
