@@ -213,9 +213,25 @@ def test_gpu_is_one_flag_and_explicit_options_win_over_the_preset():
     assert gpu.gpu and max(gpu.delays) > max(OPTIONS.delays) and gpu.probe_steps > OPTIONS.probe_steps
 
 
+def test_the_explosion_grid_and_the_matched_cloze_control_are_options(params):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = ["--quick", "--explode-gains", "2", "3", "--explode-clips", "0", "1", "--cloze-matched"]
+    e = planning.plan(options_from(p.parse_args(args)), params)
+    explode = {x.cell for x in e if x.group == "explode"}
+    assert explode == {"explode-g2-c0", "explode-g2-c1", "explode-g3-c0", "explode-g3-c1"}
+    assert "cloze-lstm-matched" in {x.cell for x in e}
+    full = options_from(p.parse_args(["--no-cloze-matched"]))
+    assert not full.cloze_matched and full.explode_gains == planning.EXPLODE_GAINS
+
+
 def test_seeds_below_one_are_refused(params):
     with pytest.raises(SeqlmError, match="--seeds must be at least 1, got 0"):
         planning.plan(planning.preset("quick", seeds=0), params)
+    with pytest.raises(SeqlmError, match="--explode-gains must be above 0, --explode-clips at least 0"):
+        planning.plan(planning.preset("quick", explode_clips=(0.0, -1.0)), params)
 
 
 def test_set_param_arguments_mean_the_same_to_dvc(plan, params, tmp_path):

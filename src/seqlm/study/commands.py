@@ -14,6 +14,7 @@ Owns ``run_study`` and ``collect_study`` (that orchestration), ``cli_study`` and
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import shlex
@@ -286,6 +287,29 @@ def add_arguments(p) -> None:
         "--explode-minutes",
         type=float,
         help=f"train.max_minutes of each explosion experiment (default {d.explode_minutes:g})",
+    )
+    p.add_argument(
+        "--explode-gains",
+        type=float,
+        nargs="+",
+        metavar="GAIN",
+        help="W_hh spectral radii of the explosion grid (default "
+        + " ".join(f"{g:g}" for g in d.explode_gains)
+        + f"; --quick {' '.join(f'{g:g}' for g in q.explode_gains)})",
+    )
+    p.add_argument(
+        "--explode-clips",
+        type=float,
+        nargs="+",
+        metavar="CLIP",
+        help="train.grad_clip thresholds of the explosion grid, 0 unclipped (default "
+        + " ".join(f"{c:g}" for c in d.explode_clips)
+        + f"; --quick {' '.join(f'{c:g}' for c in q.explode_clips)})",
+    )
+    p.add_argument(
+        "--cloze-matched",
+        action=argparse.BooleanOptionalAction,
+        help="train the size-matched left-to-right LSTM beside the BiLSTM (default on; --quick off)",
     )
     p.add_argument(
         "--cloze-minutes",

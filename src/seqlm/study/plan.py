@@ -17,8 +17,8 @@ where the task allows it. Each step is put to the test as DVC experiments, every
   grid of gains × ``train.grad_clip`` thresholds (EXPLODE_CLIPS, 0 unclipped);
 - cloze (``train.objective: cloze``): a BiLSTM against a left-to-right LSTM on the same blanks.
 
-Owns the groups' settings, ``Options`` (with the ``quick`` and ``gpu`` presets), ``Experiment`` and ``plan``.
-Families live in ``families``, sizes (parameter matching) in ``sizes``, the time estimate in ``budget``.
+Owns the groups' settings, ``Options`` (``quick`` and ``gpu`` presets), ``Experiment`` and ``plan``; families
+live in ``families``, sizes (parameter matching) in ``sizes``, the time estimate in ``budget``.
 """
 
 from __future__ import annotations
@@ -254,6 +254,11 @@ def plan(options: Options, params: dict) -> list[Experiment]:
         )
     if options.seeds < 1:
         raise SeqlmError(f"seqlm study: --seeds must be at least 1, got {options.seeds}")
+    if min(options.explode_gains, default=1) <= 0 or min(options.explode_clips, default=0) < 0:
+        got = f"{' '.join(map(str, options.explode_gains))} and {' '.join(map(str, options.explode_clips))}"
+        raise SeqlmError(
+            f"seqlm study: --explode-gains must be above 0, --explode-clips at least 0, got {got}"
+        )
     text_vocab = config.parse(params).tokenizer.vocab_size  # bpe and unigram vocabularies have exactly this
     common = {"base.experiment": options.name, **(GPU if options.gpu else {})}
     cells = _text_cells(params, options, common, text_vocab)
@@ -271,9 +276,7 @@ def _seeded(cell: Experiment, i: int, stamp: str) -> Experiment:
 
 def _text_cells(params: dict, options: Options, common: dict, vocab: int) -> list[Experiment]:
     batch, bptt = config_value(params, "train.batch_size"), config_value(params, "train.bptt")
-    steps = budget.text_steps(
-        config_value(params, "train.batch_size") * config_value(params, "train.bptt"), options.text_tokens
-    )
+    steps = budget.text_steps(batch * bptt, options.text_tokens)
     # batch and bptt set explicitly: the tokens per update, so the token budget reads off every experiment
     text = {**common, **STEP_BUDGET, "train.max_steps": steps, **TEXT_EVALUATE}
     text |= {"train.batch_size": batch, "train.bptt": bptt}
@@ -357,17 +360,8 @@ def _cloze_cells(params: dict, options: Options, common: dict) -> list[Experimen
     if options.cloze_matched:
         left = {**keys, "model.bidirectional": False}
         o = {**left, "model.hidden_size": matched_hidden_size(params, left, vocab, out[-1].parameters)}
-        out.append(
-            Experiment(
-                "",
-                "cloze",
-                CLOZE_MATCHED,
-                o,
-                count_parameters(params, o, vocab),
-                "cloze-lstm-matched",
-                CLOZE_MATCHED,
-            )
-        )
+        count = count_parameters(params, o, vocab)
+        out.append(Experiment("", "cloze", CLOZE_MATCHED, o, count, "cloze-lstm-matched", CLOZE_MATCHED))
     return out
 
 
