@@ -318,3 +318,40 @@ def test_server_killed_mid_register_then_one_version_and_the_champion(project, s
     assert [(v.version, v.run_id) for v in versions] == [("1", run_id)]
     assert client.get_model_version_by_alias(NAME, "champion").version == "1"
     assert client.get_model_version_by_alias(NAME, "challenger").version == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.services
+@pytest.mark.parametrize(
+    "argv, remedy",
+    [
+        (["models"], "nothing was changed"),
+        (["promote", "1"], "promoting again is safe"),
+        (["rollback"], "`seqlm models --history`"),
+    ],
+)
+def test_server_lost_after_the_health_check_ends_a_registry_command_with_one_line(
+    project, server, monkeypatch, capsys, argv, remedy
+):
+    """The server answers the command's health check, then dies before its first registry request."""
+    from seqlm.cli import main
+    from seqlm.registry import commands
+    from seqlm.tracking.store import check_reachable
+
+    server.ensure_up()
+
+    def healthy_then_killed(uri: str) -> None:
+        check_reachable(uri)
+        server.kill()
+
+    monkeypatch.setattr(commands, "check_reachable", healthy_then_killed)
+    monkeypatch.setenv("SEQLM_ROOT", str(project.root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.chdir(project.root)
+    started = time.time()
+    try:
+        rc = main(argv)
+    finally:
+        server.ensure_up()  # the next test finds it answering
+    assert rc != 0 and time.time() - started < DETECT_S
+    assert_one_line_naming_the_server(capsys.readouterr().err, server, remedy)

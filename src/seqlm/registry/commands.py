@@ -14,7 +14,7 @@ from pathlib import Path
 from seqlm.core.errors import SeqlmError
 from seqlm.core.paths import Paths
 from seqlm.registry import gate
-from seqlm.tracking.store import check_reachable, connect, tracking_uri
+from seqlm.tracking.store import check_reachable, connect, server_lost, tracking_uri
 
 
 def _open() -> tuple:
@@ -90,21 +90,30 @@ def history_table(client, name: str) -> str:
     return table(rows)
 
 
+# A server lost mid-command ends it with one line (server_lost) saying what may have changed. A promote that
+# may have happened is safe to repeat (it says "already champion"); a rollback is not: a second one moves
+# champion back again, so the line asks for `seqlm models --history` first.
+LISTED = "nothing was changed; rerun it when the server answers"
+MOVED = "champion may or may not have moved: `seqlm models --history` shows it once the server answers"
+
+
 def cli_models(args) -> None:
-    client, name, _ = _open()
-    print(f"registered model {name}")
-    print(models_table(client, name))
-    if getattr(args, "history", False):
-        print(f"\nchampion history of {name} (oldest first)")
-        print(history_table(client, name))
+    with server_lost("models", LISTED):
+        client, name, _ = _open()
+        print(f"registered model {name}")
+        print(models_table(client, name))
+        if getattr(args, "history", False):
+            print(f"\nchampion history of {name} (oldest first)")
+            print(history_table(client, name))
 
 
 def cli_promote(args) -> None:
-    client, name, _ = _open()
     if not str(args.version).isdigit():
         raise SeqlmError(f"version must be a number (see `seqlm models`), got {args.version!r}")
     version = int(args.version)
-    previous = gate.promote(client, name, version, args.reason)
+    with server_lost("promote", f"{MOVED}; promoting again is safe"):
+        client, name, _ = _open()
+        previous = gate.promote(client, name, version, args.reason)
     if previous == version:
         print(f"promote: {name} version {version} is already champion")
     else:
@@ -113,8 +122,9 @@ def cli_promote(args) -> None:
 
 
 def cli_rollback(args) -> None:
-    client, name, _ = _open()
-    current, target = gate.rollback(client, name)
+    with server_lost("rollback", f"{MOVED}; roll back again only if it did not"):
+        client, name, _ = _open()
+        current, target = gate.rollback(client, name)
     print(f"rollback: {name} champion is now version {target} (was {current})")
 
 
