@@ -227,6 +227,15 @@ def test_the_explosion_grid_and_the_matched_cloze_control_are_options(params):
     assert not full.cloze_matched and full.explode_gains == planning.EXPLODE_GAINS
 
 
+def test_a_preset_with_sizing_options_changed_is_not_held_to_its_limit_and_says_so(params):
+    quick = planning.preset("quick", seeds=5, probe_steps=10_000, delays=(5, 100), cloze_matched=True)
+    assert budget.changed(quick, QUICK) == "--seeds 5 --probe-steps 10000 --delays 5 100 --cloze-matched"
+    assert "limit" not in budget.summary(planning.plan(quick, params), quick, QUICK)
+    assert budget.changed(planning.preset("quick", stamp="x", probe_lrs=(("gru", 0.1),)), QUICK) == ""
+    assert budget.changed(planning.preset("full", cloze_matched=False), OPTIONS) == "--no-cloze-matched"
+    assert "limit 20 min" in budget.summary(planning.plan(QUICK, params), QUICK, QUICK)
+
+
 def test_seeds_below_one_are_refused(params):
     with pytest.raises(SeqlmError, match="--seeds must be at least 1, got 0"):
         planning.plan(planning.preset("quick", seeds=0), params)
@@ -251,9 +260,8 @@ def test_dry_run_prints_the_estimate_and_the_dvc_commands_and_runs_nothing(proje
     code = cli.main(["study", "--dry-run", "--quick", "--delays", "5", "--probe-families", "lstm", "rnn"])
     out = capsys.readouterr().out
     assert code == 0
-    assert (
-        "study: 12 experiments, 1 seed(s) each, at most about" in out and "(limit 20 min on 2 cores)" in out
-    )
+    assert "study: 12 experiments, 1 seed(s) each, at most about" in out
+    assert "limit" not in out  # --delays and --probe-families changed: no longer the preset's 20 minutes
     commands = [line for line in out.splitlines() if line.startswith("dvc ")]
     assert len(commands) == 6 + 2 + 2 + 2 + 1
     assert commands[0].startswith("dvc exp run --queue -n text-ffn_window-s0-")
@@ -747,6 +755,11 @@ def test_one_seed_is_marked_provisional(quick_plan, tmp_path):
     assert "One seed: no spread and no test (a difference counts by its sign alone), so every verdict" in text
     assert "bow − ffn_window, bits/byte: +0.150 (no test: one seed)" in text and "p_Holm" not in text
     assert "| lstm | 1/1 · 300 | 1/1 · 1,500 | 1/1 · 6,000 | passed | 100 |" in text
+    assert "preset `quick`, estimated" in text and "(limit 20 min on 2 cores)" in text
+    more = replace(QUICK, probe_steps=10_000)
+    text = report.render(rows, MACHINE | {"wall_minutes": 12.0}, more, {})
+    assert "preset `quick` with `--probe-steps 10000` (so not held to the preset's limit)" in text
+    assert "limit 20 min" not in text
 
 
 def test_captured_output_does_not_wait_for_daemons_the_command_leaves_behind(tmp_path):

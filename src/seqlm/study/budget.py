@@ -93,13 +93,48 @@ def estimate_minutes(experiments, jobs: int) -> float:
     return len(experiments) * QUEUE_SECONDS / 60 + work / max(jobs, 1)
 
 
-def summary(experiments, options) -> str:
-    """One line for the terminal and the report: the estimate and the limit it is held to."""
+# The options that size a plan. A preset's limit holds only while none of them differs from the preset's:
+# `--quick --seeds 5` is no longer the 20-minute first look, and the report says which options it changed.
+SIZING = (
+    "seeds",
+    "text_tokens",
+    "probe_steps",
+    "delays",
+    "explode_minutes",
+    "explode_gains",
+    "explode_clips",
+    "cloze_minutes",
+    "cloze_matched",
+    "text_families",
+    "probe_families",
+    "jobs",
+)
+
+
+def changed(options, base) -> str:
+    """The sizing options in which ``options`` differs from ``base`` (its preset), as `seqlm study` flags;
+    "" if none."""
+    flags = []
+    for key in SIZING:
+        value = getattr(options, key)
+        if value == getattr(base, key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            flags.append(" ".join([flag, *map(str, value if isinstance(value, tuple) else (value,))]))
+    return " ".join(flags)
+
+
+def summary(experiments, options, base=None) -> str:
+    """One line for the terminal and the report: the estimate and the limit it is held to (``base``: the
+    preset ``options`` started from; changed in a sizing option, the preset's limit no longer holds)."""
     head = f"{len(experiments)} experiments, {options.seeds} seed(s) each"
     if options.gpu:
         return head + "; not estimated on the GPU path (the constants are a 2-core CPU's)"
     minutes = estimate_minutes(experiments, options.jobs)
-    limit = LIMIT_MINUTES.get(options.preset)
+    limit = None if base is not None and changed(options, base) else LIMIT_MINUTES.get(options.preset)
     held = f" (limit {limit:g} min on 2 cores)" if limit else ""
     probes = any(e.group == "probe" for e in experiments)
     line = f"{head}, {'at most ' if probes else ''}about {minutes:.0f} min{held}"

@@ -66,7 +66,7 @@ def run_study(
     if shard:
         experiments = shards.partition(experiments, shard.count)[shard.index - 1]
     where = f"shard {shard}: " if shard else ""
-    print(f"study: {where}{budget.summary(experiments, options)}", flush=True)
+    print(f"study: {where}{budget.summary(experiments, options, preset(options.preset))}", flush=True)
     copies = queue.untracked_sources(paths)
     commands = [queue.queue_command(e, copies) for e in experiments] + [queue.start_queue(options.jobs)]
     if shard:  # checked in a dry run too: it is how a machine is checked before the study

@@ -27,7 +27,7 @@ from seqlm.study.aggregate import (
     stat,
 )
 from seqlm.study.claims import Claim, cloze_claims, text_claims
-from seqlm.study.plan import SEED, SOLVED_RECALL, Options
+from seqlm.study.plan import SEED, SOLVED_RECALL, Options, preset
 from seqlm.study.probe_claims import SOLVES, cell_text, control, probe_claims, reach, updates_line
 from seqlm.study.results import (
     bigram_bpb,
@@ -145,8 +145,8 @@ def _provenance(results, machine: dict, options) -> str:
         f"{describe_shards(machine)}"
         f"**Commit:** `{machine['commit'][:12]}`{dirty}. "
         f"**Date:** {machine['started']} to {machine['finished']} (UTC).  \n"
-        f"**Budget:** preset `{options.preset}`, estimated before queueing at "
-        f"{budget.summary(experiments, options)}; "
+        f"**Budget:** preset `{options.preset}`{_changed(options)}, estimated before queueing at "
+        f"{budget.summary(experiments, options, preset(options.preset))}; "
         f"spent {machine['wall_minutes']:.1f} minutes for {len(results)} experiments ({failed} failed or "
         "diverged), "
         f"{options.jobs} at a time, one thread each. Per experiment: text {options.text_tokens:,} training "
@@ -157,6 +157,11 @@ def _provenance(results, machine: dict, options) -> str:
         f"`seqlm.study.stamp={options.stamp}`, `seqlm.study.cell` and `seqlm.study.seed`; DVC experiments "
         f"`<cell>-s<i>-{options.stamp}`."
     )
+
+
+def _changed(options) -> str:
+    flags = budget.changed(options, preset(options.preset))
+    return f" with `{flags}` (so not held to the preset's limit)" if flags else ""
 
 
 def _load(machine: dict, options) -> str:
